@@ -1,0 +1,86 @@
+"""Feeding DALI: one epoch's batches of (encoded bytes, crop window, flip, label, index).
+
+:class:`EpochFeed` is the ``source`` of the pipeline's ``external_source`` (with
+``cycle="raise"``). DALI calls ``next()`` once per batch, ahead of the consumer
+(prefetch); raising ``StopIteration`` ends the epoch, after which the pipeline
+must be ``reset()``. With the default ``cycle`` DALI never re-iterates the source
+and every epoch after the first comes back empty.
+
+DALI also calls ``iter()`` right when the source raises ``StopIteration``, i.e.
+before the consumer knows which epoch comes next, so ``iter()`` changes nothing
+here: the loader starts each epoch explicitly with :meth:`EpochFeed.start`.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+
+from loader.sampler import crop_windows
+
+__all__ = ["EpochPlan", "EpochFeed"]
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one epoch of one rank yields: record indices in order, from ``start_batch`` on."""
+
+    epoch: int
+    records: np.ndarray          # global record indices, in this rank's order
+    positions: np.ndarray        # each record's position in the epoch order (keys the augment RNG)
+    batch_size: int
+    start_batch: int = 0
+
+
+class EpochFeed:
+    """Iterable over the batches of the current plan, for DALI's ``external_source``."""
+
+    def __init__(self, dataset, *, train: bool, seed: int, history: int = 8):
+        self._dataset = dataset
+        self._train = train
+        self._seed = seed
+        self.plan: EpochPlan | None = None
+        self._next_batch = 0
+        self._stopped = False
+        # Index arrays of the batches handed to DALI but maybe not yet returned:
+        # where to look when a decode fails (DALI runs ahead of the consumer).
+        self.in_flight: collections.deque[np.ndarray] = collections.deque(maxlen=history)
+
+    def start(self, plan: EpochPlan) -> None:
+        """Serve ``plan`` from its ``start_batch`` on (call before the pipeline runs or resets)."""
+        self.plan = plan
+        self._next_batch = plan.start_batch
+        self._stopped = False
+        self.in_flight.clear()
+
+    def __iter__(self):
+        return self
+
+    def stop(self) -> None:
+        """End the current epoch early: the next ``next()`` raises StopIteration."""
+        self._stopped = True
+
+    def __next__(self):
+        plan = self.plan
+        if plan is None or self._stopped:
+            raise StopIteration
+        lo = self._next_batch * plan.batch_size
+        if lo >= len(plan.records):
+            raise StopIteration
+        self._next_batch += 1
+        records = plan.records[lo:lo + plan.batch_size]
+        self.in_flight.append(records)
+        ds = self._dataset
+        heights, widths = ds.heights[records], ds.widths[records]
+        if self._train:
+            # One generator per batch, keyed by the batch's first epoch position:
+            # the same crops whatever the prefetch depth, and after a resume.
+            rng = np.random.default_rng([self._seed, plan.epoch, int(plan.positions[lo]), 0xC0])
+            anchor, shape, flip = crop_windows(heights, widths, rng)
+        else:
+            anchor, shape, flip = crop_windows(heights, widths, None)
+        # Dense arrays (first axis = sample) are one copy for DALI, lists are one per sample.
+        return (ds.read_batch(records), anchor, shape, flip.astype(np.int32),
+                ds.labels[records].astype(np.int64), records.astype(np.int64))

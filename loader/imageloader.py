@@ -1,0 +1,337 @@
+"""`ImageLoader`: the torch-facing iterator, a drop-in for a DataLoader over an image folder.
+
+    # before
+    loader = DataLoader(ImageFolder("photos/", transform=train_tf), batch_size=256, shuffle=True)
+    # after  (once: `loader pack photos/ photos.packed`)
+    loader = ImageLoader("photos.packed", batch_size=256)
+    for epoch in range(epochs):
+        for images, labels in loader:
+            ...
+
+It binds the pure pieces together: loader.dataset (records), loader.sampler
+(order, rank share, crops), loader.feed (DALI's source) and loader.pipeline (the
+DALI graph), and hands DALI's output to torch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from loader.dataset import open_dataset
+from loader.errors import LoaderError
+from loader.feed import EpochFeed, EpochPlan
+from loader.heap import keep_freed_buffers
+from loader.sampler import epoch_order, num_batches, rank_share, split_indices
+
+__all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
+
+
+class DecodeError(LoaderError, RuntimeError):
+    """A record could not be decoded at load time."""
+
+
+def _distributed_env(rank: int | None, world_size: int | None) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank): explicit args, else torch.distributed, else env vars, else 0/1."""
+    dist = torch.distributed
+    if rank is None and world_size is None and dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    if rank is None:
+        rank = int(os.environ.get("RANK", 0))
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    return rank, world_size, local_rank
+
+
+def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto'")
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return dev
+
+
+class ImageLoader:
+    """Decode and augment a packed dataset with NVIDIA DALI; yield torch batches.
+
+    Args:
+        path: a directory written by ``loader pack``.
+        batch_size: images per batch.
+        image_size: output height and width.
+        train: random-resized-crop (scale 0.08-1, ratio 3/4-4/3) + flip, shuffled;
+            else resize shorter side to ``image_size/0.875`` + centre crop, in order.
+        shuffle: default ``train``. drop_last: default ``train`` (every batch full).
+        seed: seeds the shuffle, the split and the augmentation, with the epoch.
+        device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
+        num_threads: DALI CPU threads (default: cores / local ranks).
+        prefetch: batches DALI prepares ahead.
+        dtype: torch.float32, torch.float16 or torch.uint8 (uint8 needs mean=std=None).
+        channels_last: images in channels_last memory format (no extra copy).
+        mean, std: per-channel, in 0..1 units (like torchvision); None = no normalization.
+        validation_split, subset: Keras-style split ("training"/"validation").
+        rank, world_size: DDP sharding (default: torch.distributed, then RANK/WORLD_SIZE).
+        with_indices: also yield the batch's global record indices.
+
+    Example:
+        >>> loader = ImageLoader("photos.packed", batch_size=256)     # doctest: +SKIP
+        >>> for images, labels in loader:                            # doctest: +SKIP
+        ...     loss = criterion(model(images), labels)
+    """
+
+    def __init__(self, path: str | os.PathLike, batch_size: int, *, image_size: int = 224,
+                 train: bool = True, shuffle: bool | None = None, drop_last: bool | None = None,
+                 seed: int = 0, device: str | torch.device = "auto", num_threads: int | None = None,
+                 prefetch: int = 2, dtype: torch.dtype = torch.float32, channels_last: bool = False,
+                 mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
+                 validation_split: float | None = None, subset: str | None = None,
+                 rank: int | None = None, world_size: int | None = None, with_indices: bool = False):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(image_size, int) or image_size < 8:
+            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+        if not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.uint8, got {dtype!r}")
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std must both be given or both be None")
+        if dtype == torch.uint8 and mean is not None:
+            raise ValueError("dtype=torch.uint8 gives raw pixels: pass mean=None, std=None")
+        for name, v in (("mean", mean), ("std", std)):
+            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
+                raise ValueError(f"{name} must be 3 numbers (std > 0) in 0..1 units, got {v!r}")
+
+        rank, world_size, local_rank = _distributed_env(rank, world_size)
+        if world_size < 1 or not (0 <= rank < world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+
+        self.dataset = open_dataset(path)
+        self._subset = split_indices(len(self.dataset), validation_split, subset, seed)
+        if len(self._subset) == 0:
+            raise ValueError(f"subset {subset!r} of {path} is empty "
+                             f"(validation_split={validation_split}, {len(self.dataset)} records)")
+
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.train = bool(train)
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.seed = int(seed)
+        self.rank, self.world_size = rank, world_size
+        self.device = _resolve_device(device, local_rank)
+        self.prefetch = prefetch
+        self.dtype = dtype
+        self.channels_last = bool(channels_last)
+        self.with_indices = bool(with_indices)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        self.num_threads = num_threads or max(1, (cores or 1) // max(local_world, 1))
+        self._mean = None if mean is None else [255.0 * m for m in mean]
+        self._std = None if std is None else [255.0 * s for s in std]
+
+        share = len(rank_share(np.arange(len(self._subset)), 0, world_size, batch_size, self.drop_last))
+        if share == 0:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than this rank's share of {path} "
+                f"({len(self._subset) // world_size} of {len(self._subset)} records over {world_size} "
+                f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False")
+        self.num_samples = share
+        self._epoch = 0              # the epoch the next iter() runs
+        self._resume_batch = 0       # first batch of that epoch (load_state_dict)
+        self._running: tuple[int, int] | None = None   # (epoch, batches yielded) while iterating
+        self._feed: EpochFeed | None = None
+        self._pipe = None
+        self._resizer = None
+        self._lock = threading.Lock()
+
+    # -- epochs -------------------------------------------------------------
+    def __len__(self) -> int:
+        """Batches in one epoch on this rank."""
+        return num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` run ``epoch`` (as ``DistributedSampler.set_epoch``)."""
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch = epoch
+        self._resume_batch = 0
+
+    def epoch_plan(self, epoch: int, start_batch: int = 0) -> EpochPlan:
+        """The records this rank yields in ``epoch`` (global indices, in order)."""
+        order = epoch_order(len(self._subset), self.seed, epoch, self.shuffle)
+        positions = rank_share(np.arange(len(order)), self.rank, self.world_size, self.batch_size,
+                               self.drop_last)
+        return EpochPlan(epoch=epoch, records=self._subset[order[positions]], positions=positions,
+                         batch_size=self.batch_size, start_batch=start_batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        with self._lock:
+            epoch, start = self._epoch, self._resume_batch
+            self._epoch, self._resume_batch = epoch + 1, 0
+            self._start_epoch(self.epoch_plan(epoch, start))
+            self._running = (epoch, start)
+        return self._batches(epoch, start)
+
+    def _start_epoch(self, plan: EpochPlan) -> None:
+        if self._pipe is None:
+            from loader.pipeline import build_pipeline
+
+            keep_freed_buffers()
+
+            self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
+                                   history=self.prefetch + 4)
+            self._feed.start(plan)
+            self._pipe, self._resizer = build_pipeline(
+                self._feed, batch_size=self.batch_size, num_threads=self.num_threads,
+                device_id=self.device.index if self.device.type == "cuda" else None,
+                prefetch=self.prefetch, seed=self.seed, image_size=self.image_size,
+                dtype=_DTYPES[self.dtype], layout="HWC" if self.channels_last else "CHW",
+                mean=self._mean, std=self._std)
+            return
+        # Finish the previous epoch (it may have been abandoned mid-way): DALI
+        # has batches in flight; drain them, then reset, which re-iterates the feed.
+        self._feed.stop()
+        while True:
+            try:
+                self._pipe.run()
+            except StopIteration:
+                break
+            except Exception:       # a bad record in a batch nobody will see
+                continue
+        self._feed.start(plan)
+        self._pipe.reset()
+
+    def _batches(self, epoch: int, start: int):
+        for b in range(start, len(self)):
+            out = self._run_once()
+            self._running = (epoch, b + 1)
+            yield out
+        # Finished: state_dict() now points at the next epoch. (If abandoned,
+        # _running keeps pointing into this one until the next iter().)
+        self._running = None
+
+    def _run_once(self) -> tuple[torch.Tensor, ...]:
+        try:
+            images, labels, indices = self._pipe.run()
+        except StopIteration:
+            raise RuntimeError("DALI ended the epoch early (internal error)") from None
+        except RuntimeError as e:
+            raise self._decode_error(e) from None
+        return self._to_torch(images, labels, indices)
+
+    # -- DALI -> torch ------------------------------------------------------
+    def _to_torch(self, images, labels, indices) -> tuple[torch.Tensor, ...]:
+        b = len(indices)
+        s = self.image_size
+        shape = (b, s, s, 3) if self.channels_last else (b, 3, s, s)
+        out = torch.empty(shape, dtype=self.dtype, device=self.device)
+        lab = torch.empty((b,), dtype=torch.int64, device=self.device)
+        if self.device.type == "cuda":
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            stream = torch.cuda.current_stream(self.device)
+            feed_ndarray(images.as_tensor(), out, cuda_stream=stream)
+            feed_ndarray(labels.as_tensor(), lab, cuda_stream=stream)
+        else:
+            # A numpy view of DALI's buffer, copied by torch: ~4x faster than
+            # DALI's copy_to_external here (0.08 vs 0.3 ms per 224 px image).
+            out.copy_(torch.from_numpy(np.asarray(images.as_tensor())).view(out.shape))
+            lab.copy_(torch.from_numpy(np.asarray(labels.as_tensor())).view(b))
+        if self.channels_last:
+            out = out.permute(0, 3, 1, 2)   # NCHW view of NHWC memory = channels_last, no copy
+        if not self.with_indices:
+            return out, lab
+        idx = torch.from_numpy(np.asarray(indices.as_tensor()).reshape(b).copy())
+        return out, lab, idx.to(self.device)
+
+    def _decode_error(self, err: Exception) -> Exception:
+        """Turn a DALI failure into an error naming the shard and record."""
+        from PIL import Image
+
+        for records in list(self._feed.in_flight):
+            for i in records.tolist():
+                try:
+                    with Image.open(io.BytesIO(self.dataset.read(i))) as im:
+                        im.load()
+                except Exception as e:  # noqa: BLE001 - any failure marks the culprit
+                    shard, key = self.dataset.locate(i)
+                    return DecodeError(
+                        f"record {i} (shard {shard}, key {key}, source {self.dataset.source(i)!r}) "
+                        f"failed to decode: {e}; run `loader verify {self.dataset.path}`")
+        first = str(err).strip().splitlines()
+        return DecodeError(f"DALI failed on a batch of {self.dataset.path}: "
+                           f"{first[0] if first else err}; run `loader verify {self.dataset.path}`")
+
+    # -- resume -------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader is: pass to :meth:`load_state_dict` to resume mid-epoch."""
+        if self._running is not None:
+            epoch, done = self._running
+        else:
+            epoch, done = self._epoch, self._resume_batch
+        return {"epoch": epoch, "batches_done": done, "seed": self.seed, "batch_size": self.batch_size,
+                "num_samples": self.num_samples, "world_size": self.world_size, "rank": self.rank,
+                "shuffle": self.shuffle, "num_records": len(self.dataset)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next ``iter()`` yields the batches the saved run would have yielded next."""
+        for key in ("seed", "batch_size", "num_samples", "world_size", "shuffle", "num_records"):
+            if key in state and state[key] != self.state_dict()[key]:
+                raise ValueError(f"state_dict does not match this loader: {key}={state[key]!r}, "
+                                 f"loader has {self.state_dict()[key]!r}")
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if not (0 <= done <= len(self)):
+            raise ValueError(f"state_dict batches_done={done} out of range [0, {len(self)}]")
+        if done == len(self):
+            epoch, done = epoch + 1, 0
+        self._epoch, self._resume_batch = epoch, done
+        self._running = None
+
+    # -- lifecycle ----------------------------------------------------------
+    def close(self) -> None:
+        """Release DALI's threads and buffers (also done when the loader is garbage-collected)."""
+        self._pipe = None
+        if self._resizer is not None:
+            self._resizer.close()
+            self._resizer = None
+        self._feed = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"ImageLoader({str(self.dataset.path)!r}, batch_size={self.batch_size}, "
+                f"image_size={self.image_size}, train={self.train}, device={str(self.device)!r}, "
+                f"samples={self.num_samples}, batches={len(self)})")
+

@@ -1,0 +1,161 @@
+"""Which records, in which order, with which crop: pure numpy, no DALI, no torch.
+
+Everything random here is a function of ``(seed, epoch, ...)`` so that runs,
+resumed runs and every DDP rank agree without talking to each other:
+
+- :func:`split_indices`   -- train/validation split of a packed dataset (Keras-style).
+- :func:`epoch_order`     -- the full permutation of one epoch (not a shuffle buffer).
+- :func:`rank_share`      -- this rank's slice of the epoch, equal-length on every rank.
+- :func:`crop_windows`    -- per-sample random-resized-crop (train) or centre crop (eval)
+                             windows in source-pixel coordinates, plus flip flags.
+
+>>> epoch_order(5, seed=0, epoch=0, shuffle=False).tolist()
+[0, 1, 2, 3, 4]
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["split_indices", "epoch_order", "rank_share", "num_batches", "crop_windows",
+           "EVAL_CROP_FRACTION"]
+
+# Eval resizes the shorter side to image_size / 0.875 and centre-crops image_size:
+# the crop covers 87.5% of the shorter side (the ImageNet convention).
+EVAL_CROP_FRACTION = 0.875
+
+
+def split_indices(n: int, validation_split: float | None, subset: str | None, seed: int) -> np.ndarray:
+    """Indices of the ``subset`` ("training" / "validation") of ``n`` records.
+
+    Like ``tf.keras.utils.image_dataset_from_directory``: shuffle all indices with
+    ``seed``, the last ``int(validation_split * n)`` are validation, the rest
+    training. Disjoint, together complete, stable across runs. Returned sorted,
+    so record order (and locality in the shards) is kept.
+
+    >>> tr = split_indices(10, 0.2, "training", seed=1); va = split_indices(10, 0.2, "validation", seed=1)
+    >>> len(tr), len(va), sorted(set(tr) | set(va)) == list(range(10))
+    (8, 2, True)
+    """
+    if validation_split is None:
+        if subset is not None:
+            raise ValueError("subset requires validation_split (a float in (0, 1))")
+        return np.arange(n, dtype=np.int64)
+    if not (0.0 < validation_split < 1.0):
+        raise ValueError(f"validation_split must be a float in (0, 1), got {validation_split!r}")
+    if subset not in ("training", "validation"):
+        raise ValueError(f"subset must be 'training' or 'validation' with validation_split, got {subset!r}")
+    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    n_val = int(validation_split * n)
+    chosen = perm[n - n_val:] if subset == "validation" else perm[: n - n_val]
+    return np.sort(chosen).astype(np.int64)
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Positions ``0..n-1`` in the order of ``epoch``: a full permutation seeded by (seed, epoch).
+
+    >>> (epoch_order(6, 0, 1, True) == epoch_order(6, 0, 1, True)).all()
+    True
+    """
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
+
+
+def rank_share(order: np.ndarray, rank: int, world_size: int, batch_size: int,
+               drop_last: bool) -> np.ndarray:
+    """This rank's contiguous slice of the epoch ``order``.
+
+    Every rank gets the same number of samples, hence the same number of
+    batches, so no rank waits in a collective for another:
+
+    - ``drop_last``: each rank gets ``(n // world_size) // batch_size * batch_size``
+      samples; the remainder of the epoch is dropped (a different one each epoch
+      when shuffling).
+    - otherwise: like ``DistributedSampler``, the order is padded by wrapping
+      around to a multiple of ``world_size`` (only when it does not divide evenly;
+      with one rank nothing is repeated), and the last batch may be partial.
+
+    >>> rank_share(np.arange(10), rank=1, world_size=2, batch_size=2, drop_last=True).tolist()
+    [4, 5, 6, 7]
+    """
+    n = len(order)
+    if drop_last:
+        per_rank = (n // world_size) // batch_size * batch_size
+    else:
+        per_rank = math.ceil(n / world_size)
+        pad = per_rank * world_size - n
+        if pad:
+            order = np.concatenate([order, np.resize(order, pad)])
+    return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+def num_batches(share: int, batch_size: int, drop_last: bool) -> int:
+    """Batches yielded for ``share`` samples."""
+    return share // batch_size if drop_last else math.ceil(share / batch_size)
+
+
+def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator | None,
+                 scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 attempts: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crop windows and flips for a batch, in source pixels.
+
+    Returns ``anchor`` (float32 ``[B, 2]`` as x, y), ``shape`` (float32 ``[B, 2]``
+    as w, h) and ``flip`` (uint8 ``[B]``).
+
+    With an ``rng`` (training): torchvision's ``RandomResizedCrop.get_params``,
+    vectorised over the batch: up to ``attempts`` tries of an area fraction
+    uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``; the first
+    that fits wins; otherwise a centre crop with the ratio clamped into range.
+    Flips are Bernoulli(0.5).
+
+    Without (evaluation): the centre square covering ``EVAL_CROP_FRACTION`` of the
+    shorter side, i.e. exactly the region that "resize shorter side to
+    size/0.875, centre-crop size" keeps. No flips.
+
+    >>> a, s, f = crop_windows(np.array([400]), np.array([600]), None)
+    >>> a.tolist(), s.tolist(), f.tolist()
+    ([[125.0, 25.0]], [[350.0, 350.0]], [0])
+    """
+    h = np.asarray(heights, dtype=np.float64)
+    w = np.asarray(widths, dtype=np.float64)
+    b = len(h)
+    if rng is None:
+        # Whole pixels, like the resize-then-crop it stands for (max 1: 1x1 images).
+        side = np.maximum(np.rint(np.minimum(h, w) * EVAL_CROP_FRACTION), 1)
+        anchor = np.stack([(w - side) // 2, (h - side) // 2], axis=1)
+        shape = np.stack([side, side], axis=1)
+        return anchor.astype(np.float32), shape.astype(np.float32), np.zeros(b, np.uint8)
+
+    area = (h * w)[:, None]
+    target = area * rng.uniform(scale[0], scale[1], size=(b, attempts))
+    log_r = rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(b, attempts))
+    r = np.exp(log_r)
+    cw = np.rint(np.sqrt(target * r))
+    ch = np.rint(np.sqrt(target / r))
+    ok = (cw > 0) & (ch > 0) & (cw <= w[:, None]) & (ch <= h[:, None])
+    first = np.argmax(ok, axis=1)
+    found = ok[np.arange(b), first]
+    cw = cw[np.arange(b), first]
+    ch = ch[np.arange(b), first]
+
+    # Fallback (torchvision): centre crop of the whole image, ratio clamped into range.
+    in_ratio = w / h
+    fw = np.where(in_ratio < ratio[0], w, np.where(in_ratio > ratio[1], np.rint(h * ratio[1]), w))
+    fh = np.where(in_ratio < ratio[0], np.rint(w / ratio[0]), h)
+    cw = np.where(found, cw, fw)
+    ch = np.where(found, ch, fh)
+
+    # Offsets: integers uniform in [0, H - h] and [0, W - w], as torch.randint does.
+    u = rng.random((b, 2))
+    top = np.floor(u[:, 0] * (h - ch + 1))
+    left = np.floor(u[:, 1] * (w - cw + 1))
+    top = np.where(found, top, (h - ch) // 2)
+    left = np.where(found, left, (w - cw) // 2)
+    flip = (rng.random(b) < 0.5).astype(np.uint8)
+    anchor = np.stack([left, top], axis=1).astype(np.float32)
+    shape = np.stack([cw, ch], axis=1).astype(np.float32)
+    return anchor, shape, flip

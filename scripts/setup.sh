@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up .venv at the repo root: torch (CPU wheel), NVIDIA DALI, lmdb, numpy,
+# test tools, this package (editable, with the `loader` console script) and
+# pillow-simd, built last so nothing installs plain Pillow over it.
+# Idempotent: a second run checks and returns in seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+stamp="$VENV/.setup-stamp"
+want=$(cat scripts/setup.sh pyproject.toml | sha256sum | cut -c1-16)
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing dependencies (first run: a few minutes; DALI is ~1 GB)"
+  # torch pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
+  # matplotlib (for `loader bench --plot`) pulls plain Pillow: installed before pillow-simd.
+  pip install torch==2.13.0 "nvidia-dali-cuda120>=1.40" "lmdb>=1.4" "numpy>=1.24" "tqdm>=4.60" \
+      "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7"
+  pip install --no-deps -e .
+fi
+
+# pillow-simd last: replace any plain Pillow that a dependency brought in.
+if ! "$VENV/bin/python" -c 'import PIL, sys; sys.exit(0 if PIL.__version__.endswith(".post0") else 1)' 2>/dev/null; then
+  echo "== building pillow-simd (AVX2, ~40 s)"
+  pip uninstall -y pillow pillow-simd >/dev/null 2>&1 || true
+  CC="cc -mavx2" pip install pillow-simd
+fi
+"$VENV/bin/python" - <<'PYCHECK'
+import PIL, torch, nvidia.dali, lmdb, numpy
+assert PIL.__version__.endswith(".post0"), f"expected pillow-simd, got Pillow {PIL.__version__}"
+print(f"== ready: torch {torch.__version__}, DALI {nvidia.dali.__version__}, "
+      f"pillow-simd {PIL.__version__}, lmdb {lmdb.__version__}, numpy {numpy.__version__}")
+PYCHECK
+echo "$want" > "$stamp"

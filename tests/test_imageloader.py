@@ -1,0 +1,335 @@
+"""ImageLoader on DALI's CPU backend: batches, epochs, resume, split, errors, lifecycle."""
+
+import gc
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import loader
+from loader import ImageLoader
+from loader.errors import DatasetError
+from loader.imageloader import IMAGENET_MEAN, IMAGENET_STD, DecodeError
+
+COLOURS = [(200, 30, 30), (30, 180, 40), (40, 50, 210)]     # class c -> RGB
+SIZES = [(64, 48), (48, 64), (100, 75), (75, 100), (57, 57), (120, 40), (40, 120), (90, 66)]
+
+
+@pytest.fixture(scope="module")
+def colour_ds(tmp_path_factory):
+    """3 classes, 8 solid-colour JPEGs each, odd sizes and aspect ratios."""
+    root = tmp_path_factory.mktemp("colour")
+    src = root / "src"
+    for c, rgb in enumerate(COLOURS):
+        d = src / f"c{c}"
+        d.mkdir(parents=True)
+        for i, size in enumerate(SIZES):
+            Image.new("RGB", size, rgb).save(d / f"{i}.jpg", quality=95)
+    dst = root / "packed"
+    loader.pack(src, dst, workers=1, progress=False)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def photo_ds(tmp_path_factory):
+    from scripts.make_dataset import make_dataset
+
+    root = tmp_path_factory.mktemp("photo")
+    make_dataset(root / "src", classes=3, per_class=14, seed=1, workers=1)
+    dst = root / "packed"
+    loader.pack(root / "src", dst, workers=1, progress=False)
+    return dst
+
+
+def indices_of(ld, epochs=1):
+    out = []
+    for _ in range(epochs):
+        out.append([i for _, _, idx in ld for i in idx.tolist()])
+    return out
+
+
+# -- batches ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype,channels_last", [(torch.float32, False), (torch.float32, True),
+                                                 (torch.float16, False), (torch.uint8, True)])
+def test_batch_shape_dtype_layout_device(colour_ds, dtype, channels_last):
+    norm = {} if dtype != torch.uint8 else dict(mean=None, std=None)
+    ld = ImageLoader(colour_ds, batch_size=5, image_size=32, dtype=dtype, channels_last=channels_last,
+                     device="cpu", **norm)
+    assert ld.device == torch.device("cpu")
+    assert len(ld) == 24 // 5
+    batches = list(ld)
+    assert len(batches) == len(ld)
+    for images, labels in batches:
+        assert images.shape == (5, 3, 32, 32) and images.dtype == dtype
+        assert images.device.type == "cpu" and labels.device.type == "cpu"
+        assert labels.shape == (5,) and labels.dtype == torch.int64
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert images.is_contiguous(memory_format=fmt)
+        assert set(labels.tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_pixels_and_labels_are_correct(colour_ds, train):
+    """Each decoded image is its class colour (within JPEG tolerance) and carries its label."""
+    ld = ImageLoader(colour_ds, batch_size=4, image_size=24, train=train, mean=None, std=None,
+                     dtype=torch.uint8, with_indices=True)
+    ds = ld.dataset
+    seen = 0
+    for images, labels, idx in ld:
+        for img, lab, i in zip(images, labels.tolist(), idx.tolist()):
+            assert lab == int(ds.labels[i])
+            assert ds.source(i).startswith(f"c{lab}/")
+            mean_rgb = img.float().mean(dim=(1, 2))
+            assert torch.allclose(mean_rgb, torch.tensor(COLOURS[lab], dtype=torch.float32), atol=4), \
+                (ds.source(i), mean_rgb)
+            seen += 1
+    assert seen == (24 if not train else len(ld) * 4)
+
+
+def test_normalization_matches_mean_std(colour_ds):
+    ld = ImageLoader(colour_ds, batch_size=24, image_size=16, train=False, drop_last=False)
+    images, labels = next(iter(ld))
+    for img, lab in zip(images, labels.tolist()):
+        want = (torch.tensor(COLOURS[lab]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+        assert torch.allclose(img.mean(dim=(1, 2)), want.float(), atol=0.08)
+
+
+def test_train_and_eval_pixels_match_the_pil_reference(photo_ds):
+    """Eval batches equal resize-shorter-side + centre crop done with PIL, up to decoder rounding."""
+    ld = ImageLoader(photo_ds, batch_size=6, image_size=48, train=False, mean=None, std=None,
+                     dtype=torch.uint8, with_indices=True)
+    images, _, idx = next(iter(ld))
+    ds = ld.dataset
+    import io
+    for img, i in zip(images, idx.tolist()):
+        im = Image.open(io.BytesIO(ds.read(i))).convert("RGB")
+        w, h = im.size
+        side = round(min(w, h) * 0.875)
+        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        ref = np.asarray(im.resize((48, 48), Image.BILINEAR, box=box)).transpose(2, 0, 1)
+        diff = np.abs(ref.astype(int) - img.numpy().astype(int))
+        assert diff.mean() < 2.0, (i, diff.mean())
+
+
+# -- epochs -------------------------------------------------------------------
+
+def test_train_epoch_coverage_and_order(photo_ds):
+    ld = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True, seed=3)
+    n = len(ld.dataset)
+    assert len(ld) == n // 8
+    e0, e1 = indices_of(ld, epochs=2)
+    for e in (e0, e1):
+        assert len(e) == len(ld) * 8 and len(set(e)) == len(e) and set(e) <= set(range(n))
+    assert e0 != e1                                                  # reshuffled per epoch
+    again = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True, seed=3)
+    assert indices_of(again, epochs=2) == [e0, e1]                   # same seed, same orders
+    other = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True, seed=4)
+    assert indices_of(other)[0] != e0
+
+
+def test_eval_covers_every_record_once_with_partial_last_batch(photo_ds):
+    ld = ImageLoader(photo_ds, batch_size=8, image_size=16, train=False, with_indices=True)
+    n = len(ld.dataset)
+    sizes = [len(lab) for _, lab, _ in ld]
+    assert len(sizes) == len(ld) == -(-n // 8) and sizes[-1] == n - 8 * (len(sizes) - 1)
+    e0, e1 = indices_of(ld, epochs=2)
+    assert e0 == list(range(n)) == e1
+
+
+def test_same_seed_gives_bit_identical_batches(photo_ds):
+    a = ImageLoader(photo_ds, batch_size=6, image_size=32, seed=9)
+    b = ImageLoader(photo_ds, batch_size=6, image_size=32, seed=9)
+    for (xa, ya), (xb, yb) in zip(a, b):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_set_epoch_and_break_mid_epoch(photo_ds):
+    ref = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True)
+    epochs = indices_of(ref, epochs=3)
+    ld = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True)
+    for k, (_, _, idx) in enumerate(ld):      # abandon epoch 0 after 2 batches
+        if k == 1:
+            break
+    assert indices_of(ld)[0] == epochs[1]     # next iter() is epoch 1, complete
+    ld.set_epoch(2)
+    assert indices_of(ld)[0] == epochs[2]
+    ld.set_epoch(0)
+    assert indices_of(ld)[0] == epochs[0]
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_resume_mid_epoch_yields_exactly_the_remaining_batches(photo_ds, k):
+    full = ImageLoader(photo_ds, batch_size=5, image_size=24, with_indices=True, seed=2)
+    list(full)                                                   # epoch 0
+    expected = [(x.clone(), i.tolist()) for x, _, i in full]     # epoch 1
+
+    run = ImageLoader(photo_ds, batch_size=5, image_size=24, with_indices=True, seed=2)
+    list(run)
+    it = iter(run)
+    for _ in range(k):
+        next(it)
+    state = json.loads(json.dumps(run.state_dict()))             # survives a checkpoint file
+    del it, run
+
+    resumed = ImageLoader(photo_ds, batch_size=5, image_size=24, with_indices=True, seed=2)
+    resumed.load_state_dict(state)
+    rest = [(x, i.tolist()) for x, _, i in resumed]
+    assert [i for _, i in rest] == [i for _, i in expected[k:]]
+    for (x, _), (xe, _) in zip(rest, expected[k:]):
+        assert torch.equal(x, xe)                                # same crops and flips too
+    # ...and the epoch after continues as the uninterrupted run would.
+    assert indices_of(resumed)[0] == indices_of(full)[0]
+
+
+def test_load_state_dict_rejects_another_configuration(photo_ds):
+    a = ImageLoader(photo_ds, batch_size=5, image_size=16)
+    b = ImageLoader(photo_ds, batch_size=6, image_size=16)
+    with pytest.raises(ValueError, match="batch_size"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_validation_split(photo_ds):
+    kw = dict(batch_size=4, image_size=16, train=False, with_indices=True, validation_split=0.25, seed=7)
+    tr = ImageLoader(photo_ds, subset="training", **kw)
+    va = ImageLoader(photo_ds, subset="validation", **kw)
+    t, v = indices_of(tr)[0], indices_of(va)[0]
+    n = len(tr.dataset)
+    assert len(v) == int(0.25 * n) and not set(t) & set(v) and sorted(t + v) == list(range(n))
+    assert indices_of(ImageLoader(photo_ds, subset="validation", **kw))[0] == v
+
+
+def test_rank_and_world_size_from_environment(photo_ds, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r1 = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True)
+    monkeypatch.setenv("RANK", "0")
+    r0 = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True)
+    assert (r0.rank, r1.rank, r0.world_size) == (0, 1, 2)
+    a, b = indices_of(r0)[0], indices_of(r1)[0]
+    assert len(a) == len(b) == len(r0) * 4 == (len(r0.dataset) // 2) // 4 * 4
+    assert not set(a) & set(b)
+
+
+# -- errors -------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=4, image_size=2), "image_size"),
+    (dict(batch_size=4, dtype=torch.float64), "dtype"),
+    (dict(batch_size=4, dtype=torch.uint8), "mean=None"),
+    (dict(batch_size=4, mean=None), "mean and std"),
+    (dict(batch_size=4, device="tpu"), "device"),
+    (dict(batch_size=4, device="cuda"), "CUDA"),
+    (dict(batch_size=4, prefetch=0), "prefetch"),
+    (dict(batch_size=4, num_threads=0), "num_threads"),
+    (dict(batch_size=4, rank=2, world_size=2), "rank"),
+    (dict(batch_size=4, validation_split=0.5, subset="test"), "subset"),
+    (dict(batch_size=100), "batch_size=100 is larger"),
+])
+def test_bad_arguments_raise_value_error_naming_them(colour_ds, kwargs, match):
+    if kwargs.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(ValueError, match=match):
+        ImageLoader(colour_ds, **kwargs)
+
+
+def test_empty_subset_is_an_error(colour_ds):
+    with pytest.raises(ValueError, match="empty"):
+        ImageLoader(colour_ds, batch_size=1, validation_split=0.01, subset="validation")
+
+
+def test_not_a_packed_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="manifest"):
+        ImageLoader(tmp_path, batch_size=4)
+    with pytest.raises(DatasetError):
+        ImageLoader(tmp_path / "missing", batch_size=4)
+
+
+def test_unsupported_manifest_version(colour_ds, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_ds, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["version"] = 999
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetError, match="999"):
+        ImageLoader(copy, batch_size=4)
+
+
+def test_undecodable_record_names_shard_and_record(colour_ds, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(colour_ds, copy)
+    ds = loader.open_dataset(copy)
+    victim = 5
+    data = ds.read(victim)
+    shard, key = ds.locate(victim)
+    del ds
+    blob = (copy / shard).read_bytes()
+    at = blob.find(data)
+    assert at >= 0 and blob.find(data, at + 1) == -1
+    # Destroy the JPEG header (SOI, APP0, the first tables): no decoder gets past it.
+    broken = blob[:at] + b"\0" * 64 + blob[at + 64:]
+    (copy / shard).write_bytes(broken)
+    ld = ImageLoader(copy, batch_size=24, image_size=16, train=False)
+    with pytest.raises(DecodeError, match=rf"record {victim} \(shard {shard}, key {key}"):
+        list(ld)
+
+
+# -- lifecycle ------------------------------------------------------------------
+
+def _native_threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_no_thread_leak_over_many_loaders_and_epochs(photo_ds):
+    def cycle():
+        ld = ImageLoader(photo_ds, batch_size=8, image_size=16, num_threads=2)
+        for _ in range(3):
+            for _ in ld:
+                pass
+        ld.close()
+        del ld
+        gc.collect()
+
+    cycle()                                   # warm-up: torch/DALI global pools
+    py0, native0 = threading.active_count(), _native_threads()
+    for _ in range(5):
+        cycle()
+    assert threading.active_count() <= py0
+    assert _native_threads() <= native0 + 2
+
+
+def test_gpu_graph_places_decode_on_mixed_and_everything_after_on_gpu():
+    """Without CUDA the GPU pipeline can't be built, but its graph can be defined and inspected."""
+    from nvidia.dali.pipeline import Pipeline
+
+    from loader.pipeline import image_graph
+
+    with Pipeline(batch_size=4, num_threads=1, device_id=0):
+        images, labels, indices = image_graph(iter(()), device="gpu", image_size=32,
+                                              mean=[0, 0, 0], std=[1, 1, 1])
+    assert images.device == "gpu" and labels.device == "gpu"
+    chain = []
+    node = images
+    while True:
+        op = node.source._op
+        chain.append((op.schema_name, op.device, node.device))
+        if op.schema_name.startswith("decoders__") or op.schema_name == "ExternalSource":
+            break
+        node = node.source.inputs[0]
+    names = [c[0] for c in chain]
+    assert names == ["CropMirrorNormalize", "Resize", "decoders__ImageSlice"], chain
+    assert chain[-1][1] == "mixed" and chain[-1][2] == "gpu"          # nvJPEG decode
+    assert all(dev == "gpu" and out == "gpu" for _, dev, out in chain[:-1])
+
+    with Pipeline(batch_size=4, num_threads=1, device_id=None):
+        images, labels, _ = image_graph(iter(()), device="cpu", image_size=32)
+    assert images.device == "cpu" and labels.device == "cpu"
