@@ -1,0 +1,229 @@
+"""Command line: ``loader pack | info | verify | bench``.
+
+User errors (bad input, bad dataset, bad option values) print one line,
+``error: <message>``, and exit with status 2 -- no traceback. ``verify`` exits
+with 1 when it finds bad records. Ctrl-C exits with 130.
+
+    loader pack photos/ photos.packed --max-side 512
+    loader info photos.packed --json
+    loader verify photos.packed
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from loader.errors import LoaderError
+
+__all__ = ["build_parser", "main"]
+
+_EPILOG_PACK = """\
+Bad files (empty, corrupt, truncated, not images) are skipped and listed in
+DST/skipped.tsv; --strict makes the first one an error instead. JPEGs and
+8-bit PNGs in RGB or grayscale are stored byte-for-byte; everything else
+(EXIF-rotated, CMYK, palette, alpha, 16-bit, GIF, BMP, TIFF, WebP, images
+larger than --max-side) is converted and re-encoded as JPEG at --quality.
+The output is written to DST.partial-<pid> and renamed to DST when complete.
+"""
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from loader.pack import pack
+
+    report = pack(args.src, args.dst, shards=args.shards,
+                  shard_size_mb=512 if args.shard_size_mb is None else args.shard_size_mb,
+                  workers=args.workers, max_side=args.max_side, quality=args.quality,
+                  overwrite=args.overwrite, strict=args.strict, progress=not args.quiet)
+    print(report.summary())
+    if report.num_skipped:
+        from loader.manifest import SKIPPED_NAME
+
+        print(f"skipped files and reasons: {os.path.join(report.dst, SKIPPED_NAME)}")
+    return 0
+
+
+def dataset_info(dst: str) -> dict:
+    """What ``loader info --json`` prints, as a dict.
+
+    >>> dataset_info("photos.packed")["num_records"]      # doctest: +SKIP
+    3000
+    """
+    import numpy as np
+
+    from loader.dataset import open_dataset
+
+    ds = open_dataset(dst)
+    m = ds.manifest
+    counts = np.bincount(m.labels, minlength=len(m.classes)).tolist()
+    return {
+        "path": str(ds.path),
+        "format": m.format,
+        "version": m.version,
+        "num_records": m.num_records,
+        "num_skipped": m.skipped,
+        "num_converted": sum(c is not None for c in m.converted),
+        "classes": [{"label": i, "name": c, "count": counts[i]} for i, c in enumerate(m.classes)],
+        "shards": [{"name": s.name, "first": s.first, "records": s.records, "bytes": s.bytes,
+                    "file_bytes": os.path.getsize(ds.path / s.name)} for s in m.shards],
+        "pack_params": m.pack_params,
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = dataset_info(args.dst)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"dataset   {info['path']}")
+    print(f"records   {info['num_records']} (converted at pack time: {info['num_converted']}, "
+          f"skipped files: {info['num_skipped']})")
+    print(f"classes   {len(info['classes'])}")
+    width = max(len(c["name"]) for c in info["classes"])
+    for c in info["classes"]:
+        print(f"  {c['label']:>5}  {c['name']:<{width}}  {c['count']}")
+    print(f"shards    {len(info['shards'])}")
+    for s in info["shards"]:
+        print(f"  {s['name']}  {s['records']} records from #{s['first']}, "
+              f"{s['bytes'] / 1e6:.1f} MB of images, {s['file_bytes'] / 1e6:.1f} MB on disk")
+    params = " ".join(f"{k}={v}" for k, v in info["pack_params"].items())
+    print(f"packed    {params}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from loader.verify import verify
+
+    bad = verify(args.dst, decode=not args.no_decode, progress=not args.quiet)
+    for index, shard, key, source, reason in bad:
+        print(f"record {index} ({shard} key {key:010d}, source {source}): {reason}")
+    from loader.manifest import read_manifest
+
+    n = read_manifest(args.dst).num_records
+    print(f"verified {n} records in {args.dst}: {len(bad)} bad" +
+          ("" if bad else " (all good)"))
+    return 1 if bad else 0
+
+
+def _add_pack(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pack", help="convert an image folder into LMDB shards + manifest",
+        description="Convert an image folder (one sub-folder per class, like torchvision's\n"
+                    "ImageFolder) into LMDB shards plus manifest.json.",
+        epilog=_EPILOG_PACK, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="image folder with one sub-folder per class; class "
+                   "labels follow the sorted folder names; files in nested folders count for their "
+                   "class; hidden files are ignored")
+    p.add_argument("dst", metavar="DST", help="folder to create for the packed dataset (must not "
+                   "exist unless --overwrite)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--shards", type=int, metavar="N", help="number of shard files (default: one "
+                   "per --shard-size-mb of input; never more than one per image)")
+    g.add_argument("--shard-size-mb", type=float, metavar="MB", help="target input megabytes "
+                   "(10^6 bytes) per shard when --shards is not given (default: 512)")
+    p.add_argument("--workers", type=int, metavar="W", help="processes that decode and check "
+                   "images (default: all CPU cores); the output is identical for any W")
+    p.add_argument("--max-side", type=int, metavar="PX", help="downscale images so that "
+                   "max(height, width) <= PX (aspect kept, Lanczos; re-encoded as JPEG); at least 16")
+    p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality (1-100) for "
+                   "converted or downscaled images (default: 95)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it is an existing "
+                   "packed dataset (atomically: the old one stays until the new one is complete)")
+    p.add_argument("--strict", action="store_true", help="stop with an error at the first bad "
+                   "file instead of skipping it (nothing is written to DST)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pack)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="describe a packed dataset",
+                       description="Show record and class counts, shards and pack parameters.")
+    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.set_defaults(func=_cmd_info)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify", help="check every record (checksum, DALI decode, size)",
+        description="Re-read every record, compare its checksum with the manifest, decode it "
+                    "with DALI's CPU decoder and compare its size with the manifest. Prints bad "
+                    "records one per line; exit status 1 if any, 0 if all are good.")
+    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`)")
+    p.add_argument("--no-decode", action="store_true", help="only check checksums (no DALI)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _add_bench(sub: argparse._SubParsersAction, load: bool) -> None:
+    """Register ``bench`` if :mod:`loader.bench` exists.
+
+    Its module (and what it imports) loads only when ``bench`` is the command,
+    so ``pack`` / ``info`` start fast.
+    """
+    if importlib.util.find_spec("loader.bench") is None:
+        return
+    if not load:
+        sub.add_parser("bench", help="measure loading throughput (see `loader bench --help`)")
+        return
+    try:
+        from loader import bench as _bench
+    except ModuleNotFoundError as e:
+        if e.name == "loader.bench":
+            return
+        raise LoaderError(f"`loader bench` needs the module {e.name!r}, which is not "
+                          f"installed: {e}") from None
+    p = sub.add_parser("bench", help="measure loading throughput",
+                       description=(_bench.__doc__ or "").strip().split("\n\n")[0] or None)
+    _bench.add_arguments(p)
+    p.set_defaults(func=_bench.run)
+
+
+def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
+    """The ``loader`` argument parser (``with_bench`` loads the bench module)."""
+    from loader import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="loader", description="Pack image folders into LMDB shards and check them; "
+        "load them for PyTorch with loader.ImageLoader (NVIDIA DALI).")
+    parser.add_argument("--version", action="version", version=f"loader {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_pack(sub)
+    _add_info(sub)
+    _add_verify(sub)
+    _add_bench(sub, load=with_bench)
+    return parser
+
+
+def _one_line(msg: object) -> str:
+    return " ".join(str(msg).split("\n"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status.
+
+    >>> main(["info", "photos.packed", "--json"])          # doctest: +SKIP
+    0
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser(with_bench=argv[:1] == ["bench"])
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, --version, usage errors (status 2)
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return int(func(args) or 0)
+    except LoaderError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `loader info DST | head`
+        sys.stdout = open(os.devnull, "w")  # silence the flush at exit
+        return 1

@@ -1,0 +1,244 @@
+"""Stage 2 of ``pack``: decode each file once, and decide what to store.
+
+Storage policy
+--------------
+
+Every file is decoded fully with Pillow (``Image.open`` + ``load()``); files
+that are empty, not images, corrupt or truncated are reported as bad with a
+short reason and skipped (truncated images are never padded:
+``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False).
+
+A file is stored **byte-for-byte** (its original bytes) when all hold:
+
+* it is a JPEG or an 8-bit PNG,
+* its mode is RGB or L (grayscale),
+* it has no EXIF orientation other than 1,
+* it is not larger than ``--max-side`` (when given).
+
+Everything else is **converted**, then re-encoded as JPEG at ``--quality``
+(default 95):
+
+* EXIF orientation is applied (``ImageOps.exif_transpose``): every stored
+  image is upright and carries no orientation tag, so every decoder agrees on
+  its height and width.
+* Modes become RGB with ``.convert("RGB")``, exactly what torchvision's
+  ``ImageFolder`` loader does (alpha is dropped the same way): CMYK, P, LA,
+  RGBA, 1, ... -- except that L stays L. 16-bit images (PNG, TIFF) are scaled
+  to 8 bits (``>> 8``; ``.convert`` would clip them to white).
+* GIF (first frame), BMP, TIFF, WebP and other formats become JPEG.
+* ``--max-side PX`` downscales so that ``max(height, width) <= PX`` (aspect
+  kept, Lanczos).
+
+:attr:`CheckedImage.converted` says what happened, e.g. ``"exif-rotate"``,
+``"cmyk->rgb"``, ``"p->rgb,gif->jpeg"``, ``"max-side"``, and is ``None`` for
+byte-for-byte. :attr:`CheckedImage.height` and ``width`` are those of the
+stored (upright, final) image: what a decoder produces for the stored bytes.
+
+>>> img = check_image("photos/cat/001.jpg")             # doctest: +SKIP
+>>> img.converted, img.height, img.width  # doctest: +SKIP
+(None, 375, 500)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = ["BadImage", "CheckedImage", "check_bytes", "check_image"]
+
+# Never pad a truncated file with grey: it is bad input and must be reported.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # orientations that transpose height and width
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_KEEP_MODES = ("RGB", "L")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+class BadImage(Exception):
+    """The file cannot be stored; ``reason`` says why in a few words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """What to store for one image: encoded ``data`` and its final size."""
+
+    data: bytes
+    height: int
+    width: int
+    converted: str | None
+
+
+def _short(e: BaseException) -> str:
+    msg = (str(e).strip().splitlines() or [""])[0]
+    msg = msg or type(e).__name__
+    return msg if len(msg) <= 160 else msg[:157] + "..."
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """Bit depth from the PNG IHDR chunk (Pillow reads 16-bit RGB as 8-bit RGB)."""
+    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) > 24:
+        return data[24]
+    return None
+
+
+_MAGIC = [(b"\xff\xd8\xff", "JPEG"), (_PNG_SIGNATURE, "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+          (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")]
+
+
+def _unidentified_reason(data: bytes) -> str:
+    """Why Pillow could not identify ``data``: a known format's magic number
+    means a damaged (or unsupported) image rather than a non-image."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        from PIL import features
+
+        if not features.check("webp"):
+            return "WebP is not supported by this Pillow build (install Pillow with WebP)"
+        return "corrupt or truncated WEBP (unreadable header)"
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return f"corrupt or truncated {fmt} (unreadable header)"
+    return "not an image (unrecognised format)"
+
+
+def _orientation(im: Image.Image) -> int | None:
+    """EXIF orientation (1 when absent); None when the EXIF block is unreadable."""
+    try:
+        return int(im.getexif().get(_ORIENTATION, 1))
+    except Exception:  # malformed EXIF: decoders may disagree on it, so strip it
+        return None
+
+
+def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """``(w, h)`` scaled so ``max(w, h) <= max_side``, or None if it fits already.
+
+    >>> fit_size(4000, 3000, 256)
+    (256, 192)
+    >>> fit_size(100, 50, 256) is None
+    True
+    """
+    if max_side is None or max(width, height) <= max_side:
+        return None
+    scale = max_side / max(width, height)
+    return (min(max_side, max(1, round(width * scale))),
+            min(max_side, max(1, round(height * scale))))
+
+
+def _to_8bit(im: Image.Image, png_depth: int | None) -> Image.Image:
+    """16-bit / 32-bit grayscale to L, scaling 16-bit values rather than clipping."""
+    a = np.asarray(im)
+    if im.mode in _SIXTEEN_BIT_MODES or (im.mode == "I" and png_depth == 16):
+        a = a.astype(np.uint32) >> 8
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+
+
+def _keep_bytes(fmt: str | None, im: Image.Image, png_depth: int | None,
+                orientation: int | None, target: tuple[int, int] | None) -> bool:
+    if target is not None or orientation != 1 or im.mode not in _KEEP_MODES:
+        return False
+    if fmt == "JPEG":
+        return True
+    return fmt == "PNG" and png_depth == 8
+
+
+def check_bytes(data: bytes, *, max_side: int | None = None, quality: int = 95) -> CheckedImage:
+    """:func:`check_image` on bytes already in memory.
+
+    >>> import io
+    >>> buf = io.BytesIO(); Image.new("RGBA", (4, 2)).save(buf, "PNG")
+    >>> check_bytes(buf.getvalue()).converted
+    'rgba->rgb,png->jpeg'
+    """
+    # Pillow warns about e.g. palette transparency or huge images; the outcome
+    # is in `converted` / BadImage, so the warnings would only be noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _check(data, max_side, quality)
+
+
+def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage(_unidentified_reason(data)) from None
+    except Exception as e:  # broken headers raise all sorts of things
+        raise BadImage(f"unreadable image header: {_short(e)}") from None
+    fmt = im.format
+    target = fit_size(im.width, im.height, max_side)
+    if target is not None and fmt in ("JPEG", "MPO"):
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still reading every byte,
+        # so truncation is caught) but no smaller than twice the target: far
+        # faster, and Lanczos from there looks the same (as Image.thumbnail does).
+        im.draft(None, (2 * target[0], 2 * target[1]))
+    try:
+        im.load()
+    except Exception as e:  # decoders of untrusted files raise anything; one file must not stop a pack
+        raise BadImage(f"corrupt or truncated {fmt or 'image'}: {_short(e)}") from None
+
+    png_depth = _png_bit_depth(data)
+    orientation = _orientation(im)
+    if _keep_bytes(fmt, im, png_depth, orientation, target):
+        return CheckedImage(data, im.height, im.width, None)
+
+    steps = []
+    if orientation in _SWAPS_AXES and target is not None:
+        target = (target[1], target[0])
+    if orientation is None or orientation not in range(1, 9):
+        steps.append("exif-strip")  # re-encoding below drops EXIF
+    elif orientation != 1:
+        im = ImageOps.exif_transpose(im)
+        steps.append("exif-rotate")
+    mode = im.mode
+    try:
+        if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+            sixteen = mode in _SIXTEEN_BIT_MODES or png_depth == 16
+            im = _to_8bit(im, png_depth)
+            steps.append("16bit->8bit" if sixteen else f"{mode.lower()}->l")
+        elif mode not in _KEEP_MODES:
+            im = im.convert("RGB")
+            steps.append(f"{mode.lower()}->rgb")
+        elif fmt == "PNG" and png_depth == 16:
+            steps.append("16bit->8bit")  # Pillow already kept the high bytes
+    except Exception as e:
+        raise BadImage(f"cannot convert mode {mode} to RGB: {_short(e)}") from None
+    if fmt != "JPEG":
+        steps.append(f"{(fmt or 'unknown').lower()}->jpeg")
+    if target is not None:
+        if im.size != target:
+            im = im.resize(target, Image.LANCZOS)
+        steps.append("max-side")
+
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return CheckedImage(buf.getvalue(), im.height, im.width, ",".join(steps))
+
+
+def check_image(path: str | os.PathLike, *, max_side: int | None = None,
+                quality: int = 95) -> CheckedImage:
+    """Decode the file at ``path`` fully and return what to store for it.
+
+    Raises :class:`BadImage` (with a short ``reason``) for empty, unreadable,
+    non-image, corrupt or truncated files. See the module docstring for the
+    byte-for-byte vs. convert policy.
+
+    >>> check_image("photos/cat/scan.tif").converted       # doctest: +SKIP
+    'tiff->jpeg'
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise BadImage(f"cannot read file: {e.strerror or e}") from None
+    return check_bytes(data, max_side=max_side, quality=quality)

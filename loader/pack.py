@@ -1,0 +1,474 @@
+"""``pack``: convert an image folder into LMDB shards plus a manifest.
+
+Stages: :mod:`loader.scan` lists the files, :mod:`loader.imagecheck` decodes
+each one (in a process pool) and decides what bytes to store, this module
+writes them into shards (:mod:`loader.shards`) and writes the manifest
+(:mod:`loader.manifest`) and ``skipped.tsv``.
+
+Guarantees:
+
+* Deterministic: the output depends only on the input and the options, never
+  on ``workers``. Items are split into contiguous ranges, one per shard
+  (shard ``s`` gets items ``[s*n//S, (s+1)*n//S)``); bad files are skipped
+  inside their shard; records are numbered in shard order.
+* Atomic: everything is written to ``DST.partial-<pid>`` next to DST and
+  renamed to DST only when complete. ``overwrite=True`` moves the old DST
+  aside, moves the new one in, then deletes the old one. Killed at any point,
+  DST holds the previous complete dataset or nothing.
+* Bad files are skipped and listed in ``DST/skipped.tsv`` (or, with
+  ``strict=True``, the first one stops the pack with :class:`PackError`).
+
+>>> report = pack("photos/", "photos.packed")           # doctest: +SKIP
+>>> print(report.summary())  # doctest: +SKIP
+packed 2998 images (2 skipped) into photos.packed: 2 classes, 1 shard, ...
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import lmdb
+import numpy as np
+from tqdm import tqdm
+
+from loader.errors import PackError
+from loader.imagecheck import BadImage, CheckedImage, check_bytes
+from loader.manifest import (
+    FORMAT,
+    MANIFEST_NAME,
+    SKIPPED_NAME,
+    VERSION,
+    Manifest,
+    ShardInfo,
+    record_checksum,
+    write_manifest,
+)
+from loader.scan import scan
+from loader.shards import ShardWriter, shard_name
+
+__all__ = ["PackReport", "pack", "plan_shards", "shard_ranges"]
+
+MB = 10**6  # sizes are reported in MB (10^6 bytes), as the summary line prints them
+_CHUNKSIZE = 16  # items per pool task: amortises IPC, keeps workers evenly loaded
+_KEEP, _DATA, _BAD = 0, 1, 2  # kinds of worker results
+
+
+@dataclass(frozen=True)
+class PackReport:
+    """What :func:`pack` did. ``seconds`` covers the whole pack."""
+
+    dst: str
+    num_records: int
+    num_skipped: int
+    skipped: tuple[tuple[str, str], ...]   # (relpath, reason)
+    classes: tuple[str, ...]
+    shards: int
+    seconds: float
+    images_per_sec: float
+    mb_per_sec: float
+    input_bytes: int
+    output_bytes: int
+
+    def summary(self) -> str:
+        """One line for humans.
+
+        >>> r = PackReport("out", 98, 2, (), ("a", "b"), 1, 2.0, 50.0, 5.0, 10**7, 10**7)
+        >>> r.summary()
+        'packed 98 images (2 skipped) into out: 2 classes, 1 shard, 10.0 MB -> 10.0 MB in 2.0 s (50 images/s, 5.0 MB/s)'
+        """
+        return (f"packed {self.num_records} images ({self.num_skipped} skipped) into {self.dst}: "
+                f"{len(self.classes)} classes, {self.shards} shard{'s' * (self.shards != 1)}, "
+                f"{self.input_bytes / MB:.1f} MB -> {self.output_bytes / MB:.1f} MB in "
+                f"{self.seconds:.1f} s ({self.images_per_sec:.0f} images/s, {self.mb_per_sec:.1f} MB/s)")
+
+
+# ---------------------------------------------------------------- planning
+
+
+def plan_shards(total_bytes: int, num_items: int, shards: int | None, shard_size_mb: float) -> int:
+    """Number of shards: ``shards`` if given, else ``ceil(total / shard size)``;
+    at least 1 and at most one per image. Never depends on ``workers``.
+
+    >>> plan_shards(1_300 * MB, 5000, None, 512)
+    3
+    >>> plan_shards(10, 2, 8, 512)
+    2
+    """
+    if shards is None:
+        shards = math.ceil(total_bytes / (shard_size_mb * MB))
+    return max(1, min(shards, num_items))
+
+
+def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
+    """Contiguous item ranges ``[lo, hi)``, one per shard.
+
+    >>> shard_ranges(10, 3)
+    [(0, 3), (3, 6), (6, 10)]
+    """
+    return [(s * n // num_shards, (s + 1) * n // num_shards) for s in range(num_shards)]
+
+
+def _check_options(shards, shard_size_mb, workers, max_side, quality) -> int:
+    """Validate option values; return the worker count to use."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if shards is not None and (not is_int(shards) or shards < 1):
+        raise PackError(f"--shards must be an integer >= 1 (got {shards!r})")
+    if not isinstance(shard_size_mb, (int, float)) or not shard_size_mb > 0:
+        raise PackError(f"--shard-size-mb must be > 0 (got {shard_size_mb!r})")
+    if workers is not None and (not is_int(workers) or workers < 1):
+        raise PackError(f"--workers must be an integer >= 1 (got {workers!r})")
+    if max_side is not None and (not is_int(max_side) or max_side < 16):
+        raise PackError(f"--max-side must be an integer >= 16 pixels (got {max_side!r})")
+    if not is_int(quality) or not 1 <= quality <= 100:
+        raise PackError(f"--quality must be an integer from 1 to 100 (got {quality!r})")
+    return int(workers or os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- destination
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale(dst: Path) -> None:
+    """Delete ``DST.partial-<pid>`` / ``DST.old-<pid>`` left by packs that were killed."""
+    for p in glob.glob(glob.escape(str(dst)) + ".partial-*") + glob.glob(glob.escape(str(dst)) + ".old-*"):
+        pid = p.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _check_dst(src: Path, dst: Path, overwrite: bool) -> None:
+    if dst.exists() or dst.is_symlink():
+        if not overwrite:
+            raise PackError(f"{dst} exists; pass --overwrite to replace it")
+        if dst.is_symlink() or not dst.is_dir():
+            raise PackError(f"{dst} exists and is not a folder; refusing to replace it with "
+                            f"--overwrite: remove it yourself or choose another DST")
+        if not (dst / MANIFEST_NAME).is_file() and any(dst.iterdir()):
+            # --overwrite deletes DST: only ever delete something pack made.
+            raise PackError(f"{dst} exists and is not a packed dataset (no {MANIFEST_NAME}); "
+                            f"refusing to replace it with --overwrite: remove it yourself or choose another DST")
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if dst_r == src_r or src_r in dst_r.parents:
+        raise PackError(f"DST {dst} is inside SRC {src}; choose a DST outside the image folder")
+    if dst_r in src_r.parents:
+        raise PackError(f"SRC {src} is inside DST {dst}; choose another DST")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PackError(f"cannot create {dst.parent} (the folder that will hold DST): "
+                        f"{e.strerror or e}; choose a DST in a writable folder") from None
+
+
+def _make_partial(dst: Path) -> Path:
+    partial = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    try:
+        if partial.exists():  # left by an earlier call in this same process
+            shutil.rmtree(partial)
+        partial.mkdir()
+    except OSError as e:
+        raise PackError(f"cannot write in {dst.parent}: {e.strerror or e}; choose a DST in a "
+                        f"writable folder") from None
+    return partial
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # not supported on every file system; best effort
+        pass
+    finally:
+        os.close(fd)
+
+
+def _install(partial: Path, dst: Path, overwrite: bool) -> None:
+    """Move the finished ``partial`` folder to ``dst`` (replacing it if asked)."""
+    _fsync_dir(partial)
+    if overwrite and dst.is_dir():
+        old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
+        os.rename(dst, old)
+        try:
+            os.rename(partial, dst)
+        except BaseException:
+            os.rename(old, dst)  # put the previous dataset back
+            raise
+        _fsync_dir(dst.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.rename(partial, dst)
+        except OSError as e:
+            raise PackError(f"cannot move the packed dataset to {dst}: {e.strerror or e} "
+                            f"(did something create {dst} meanwhile?)") from None
+        _fsync_dir(dst.parent)
+
+
+# ---------------------------------------------------------------- workers
+
+
+def _init_worker() -> None:
+    # Ctrl-C is handled by the parent (it terminates the pool); workers just stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:  # die with the parent even if it is SIGKILLed (PR_SET_PDEATHSIG)
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+        except Exception:
+            pass
+
+
+def _file_sig(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _result(c: CheckedImage, sig: tuple | None) -> tuple:
+    if c.converted is None and sig is not None:
+        # Stored as-is: the parent reads the file itself (from the page cache)
+        # instead of receiving it through a pipe -- that transfer would cost
+        # the parent more CPU than all its other work together.
+        return _KEEP, c.height, c.width, record_checksum(c.data), sig
+    return _DATA, c.data, c.height, c.width, c.converted, record_checksum(c.data)
+
+
+def _process(path: str, max_side: int | None, quality: int) -> tuple:
+    """Worker: check one file. Returns one of
+    ``(_KEEP, height, width, checksum, file_sig)``,
+    ``(_DATA, data, height, width, converted, checksum)``, ``(_BAD, reason)``.
+    """
+    try:
+        with open(path, "rb", buffering=0) as f:
+            sig = _file_sig(os.fstat(f.fileno()))
+            data = f.read()
+        c = check_bytes(data, max_side=max_side, quality=quality)
+    except OSError as e:
+        return _BAD, f"cannot read file: {e.strerror or e}"
+    except BadImage as e:
+        return _BAD, e.reason
+    return _result(c, sig)
+
+
+def _load_kept(path: str, r: tuple, max_side: int | None, quality: int) -> tuple:
+    """Parent: turn a ``_KEEP`` result into a ``_DATA`` one by reading the file.
+
+    If the file changed since the worker checked it (other inode, size or
+    mtime), what was read now is checked again here: only checked bytes are
+    stored. (``loader verify`` compares checksums, as a last line of defence.)
+    """
+    _, height, width, checksum, sig = r
+    try:
+        with open(path, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as e:
+        return _BAD, f"cannot read file: {e.strerror or e}"
+    if _file_sig(st) == sig and len(data) == st.st_size:
+        return _DATA, data, height, width, None, checksum
+    try:
+        return _result(check_bytes(data, max_side=max_side, quality=quality), None)
+    except BadImage as e:
+        return _BAD, e.reason
+
+
+def _pool_context() -> mp.context.BaseContext:
+    # fork starts workers instantly, but forking a process that has loaded
+    # torch or DALI (threads, CUDA) is unsafe: then start clean ones instead.
+    heavy = any(m in sys.modules for m in ("torch", "nvidia.dali"))
+    if sys.platform.startswith("linux") and not heavy:
+        return mp.get_context("fork")
+    methods = mp.get_all_start_methods()
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _results(paths: list[str], workers: int, max_side: int | None, quality: int,
+             stack: list) -> Iterator[tuple]:
+    fn = partial(_process, max_side=max_side, quality=quality)
+    if workers == 1 or len(paths) == 1:
+        return map(fn, paths)
+    pool = _pool_context().Pool(min(workers, len(paths)), initializer=_init_worker)
+    stack.append(pool)
+    return pool.imap(fn, paths, chunksize=_CHUNKSIZE)
+
+
+# ---------------------------------------------------------------- writing
+
+
+@dataclass
+class _Records:
+    labels: list
+    heights: list
+    widths: list
+    checksums: list
+    sources: list
+    converted: list
+    shards: list
+    skipped: list
+
+
+def _write_shards(src: Path, partial: Path, items: list[tuple[str, int]], sizes: list[int],
+                  num_shards: int, workers: int, max_side: int | None, quality: int,
+                  strict: bool, progress: bool) -> _Records:
+    rec = _Records([], [], [], [], [], [], [], [])
+    paths = [os.path.join(src, rel) for rel, _ in items]
+    pools: list = []
+    bar = None
+    try:
+        results = _results(paths, workers, max_side, quality, pools)
+        bar = tqdm(total=len(items), unit="img", desc="pack", disable=not progress,
+                   file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
+        for s, (lo, hi) in enumerate(shard_ranges(len(items), num_shards)):
+            name = shard_name(s)
+            first = len(rec.labels)
+            with ShardWriter(partial / name, map_size=int(sum(sizes[lo:hi]) * 1.2) + 64 * 2**20) as w:
+                for j in range(lo, hi):
+                    r = next(results)
+                    bar.update(1)
+                    rel, label = items[j]
+                    if r[0] == _KEEP:
+                        r = _load_kept(paths[j], r, max_side, quality)
+                    if r[0] == _BAD:
+                        if strict:
+                            raise PackError(f"bad image {src / rel}: {r[1]} (--strict stops at the first "
+                                            f"bad file; without it bad files are skipped and listed in "
+                                            f"DST/{SKIPPED_NAME})")
+                        rec.skipped.append((rel, r[1]))
+                        continue
+                    _, data, height, width, converted, checksum = r
+                    w.append(data)
+                    rec.labels.append(label)
+                    rec.heights.append(height)
+                    rec.widths.append(width)
+                    rec.converted.append(converted)
+                    rec.checksums.append(checksum)
+                    rec.sources.append(rel)
+            rec.shards.append(ShardInfo(name, first, w.count, w.payload_bytes))
+    finally:
+        if bar is not None:
+            bar.close()
+        for pool in pools:
+            pool.terminate()
+            pool.join()
+    return rec
+
+
+def _tsv_field(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _write_skipped(partial: Path, skipped: list[tuple[str, str]]) -> None:
+    with open(partial / SKIPPED_NAME, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        f.write("source\treason\n")
+        f.writelines(f"{_tsv_field(rel)}\t{_tsv_field(reason)}\n" for rel, reason in skipped)
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:  # vanished or unreadable: the checker will report it
+        return 0
+
+
+# ---------------------------------------------------------------- pack
+
+
+def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None = None,
+         shard_size_mb: float = 512, workers: int | None = None, max_side: int | None = None,
+         quality: int = 95, overwrite: bool = False, strict: bool = False,
+         progress: bool = True) -> PackReport:
+    """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
+
+    ``shards``: number of shard files (default: one per ``shard_size_mb`` MB
+    of input, at least 1, at most one per image). ``workers``: processes that
+    decode and check images (default: all cores; the output does not depend
+    on it). ``max_side`` / ``quality``: see :mod:`loader.imagecheck`.
+    ``overwrite``: replace an existing packed dataset at ``dst``. ``strict``:
+    fail on the first bad file instead of skipping it. ``progress``: show a
+    progress bar on stderr.
+
+    Raises :class:`PackError` for bad input or options; nothing is left at
+    ``dst`` then.
+
+    >>> pack("photos/", "photos.packed", max_side=512).num_records   # doctest: +SKIP
+    3000
+    """
+    t0 = time.perf_counter()
+    workers = _check_options(shards, shard_size_mb, workers, max_side, quality)
+    src, dst = Path(src), Path(os.path.abspath(dst))
+    classes, items = scan(src)
+    _check_dst(src, dst, overwrite)
+    _remove_stale(dst)
+    sizes = [_file_size(os.path.join(src, rel)) for rel, _ in items]
+    num_shards = plan_shards(sum(sizes), len(items), shards, shard_size_mb)
+
+    partial_dir = _make_partial(dst)
+    try:
+        try:
+            rec = _write_shards(src, partial_dir, items, sizes, num_shards, workers, max_side,
+                                quality, strict, progress)
+            if not rec.labels:
+                rel, reason = rec.skipped[0]
+                raise PackError(f"no usable images in {src}: all {len(items)} files are bad "
+                                f"(first: {rel}: {reason}); check the input folder")
+            write_manifest(partial_dir, _manifest(classes, rec, shards, shard_size_mb, max_side,
+                                                  quality, strict))
+            _write_skipped(partial_dir, rec.skipped)
+            output_bytes = _folder_bytes(partial_dir)
+            _install(partial_dir, dst, overwrite)
+        except (OSError, lmdb.Error) as e:  # disk full, quota, ...: the user's to fix, not a bug
+            raise PackError(f"writing {dst} failed: {getattr(e, 'strerror', None) or e}") from None
+    except BaseException:
+        shutil.rmtree(partial_dir, ignore_errors=True)
+        raise
+
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    input_bytes = sum(sizes)
+    return PackReport(
+        dst=str(dst), num_records=len(rec.labels), num_skipped=len(rec.skipped),
+        skipped=tuple(rec.skipped), classes=tuple(classes), shards=num_shards, seconds=seconds,
+        images_per_sec=len(items) / seconds, mb_per_sec=input_bytes / MB / seconds,
+        input_bytes=input_bytes, output_bytes=output_bytes)
+
+
+def _manifest(classes: list[str], rec: _Records, shards: int | None, shard_size_mb: float,
+              max_side: int | None, quality: int, strict: bool) -> Manifest:
+    from loader import __version__
+
+    return Manifest(
+        format=FORMAT, version=VERSION, classes=tuple(classes), shards=tuple(rec.shards),
+        num_records=len(rec.labels), labels=np.asarray(rec.labels, dtype=np.int64),
+        heights=np.asarray(rec.heights, dtype=np.int32), widths=np.asarray(rec.widths, dtype=np.int32),
+        checksums=tuple(rec.checksums), sources=tuple(rec.sources), converted=tuple(rec.converted),
+        # No `workers` (nor timings): the manifest must not depend on them.
+        pack_params={"shards": shards, "shard_size_mb": shard_size_mb if shards is None else None,
+                     "max_side": max_side, "quality": quality, "strict": strict,
+                     "loader_version": __version__},
+        skipped=len(rec.skipped))

@@ -1,0 +1,59 @@
+"""Shared fixtures: tiny image folders built in tmp_path (fast, deterministic)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts.make_dataset import photo_like_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (64, 48), quality: int = 90, label: int = 0) -> bytes:
+    """A small photo-like JPEG (width, height = size)."""
+    buf = io.BytesIO()
+    photo_like_image(seed, label, 4, size=size).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """SRC with 3 classes x 3 JPEGs, one of them nested; names chosen so
+    sorting matters (``b_dog`` before ``c_cat``; ``a_bird`` first)."""
+    src = tmp_path / "src"
+    for label, cls in enumerate(["a_bird", "b_dog", "c_cat"]):
+        for i in range(3):
+            sub = "deep/er/" if (label, i) == (1, 2) else ""
+            write(src / cls / f"{sub}img_{i}.jpg", jpeg_bytes(seed=10 * label + i, label=label))
+    return src
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m loader ARGS`` in a subprocess (from the repo root)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "loader", *args], capture_output=True, text=True,
+                          check=False, cwd=REPO, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def make_jpeg():
+    """``make_jpeg(seed=0, size=(w, h), quality=90) -> bytes``."""
+    return jpeg_bytes
+
+
+@pytest.fixture
+def loader_cli():
+    """``loader_cli(*args) -> CompletedProcess`` running ``python -m loader``."""
+    return run_cli

@@ -1,0 +1,245 @@
+import importlib.machinery
+import json
+import sys
+import types
+
+import pytest
+
+import loader
+from loader import cli, open_dataset, pack
+from loader.manifest import record_checksum
+from loader.verify import verify
+
+
+@pytest.fixture
+def packed(image_tree, tmp_path):
+    dst = tmp_path / "packed"
+    pack(image_tree, dst, workers=1, progress=False)
+    return dst
+
+
+def run_main(capsys, *args):
+    rc = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(err: str, expected: str) -> None:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+
+
+# ------------------------------------------------------------------ pack
+
+
+def test_pack_prints_summary_and_skipped_path(image_tree, tmp_path, loader_cli):
+    (image_tree / "a_bird" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    r = loader_cli("pack", str(image_tree), str(tmp_path / "out"), "--workers", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"packed 9 images (1 skipped) into {tmp_path / 'out'}: 3 classes, 1 shard")
+    assert lines[1] == f"skipped files and reasons: {tmp_path / 'out' / 'skipped.tsv'}"
+    assert r.stderr == ""  # --quiet: no progress bar
+    assert len(open_dataset(tmp_path / "out")) == 9
+
+
+def test_pack_options_reach_pack(image_tree, tmp_path, capsys):
+    rc, out, _ = run_main(capsys, "pack", str(image_tree), str(tmp_path / "out"), "--shards", "2",
+                          "--max-side", "32", "--quality", "80", "--workers", "1", "--strict", "--quiet")
+    assert rc == 0 and "2 shards" in out
+    params = open_dataset(tmp_path / "out").manifest.pack_params
+    assert {k: params[k] for k in ("shards", "max_side", "quality", "strict")} == {
+        "shards": 2, "max_side": 32, "quality": 80, "strict": True}
+    rc, out, _ = run_main(capsys, "pack", str(image_tree), str(tmp_path / "out2"), "--shard-size-mb",
+                          "0.001", "--quiet", "--workers", "1")
+    assert rc == 0 and "9 shards" in out
+
+
+def error_cases(tmp_path, image_tree):
+    (tmp_path / "noclasses").mkdir()
+    (tmp_path / "noclasses" / "x.jpg").write_bytes(b"x")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir()
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "afile").write_text("")
+    src = str(image_tree)
+    return [
+        (["pack", str(tmp_path / "missing"), str(tmp_path / "o1")], "does not exist"),
+        (["pack", str(tmp_path / "noclasses"), str(tmp_path / "o2")], "has no class folders"),
+        (["pack", str(tmp_path / "empty"), str(tmp_path / "o3")], "no files in them"),
+        (["pack", src, str(tmp_path / "exists")], "exists; pass --overwrite to replace it"),
+        (["pack", src, str(tmp_path / "afile" / "out")], "choose a DST in a writable folder"),
+        (["pack", src, str(tmp_path / "o4"), "--quality", "0"], "--quality must be an integer from 1 to 100"),
+        (["pack", src, str(tmp_path / "o5"), "--shards", "0"], "--shards must be an integer >= 1"),
+        (["info", str(tmp_path / "exists")], "not a packed dataset"),
+        (["verify", str(tmp_path / "nothing")], "not a packed dataset"),
+    ]
+
+
+def test_user_errors_via_subprocess(image_tree, tmp_path, loader_cli):
+    for args, expected in error_cases(tmp_path, image_tree):
+        r = loader_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert_one_line_error(r.stderr, expected)
+        assert r.stdout == ""
+    for name in ("o1", "o2", "o3", "o4", "o5"):
+        assert not (tmp_path / name).exists()
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_user_errors_via_main(image_tree, tmp_path, capsys):
+    for args, expected in error_cases(tmp_path, image_tree):
+        rc, out, err = run_main(capsys, *args)
+        assert rc == 2 and out == "", args
+        assert_one_line_error(err, expected)
+
+
+def test_usage_errors_exit_2(capsys):
+    for args in (["pack"], ["pack", "a", "b", "--quality", "high"], ["nope"], [],
+                 ["pack", "a", "b", "--shards", "2", "--shard-size-mb", "5"]):
+        rc, _, err = run_main(capsys, *args)
+        assert rc == 2 and "usage: loader" in err and "Traceback" not in err, args
+
+
+def test_keyboard_interrupt_exits_130(image_tree, tmp_path, capsys, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    # (`loader.pack` is the function; the module is only reachable via sys.modules)
+    monkeypatch.setattr(sys.modules["loader.pack"], "pack", interrupted)
+    rc, _, err = run_main(capsys, "pack", str(image_tree), str(tmp_path / "o"))
+    assert rc == 130 and err == "interrupted\n"
+
+
+def test_version_and_help(capsys, loader_cli):
+    rc, out, _ = run_main(capsys, "--version")
+    assert rc == 0 and out == f"loader {loader.__version__}\n"
+    rc, out, _ = run_main(capsys, "pack", "--help")
+    assert rc == 0
+    for flag in ("--shards", "--shard-size-mb", "--workers", "--max-side", "--quality",
+                 "--overwrite", "--strict", "--quiet", "SRC", "DST", "skipped.tsv"):
+        assert flag in out, flag
+    rc, out, _ = run_main(capsys, "info", "--help")
+    assert rc == 0 and "--json" in out
+    rc, out, _ = run_main(capsys, "verify", "--help")
+    assert rc == 0 and "exit status 1" in out
+    r = loader_cli("--help")
+    assert r.returncode == 0 and all(c in r.stdout for c in ("pack", "info", "verify"))
+
+
+# ------------------------------------------------------------------ info
+
+
+def test_info_json(packed, capsys):
+    rc, out, _ = run_main(capsys, "info", str(packed), "--json")
+    assert rc == 0
+    info = json.loads(out)
+    assert info["num_records"] == 9 and info["num_skipped"] == 0 and info["num_converted"] == 0
+    assert info["format"] == "loader.lmdb-shards" and info["version"] == 1
+    assert info["path"] == str(packed)
+    assert info["classes"] == [{"label": 0, "name": "a_bird", "count": 3},
+                               {"label": 1, "name": "b_dog", "count": 3},
+                               {"label": 2, "name": "c_cat", "count": 3}]
+    (shard,) = info["shards"]
+    assert {k: shard[k] for k in ("name", "first", "records")} == {
+        "name": "shard-00000.lmdb", "first": 0, "records": 9}
+    assert shard["bytes"] == sum(len(open_dataset(packed).read(i)) for i in range(9))
+    assert shard["file_bytes"] == (packed / "shard-00000.lmdb").stat().st_size
+    assert info["pack_params"]["quality"] == 95 and "workers" not in info["pack_params"]
+
+
+def test_info_text(packed, capsys):
+    rc, out, _ = run_main(capsys, "info", str(packed))
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[:3] == [f"dataset   {packed}", "records   9 (converted at pack time: 0, skipped files: 0)",
+                         "classes   3"]
+    assert [line.split() for line in lines[3:6]] == [["0", "a_bird", "3"], ["1", "b_dog", "3"], ["2", "c_cat", "3"]]
+    assert lines[6] == "shards    1" and lines[7].startswith("  shard-00000.lmdb  9 records from #0, ")
+    assert lines[8].startswith("packed    shards=None shard_size_mb=512 max_side=None quality=95 strict=False")
+
+
+# ------------------------------------------------------------------ verify
+
+
+def overwrite_in_shard(shard_file, old: bytes, new: bytes) -> None:
+    """Replace a record's bytes in place inside the LMDB file."""
+    blob = shard_file.read_bytes()
+    pos = blob.find(old)
+    assert pos > 0 and blob.find(old, pos + 1) == -1 and len(new) == len(old)
+    with open(shard_file, "r+b") as f:
+        f.seek(pos)
+        f.write(new)
+
+
+def test_verify_clean_dataset(packed, loader_cli):
+    r = loader_cli("verify", str(packed), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"verified 9 records in {packed}: 0 bad (all good)\n"
+
+
+def test_verify_finds_flipped_byte(packed, capsys):
+    ds = open_dataset(packed)
+    record = ds.read(4)
+    ds.close()
+    middle = len(record) // 2
+    flipped = bytearray(record[middle:middle + 64])
+    flipped[10] ^= 0xFF
+    overwrite_in_shard(packed / "shard-00000.lmdb", record[middle:middle + 64], bytes(flipped))
+    rc, out, _ = run_main(capsys, "verify", str(packed), "--quiet")
+    assert rc == 1
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("record 4 (shard-00000.lmdb key 0000000004, source b_dog/img_0.jpg): "
+                               "checksum mismatch")
+    assert lines[1] == f"verified 9 records in {packed}: 1 bad"
+
+
+def test_verify_reports_undecodable_and_wrong_size(packed):
+    ds = open_dataset(packed)
+    bad_record = ds.read(2)
+    ds.close()
+    garbage = b"\x00" * 16 + bad_record[16:]  # no JPEG header any more: DALI must fail
+    overwrite_in_shard(packed / "shard-00000.lmdb", bad_record, garbage)
+    obj = json.loads((packed / "manifest.json").read_text())
+    obj["checksums"][2] = record_checksum(garbage)  # checksum fine: only decoding can tell
+    obj["heights"][7] += 1
+    (packed / "manifest.json").write_text(json.dumps(obj))
+    bad = verify(packed, progress=False)
+    assert [b[:4] for b in bad] == [(2, "shard-00000.lmdb", 2, "a_bird/img_2.jpg"),
+                                    (7, "shard-00000.lmdb", 7, "c_cat/img_1.jpg")]
+    assert bad[0][4].startswith("DALI cannot decode it")
+    assert bad[1][4] == "decodes to 48x64 but the manifest says 49x64 (height x width)"
+    assert verify(packed, decode=False, progress=False) == []  # checksums alone are fine
+
+
+# ------------------------------------------------------------------ bench plug-in
+
+
+def fake_bench(calls):
+    mod = types.ModuleType("loader.bench")
+    mod.__spec__ = importlib.machinery.ModuleSpec("loader.bench", None)
+    mod.__doc__ = "Fake bench."
+    mod.add_arguments = lambda p: p.add_argument("--batches", type=int, default=1)
+    mod.run = lambda args: calls.append(args.batches) or 7
+    return mod
+
+
+def test_bench_dispatches_to_module(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setitem(sys.modules, "loader.bench", fake_bench(calls))
+    monkeypatch.delattr(loader, "bench", raising=False)
+    rc, _, _ = run_main(capsys, "bench", "--batches", "3")
+    assert rc == 7 and calls == [3]
+    rc, out, _ = run_main(capsys, "--help")
+    assert "bench" in out
+
+
+def test_bench_absent_is_skipped(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "loader.bench", None)  # import fails: ModuleNotFoundError
+    monkeypatch.delattr(loader, "bench", raising=False)
+    rc, out, _ = run_main(capsys, "--help")
+    assert rc == 0 and "bench" not in out
+    rc, _, err = run_main(capsys, "bench")
+    assert rc == 2 and "invalid choice: 'bench'" in err

@@ -1,0 +1,184 @@
+import json
+import multiprocessing as mp
+import pickle
+import shutil
+
+import lmdb
+import numpy as np
+import pytest
+
+from loader import PackedDataset, open_dataset, pack
+from loader.errors import DatasetError, LoaderError
+from loader.manifest import Manifest, read_manifest
+
+
+@pytest.fixture
+def packed(image_tree, tmp_path):
+    """image_tree packed into 2 shards (records 0-3 and 4-8)."""
+    dst = tmp_path / "packed"
+    pack(image_tree, dst, shards=2, workers=1, progress=False)
+    return dst
+
+
+def edit_manifest(dst, **changes):
+    path = dst / "manifest.json"
+    obj = json.loads(path.read_text())
+    for key, value in changes.items():
+        if callable(value):
+            value(obj)
+        else:
+            obj[key] = value
+    path.write_text(json.dumps(obj))
+
+
+def test_accessors(packed, image_tree):
+    ds = open_dataset(packed)
+    assert isinstance(ds, PackedDataset) and len(ds) == 9
+    assert ds.path == packed and ds.manifest == read_manifest(packed)
+    assert [ds.locate(i) for i in (0, 3, 4, 8)] == [
+        ("shard-00000.lmdb", 0), ("shard-00000.lmdb", 3), ("shard-00001.lmdb", 0), ("shard-00001.lmdb", 4)]
+    batch = ds.read_batch([8, 0, 4, 4])
+    assert [a.dtype for a in batch] == [np.uint8] * 4 and all(a.ndim == 1 for a in batch)
+    assert [a.tobytes() for a in batch] == [ds.read(8), ds.read(0), ds.read(4), ds.read(4)]
+    assert ds.read_batch(np.array([], dtype=np.int64)) == []
+    assert ds.read(4) == (image_tree / ds.source(4)).read_bytes()
+    assert ds.checksum(4) == ds.manifest.checksums[4]
+    assert "9 records" in repr(ds)
+
+
+@pytest.mark.parametrize("bad", [-1, 9, 100])
+def test_out_of_range_indices(packed, bad):
+    ds = open_dataset(packed)
+    for f in (ds.read, ds.source, ds.locate, ds.checksum):
+        with pytest.raises(IndexError, match=f"record index {bad} out of range for 9 records"):
+            f(bad)
+    with pytest.raises(IndexError):
+        ds.read_batch([0, bad])
+
+
+def test_two_datasets_on_same_files(packed):
+    a, b = open_dataset(packed), open_dataset(packed)
+    assert a.read(2) == b.read(2)
+    a.close()
+    assert b.read(7) == open_dataset(packed).read(7)
+
+
+def test_pickle_drops_open_shards(packed):
+    ds = open_dataset(packed)
+    first = ds.read(5)  # opens an LMDB environment in this process
+    state = pickle.dumps(ds)
+    assert b"Environment" not in state and len(state) < 10_000
+    ds2 = pickle.loads(state)
+    assert all(r._env is None for r in ds2._readers)
+    assert ds2.read(5) == first and ds2.classes == ds.classes
+
+
+def _child_read(ds, q):
+    q.put([ds.read(i) for i in range(len(ds))])
+
+
+def test_reads_after_fork(packed):
+    ds = open_dataset(packed)
+    expected = [ds.read(i) for i in range(len(ds))]  # parent has open envs now
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_read, args=(ds, q))
+    p.start()
+    got = q.get(timeout=30)
+    p.join(30)
+    assert p.exitcode == 0 and got == expected
+
+
+def test_manifest_json_round_trip(packed):
+    text = (packed / "manifest.json").read_text()
+    m = Manifest.from_json(text)
+    assert m.to_json() == text
+    assert m.format == "loader.lmdb-shards" and m.version == 1 and m.num_records == 9
+    assert m.labels.dtype == np.int64 and m.heights.dtype == np.int32 and m.widths.dtype == np.int32
+    assert [s.first for s in m.shards] == [0, 4] and [s.records for s in m.shards] == [4, 5]
+
+
+def test_format_has_no_pickle(packed, image_tree):
+    obj = json.loads((packed / "manifest.json").read_text())  # plain JSON
+    assert obj["format"] == "loader.lmdb-shards"
+    ds = open_dataset(packed)
+    sources = {ds.locate(i): (image_tree / ds.source(i)).read_bytes() for i in range(len(ds))}
+    ds.close()  # py-lmdb allows one open per file and process
+    for shard in ("shard-00000.lmdb", "shard-00001.lmdb"):
+        env = lmdb.open(str(packed / shard), subdir=False, readonly=True, lock=False)
+        with env.begin() as txn:
+            rows = list(txn.cursor())
+        env.close()
+        assert rows, shard
+        for key, value in rows:  # key: 10 ASCII digits; value: the image file's bytes, nothing else
+            assert len(key) == 10 and key.isdigit()
+            assert value == sources[(shard, int(key))]
+            assert value[:2] == b"\xff\xd8" and b"\x80\x04\x95" not in value[:3]
+
+
+# ------------------------------------------------------------------ damaged / hostile datasets
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "a\\b", ""])
+def test_unsafe_shard_names_refused(packed, name):
+    edit_manifest(packed, shards=lambda o: o["shards"][0].update(name=name))
+    with pytest.raises(DatasetError, match="unsafe shard name"):
+        open_dataset(packed)
+
+
+def test_shard_count_disagreement_names_the_shard(packed):
+    def shift(o):
+        o["shards"][0]["records"] = 3
+        o["shards"][1]["first"] = 3
+        o["shards"][1]["records"] = 6
+    edit_manifest(packed, shards=shift)
+    with pytest.raises(DatasetError, match=r"shard shard-00000.lmdb holds 4 records but the manifest says 3"):
+        open_dataset(packed)
+
+
+def test_missing_shard(packed):
+    (packed / "shard-00001.lmdb").unlink()
+    with pytest.raises(DatasetError, match=r"shard shard-00001.lmdb is missing .*5 records"):
+        open_dataset(packed)
+
+
+def test_unsupported_version(packed):
+    edit_manifest(packed, version=2)
+    with pytest.raises(DatasetError, match=r"unsupported manifest version 2 \(this loader reads version 1\)"):
+        open_dataset(packed)
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(DatasetError) as e:
+        open_dataset(tmp_path)
+    assert str(e.value) == (f"not a packed dataset: {tmp_path} has no manifest.json; "
+                            f"create one with `loader pack SRC DST`")
+    assert isinstance(e.value, LoaderError) and isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format": "something-else"}, "not a loader manifest"),
+    ({"labels": [0] * 8}, "'labels' has 8 entries but num_records is 9"),
+    ({"labels": [0] * 8 + [3]}, "record 8 has label 3, outside the 3 classes"),
+    ({"labels": [0] * 8 + ["x"]}, "'labels' must be a list of integers"),
+    ({"num_records": 10}, "'labels' has 9 entries but num_records is 10"),
+    ({"shards": lambda o: o["shards"][1].update(first=5)}, "starts at record 5, expected 4"),
+    ({"shards": lambda o: o["shards"][1].update(records=4)}, "shards hold 8 records in all but num_records is 9"),
+    ({"heights": [0] * 9}, "heights and widths must be >= 1"),
+])
+def test_inconsistent_manifest(packed, change, message):
+    edit_manifest(packed, **change)
+    with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        open_dataset(packed)
+
+
+def test_manifest_not_json(packed):
+    (packed / "manifest.json").write_bytes(b"\x80\x04\x95 pickled?")
+    with pytest.raises(DatasetError, match="is not valid JSON"):
+        open_dataset(packed)
+
+
+def test_copied_dataset_still_opens(packed, tmp_path):
+    # Shard paths are relative to the dataset folder: it can be moved.
+    shutil.move(packed, tmp_path / "moved")
+    assert len(open_dataset(tmp_path / "moved")) == 9
