@@ -305,6 +305,7 @@ def test_workers_start_clean_when_torch_is_loaded(image_tree, tmp_path, monkeypa
     assert _pool_context().get_start_method() in ("forkserver", "spawn")
     quiet_pack(image_tree, tmp_path / "clean", workers=2)
     monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "nvidia.dali", raising=False)   # loaded by other tests
     assert _pool_context().get_start_method() == "fork"
     quiet_pack(image_tree, tmp_path / "forked", workers=2)
     assert (tmp_path / "clean" / "manifest.json").read_bytes() == (tmp_path / "forked" / "manifest.json").read_bytes()
