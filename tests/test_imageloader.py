@@ -355,3 +355,28 @@ def test_memory_stays_flat_over_20_epochs(photo_ds, capsys):
               f"max {max(rss):.1f}")
     # After warm-up, no growth beyond allocator noise (a batch here is 0.4 MB).
     assert rss[-1] - rss[4] < 16, rss
+
+
+def test_held_batches_are_never_overwritten(photo_ds):
+    """Batch buffers are recycled only once nobody holds them (BatchBuffers)."""
+    kept = list(ImageLoader(photo_ds, batch_size=4, image_size=32, seed=5))       # hold them all
+    cloned = [(x.clone(), y.clone()) for x, y in ImageLoader(photo_ds, batch_size=4, image_size=32, seed=5)]
+    assert len(kept) == len(cloned) == len(ImageLoader(photo_ds, batch_size=4, image_size=32))
+    assert len({x.data_ptr() for x, _ in kept}) == len(kept)
+    for (x, y), (xc, yc) in zip(kept, cloned):
+        assert torch.equal(x, xc) and torch.equal(y, yc)
+
+
+def test_batch_buffers_reuse_only_free_storage():
+    from loader.buffers import BatchBuffers
+
+    pool = BatchBuffers(capacity=2)
+    cpu = torch.device("cpu")
+    a = pool.take((4, 4), torch.float32, cpu)
+    view = a[1:]                                   # a view alone keeps the storage busy
+    ptr = a.data_ptr()
+    del a
+    b = pool.take((4, 4), torch.float32, cpu)
+    assert b.data_ptr() != ptr
+    del view, b
+    assert pool.take((4, 4), torch.float32, cpu).data_ptr() in {ptr} | {t.data_ptr() for t in pool._pool}

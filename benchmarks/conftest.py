@@ -1,0 +1,121 @@
+"""Shared fixtures for the pytest-benchmark suites (``pytest benchmarks/ --benchmark-only``).
+
+The data are photo-like JPEGs from scripts/make_dataset.py, generated once and
+cached in ``.cache/bench-data/`` at the repository root (ignored by git), with
+their packed copy next to them.
+
+``LOADER_BENCH_QUICK=1`` selects a small quick mode (2 classes x 40 images, one
+round, small batches) that CI runs once so the suites cannot rot; the default
+is ~3000 images (10 classes x 300) and 3 rounds. Every benchmark stores its
+images/s (median over rounds, and the per-round figures) in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / ".cache" / "bench-data"
+QUICK = os.environ.get("LOADER_BENCH_QUICK", "").strip() not in ("", "0")
+
+if QUICK:
+    CLASSES, PER_CLASS, ROUNDS, WARMUP_ROUNDS, BATCH_SIZE = 2, 40, 1, 0, 16
+else:
+    CLASSES, PER_CLASS, ROUNDS, WARMUP_ROUNDS, BATCH_SIZE = 10, 300, 3, 1, 64
+IMAGE_SIZE = 224
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@pytest.fixture(scope="session")
+def bench_images() -> Path:
+    """The image folder (generated on first use, then reused)."""
+    from scripts.make_dataset import make_dataset
+
+    dst = CACHE / f"photos-{CLASSES}x{PER_CLASS}"
+    make_dataset(dst, classes=CLASSES, per_class=PER_CLASS, seed=0)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def bench_packed(bench_images) -> Path:
+    """The packed copy of :func:`bench_images` (packed on first use, then reused)."""
+    from loader.dataset import open_dataset
+    from loader.pack import pack
+
+    dst = bench_images.with_name(bench_images.name + ".packed")
+    if (dst / "manifest.json").is_file():
+        try:
+            ds = open_dataset(dst)
+            n = len(ds)
+            ds.close()
+            if n == CLASSES * PER_CLASS:
+                return dst
+        except Exception:  # noqa: BLE001, S110 - damaged or stale cache: re-pack
+            pass
+    pack(bench_images, dst, overwrite=True, progress=False)
+    return dst
+
+
+class Rate:
+    """Collects (count, seconds) per round; writes images/s into ``benchmark.extra_info``."""
+
+    def __init__(self, benchmark, unit: str = "images"):
+        self.benchmark, self.unit = benchmark, unit
+        self.counts: list[int] = []
+        self.seconds: list[float] = []
+
+    def timed(self, fn):
+        """Wrap ``fn() -> count`` so each call records its count and duration."""
+        def target():
+            t0 = time.perf_counter()
+            n = fn()
+            self.seconds.append(time.perf_counter() - t0)
+            self.counts.append(int(n))
+            return n
+        return target
+
+    def finish(self, rounds: int, **extra) -> float:
+        counts, secs = self.counts[-rounds:], self.seconds[-rounds:]   # drop warm-up rounds
+        runs = [c / s for c, s in zip(counts, secs)]
+        median = statistics.median(runs)
+        info = self.benchmark.extra_info
+        info[f"{self.unit}_per_sec"] = median
+        info[f"{self.unit}_per_sec_runs"] = runs
+        info[self.unit] = counts[-1]
+        info["quick"] = QUICK
+        info.update(extra)
+        assert all(c > 0 for c in counts)
+        return median
+
+
+def pedantic(benchmark, fn, *, unit: str = "images", rounds: int = ROUNDS,
+             warmup_rounds: int = WARMUP_ROUNDS, **extra) -> float:
+    """Run ``fn() -> count`` ``rounds`` times (plus warm-up) under pytest-benchmark; return median rate."""
+    rate = Rate(benchmark, unit)
+    benchmark.pedantic(rate.timed(fn), rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    return rate.finish(rounds, **extra)
+
+
+@pytest.fixture
+def measure(benchmark):
+    """``measure(fn, unit="images", **extra_info) -> median rate``: see :func:`pedantic`."""
+    def run(fn, **kwargs):
+        return pedantic(benchmark, fn, **kwargs)
+    return run
+
+
+@pytest.fixture(scope="session")
+def bench_config():
+    """The mode's sizes: quick, classes, per_class, rounds, batch_size, image_size, workers."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(quick=QUICK, classes=CLASSES, per_class=PER_CLASS, rounds=ROUNDS,
+                           batch_size=BATCH_SIZE, image_size=IMAGE_SIZE, workers=cores())

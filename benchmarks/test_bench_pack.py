@@ -1,0 +1,26 @@
+"""Pack rate: ``loader.pack`` of the generated image folder (images/s, and MB/s of input)."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+
+
+def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
+    from loader.pack import pack
+
+    dst = tmp_path / "packed"
+    reports = []
+
+    def one_pack():
+        shutil.rmtree(dst, ignore_errors=True)
+        report = pack(bench_images, dst, progress=False)
+        reports.append(report)
+        return report.num_records
+
+    rate = measure(one_pack, workers=bench_config.workers)
+    timed = reports[-bench_config.rounds:]
+    benchmark.extra_info["mb_per_sec"] = statistics.median(r.mb_per_sec for r in timed)
+    benchmark.extra_info["input_mb"] = timed[-1].input_bytes / 1e6
+    assert timed[-1].num_records == bench_config.classes * bench_config.per_class
+    assert timed[-1].num_skipped == 0 and rate > 0

@@ -1,0 +1,258 @@
+"""`loader bench` (loader.bench): the harness on a tiny dataset, and the batch-size recommendation."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loader.bench import (
+    CONTENDERS,
+    BenchInterrupted,
+    batch_bytes,
+    bench,
+    format_table,
+    parse_sizes,
+    recommend_batch_size,
+)
+from loader.errors import LoaderError
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, BATCHES = 8, 2
+FIELDS = {
+    "pipeline": str, "batch_size": int, "image_size": int, "workers": int, "threads": int,
+    "images_per_sec": float, "images_per_sec_runs": list, "images": int, "seconds": float,
+    "first_batch_ms": float, "create_s": float, "peak_rss_mb": float, "device": str, "train": bool,
+}
+FAST = {"batch_sizes": (BATCH,), "image_sizes": (64,), "batches": BATCHES, "repeats": 1, "workers": 1,
+        "threads": 1, "warmup": 1, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(image folder, packed dataset) of 2 classes x 24 photo-like images."""
+    pytest.importorskip("loader.pack")
+    pytest.importorskip("loader.imageloader")
+    from loader.pack import pack
+    from scripts.make_dataset import make_dataset
+
+    base = tmp_path_factory.mktemp("bench")
+    src = base / "imgs"
+    make_dataset(src, classes=2, per_class=24, workers=1)
+    packed = base / "imgs.packed"
+    pack(src, packed, progress=False, workers=1)
+    return src, packed
+
+
+def _check_rows(rows, *, pipelines, train=True, image_size=64):
+    assert [r["pipeline"] for r in rows] == list(pipelines)
+    for r in rows:
+        for key, typ in FIELDS.items():
+            assert key in r, key
+            assert isinstance(r[key], typ), (key, r[key])
+        assert r["batch_size"] == BATCH and r["image_size"] == image_size and r["train"] is train
+        assert r["workers"] == 1 and r["threads"] == 1
+        # a real count: every batch full (train drops the last partial batch)
+        assert r["images"] == BATCHES * BATCH
+        assert r["seconds"] > 0
+        assert r["images_per_sec"] > 0
+        assert math.isclose(r["images_per_sec"], r["images"] / r["seconds"], rel_tol=1e-9)
+        assert r["images_per_sec_runs"] == [r["images_per_sec"]]
+        assert r["first_batch_ms"] > 0 and r["create_s"] >= 0 and r["peak_rss_mb"] > 0
+        assert r["device"] == "cpu"
+        ratio = r["ratio_vs_dataloader"]
+        if "dataloader" in pipelines:
+            assert math.isclose(ratio, r["images_per_sec"] / rows[pipelines.index("dataloader")]["images_per_sec"])
+        else:
+            assert ratio is None
+
+
+def test_bench_api_all_contenders(tiny):
+    src, packed = tiny
+    notes = []
+    rows = bench(src, packed=packed, device="cpu", notes=notes, **FAST)
+    _check_rows(rows, pipelines=["dataloader", "dataloader-lmdb", "loader", "decode-limit"])
+    assert {r["pipeline"] for r in rows} == set(CONTENDERS)
+    loader_row = rows[2]
+    assert math.isclose(loader_row["pct_of_decode_limit"],
+                        100 * loader_row["images_per_sec"] / rows[3]["images_per_sec"])
+    # DataLoader rows count their worker process in the RSS
+    assert rows[0]["workers_rss_mb"] > 0 and rows[2]["workers_rss_mb"] == 0
+    table = format_table(rows)
+    for name in CONTENDERS:
+        assert name in table
+
+
+def test_bench_cli_json_and_png(tiny, tmp_path):
+    src, packed = tiny
+    out_json, out_png = tmp_path / "rows.json", tmp_path / "plot.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "loader", "bench", str(src), "--packed", str(packed),
+         "--batch-sizes", str(BATCH), "--image-sizes", "64", "--batches", str(BATCHES), "--repeats", "1",
+         "--workers", "1", "--threads", "1", "--warmup", "1", "--device", "cpu",
+         "--json", str(out_json), "--plot", str(out_png), "--memory-budget", "100"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out_json.read_text())
+    assert isinstance(rows, list)
+    _check_rows(rows, pipelines=["dataloader", "dataloader-lmdb", "loader", "decode-limit"])
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "images/s" in proc.stdout and "recommendation:" in proc.stdout
+    assert "of the decode limit" in proc.stdout
+    assert "repeat 1/1" in proc.stderr          # progress lines
+
+
+def test_bench_packed_src_skips_dataloader(tiny):
+    _, packed = tiny
+    notes = []
+    rows = bench(packed, pipelines=("dataloader", "dataloader-lmdb", "loader"), device="cpu",
+                 notes=notes, **FAST)
+    _check_rows(rows, pipelines=["dataloader-lmdb", "loader"])
+    assert any("skipping `dataloader`" in n for n in notes)
+    assert rows[1]["ratio_vs_dataloader_lmdb"] == pytest.approx(
+        rows[1]["images_per_sec"] / rows[0]["images_per_sec"])
+
+
+def test_bench_eval(tiny):
+    src, packed = tiny
+    notes = []
+    rows = bench(src, packed=packed, train=False, device="cpu", notes=notes,
+                 pipelines=("loader", "dataloader", "decode-limit"), **FAST)
+    names = [r["pipeline"] for r in rows]
+    assert names[:2] == ["dataloader", "loader"]
+    if "decode-limit" not in names:
+        assert any("decode-limit" in n for n in notes)
+    for r in rows:
+        assert r["train"] is False and r["images"] == BATCHES * BATCH   # 48 images: full batches
+
+
+def test_bench_interrupt_keeps_measured_rows(tiny):
+    src, packed = tiny
+    lines = []
+
+    def progress(msg):
+        lines.append(msg)
+        if "repeat 1/2" in msg and len([m for m in lines if "repeat" in m]) == 2:
+            raise KeyboardInterrupt
+
+    fast = {**FAST, "repeats": 2, "progress": progress}
+    with pytest.raises(BenchInterrupted) as info:
+        bench(src, packed=packed, pipelines=("loader", "dataloader"), device="cpu", **fast)
+    rows = info.value.rows
+    assert [r["pipeline"] for r in rows] == ["dataloader", "loader"]
+    assert all(len(r["images_per_sec_runs"]) == 1 and r["images_per_sec"] > 0 for r in rows)
+
+
+def test_bench_cli_interrupt_exit_130(tiny, tmp_path, monkeypatch, capsys):
+    import loader.bench as lb
+
+    def fake_bench(*a, **k):
+        raise BenchInterrupted([{"pipeline": "loader", "batch_size": 8, "image_size": 64, "images_per_sec": 100.0,
+                                 "device": "cpu", "train": True, "workers": 1, "threads": 1}])
+
+    monkeypatch.setattr(lb, "bench", fake_bench)
+    out_json = tmp_path / "partial.json"
+    assert lb.main([str(tiny[0]), "--json", str(out_json)]) == 130
+    assert json.loads(out_json.read_text())[0]["pipeline"] == "loader"
+    assert "loader" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--batch-sizes", "x"], "--batch-sizes must be comma-separated positive integers, got 'x'"),
+    (["--batch-sizes", "8,0"], "--batch-sizes must be comma-separated positive integers, got '8,0'"),
+    (["--image-sizes", "224,"], "--image-sizes must be comma-separated positive integers"),
+    (["--pipelines", "loader,nope"], "--pipelines must name some of"),
+])
+def test_bench_cli_bad_options(tiny, argv, msg, capsys):
+    from loader.cli import main
+
+    assert main(["bench", str(tiny[0]), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+
+
+def test_bench_missing_src(tmp_path, capsys):
+    with pytest.raises(LoaderError, match="does not exist"):
+        bench(tmp_path / "nope", progress=False)
+    from loader.bench import main
+
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bench_batch_larger_than_dataset(tiny):
+    with pytest.raises(LoaderError, match="larger than the dataset"):
+        bench(tiny[1], **{**FAST, "batch_sizes": (64,)})
+
+
+def test_parse_sizes():
+    assert parse_sizes("16,32, 64", "--batch-sizes") == (16, 32, 64)
+    assert parse_sizes("64,64", "--batch-sizes") == (64,)
+    for bad in ("", "a", "1.5", "-1", "0"):
+        with pytest.raises(LoaderError):
+            parse_sizes(bad, "--batch-sizes")
+
+
+# ------------------------------------------------------------------ recommend_batch_size
+
+
+def _rows(pairs, size=224, device="cpu", pipeline="loader"):
+    return [{"pipeline": pipeline, "batch_size": b, "image_size": size, "images_per_sec": v, "device": device}
+            for b, v in pairs]
+
+
+def test_recommend_smallest_within_tolerance():
+    rows = _rows([(16, 700.0), (32, 960.0), (64, 990.0), (128, 1000.0), (256, 998.0)])
+    rows += _rows([(16, 5000.0)], pipeline="decode-limit")     # other pipelines are ignored
+    rec = recommend_batch_size(rows)
+    assert rec.batch_size == 32 and rec.best_batch_size == 128      # 960 >= 0.95 * 1000
+    assert recommend_batch_size(rows, tolerance=0.02).batch_size == 64
+    assert recommend_batch_size(rows, tolerance=0.0).batch_size == 128
+    assert "32" in rec.text and "host" in rec.text
+
+
+def test_recommend_boundary_exactly_at_tolerance():
+    rows = _rows([(8, 95.0), (16, 100.0)])
+    assert recommend_batch_size(rows).batch_size == 8
+
+
+def test_recommend_memory_math_exact():
+    rec = recommend_batch_size(_rows([(64, 1000.0)]), prefetch=2)
+    one = 64 * 3 * 224 * 224 * 4 + 64 * 8
+    assert rec.batch_bytes == one == batch_bytes(64, 224) == 38_535_680
+    assert rec.queue_bytes == 2 * one
+    assert recommend_batch_size(_rows([(64, 1000.0)]), prefetch=3).queue_bytes == 3 * one
+    gpu = recommend_batch_size(_rows([(64, 1000.0)], device="cuda:0"))
+    assert gpu.device == "GPU" and "GPU memory" in gpu.text
+
+
+def test_recommend_memory_budget():
+    per_image = 3 * 224 * 224 * 4 + 8            # 602120 bytes
+    rows = _rows([(32, 960.0), (64, 1000.0)])
+    rec = recommend_batch_size(rows, memory_budget_mb=100, prefetch=2)
+    # (prefetch + 1) batches must fit: floor(100 MiB / (3 * per_image)) = 58
+    assert rec.max_batch_in_budget == (100 * 2**20) // (3 * per_image) == 58
+    assert rec.batch_size == 32
+    tight = recommend_batch_size(rows, memory_budget_mb=50, prefetch=2, tolerance=0.0)
+    assert tight.batch_size == 64 and tight.max_batch_in_budget == 29
+    assert "does not fit" in tight.text
+    assert recommend_batch_size(rows).max_batch_in_budget is None
+
+
+def test_recommend_needs_rows_and_one_size():
+    with pytest.raises(ValueError):
+        recommend_batch_size([])
+    rows = _rows([(32, 1.0)], size=128) + _rows([(32, 2.0)], size=224)
+    with pytest.raises(ValueError, match="image_size"):
+        recommend_batch_size(rows)
+    assert recommend_batch_size(rows, image_size=128).image_size == 128
+
+
+def test_bench_module_help_runs():
+    proc = subprocess.run([sys.executable, "-m", "loader.bench", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and "--batch-sizes" in proc.stdout
