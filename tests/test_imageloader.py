@@ -378,5 +378,10 @@ def test_batch_buffers_reuse_only_free_storage():
     del a
     b = pool.take((4, 4), torch.float32, cpu)
     assert b.data_ptr() != ptr
-    del view, b
-    assert pool.take((4, 4), torch.float32, cpu).data_ptr() in {ptr} | {t.data_ptr() for t in pool._pool}
+    ptr_b = b.data_ptr()
+    del view, b                                    # both buffers free again: reused, none allocated
+    bases = {t.data_ptr() for t in pool._pool}
+    assert bases == {ptr, ptr_b}
+    c = pool.take((4, 4), torch.float32, cpu)
+    d = pool.take((4, 4), torch.float32, cpu)
+    assert {c.data_ptr(), d.data_ptr()} == {ptr, ptr_b}
