@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 # Imported eagerly: the function `pack` must win over the submodule of the
 # same name, which the import system would otherwise bind to `loader.pack`.
-from loader.pack import PackReport, pack  # noqa: E402
 from loader.dataset import PackedDataset, open_dataset  # noqa: E402
+from loader.pack import PackReport, pack  # noqa: E402
 
 # Imported on first use: ImageLoader pulls in DALI and torch (seconds), which
 # `loader pack` / `loader info` never need.

@@ -430,22 +430,12 @@ def _measure(c: _Contender, stats: _Stats, *, warmup: int, batches: int | None,
 
 
 def _resolve_device(device: str):
-    import torch
+    from loader.imageloader import resolve_device
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise LoaderError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise LoaderError(f"--device {device}: CUDA is not available; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    elif dev.type != "cpu":
-        raise LoaderError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return dev
+        return resolve_device(device)
+    except ValueError as e:
+        raise LoaderError(f"--device: {e}") from None
 
 
 def _row(name: str, st: _Stats, *, batch_size: int, image_size: int, workers: int, threads: int,
@@ -781,8 +771,10 @@ def format_table(rows: Sequence[dict]) -> str:
                  _fmt(r.get("peak_rss_mb"), ".0f")] + ([_fmt(r.get("gpu_mem_mb"), ".0f")] if gpu else [])
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     out = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(c) for c in lines]
     return "\n".join(out)
 
@@ -949,18 +941,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m loader.bench SRC ...`` (the same as ``loader bench SRC ...``)."""
-    parser = argparse.ArgumentParser(prog="loader bench", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except LoaderError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """``python -m loader.bench SRC ...``: the same as ``loader bench SRC ...``."""
+    from loader.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -18,16 +18,17 @@ from __future__ import annotations
 import io
 import os
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from loader.buffers import BatchBuffers
 from loader.dataset import open_dataset
 from loader.errors import LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import build_pipeline, normalize_into
-from loader.buffers import BatchBuffers
 from loader.sampler import epoch_order, num_batches, rank_share, split_indices
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
@@ -55,7 +56,8 @@ def _distributed_env(rank: int | None, world_size: int | None) -> tuple[int, int
     return rank, world_size, local_rank
 
 
-def _resolve_device(device: str | torch.device, local_rank: int) -> torch.device:
+def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
+    """"auto" -> CUDA if available else CPU; a bare "cuda" -> the local rank's GPU."""
     if isinstance(device, str) and device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -141,7 +143,7 @@ class ImageLoader:
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.seed = int(seed)
         self.rank, self.world_size = rank, world_size
-        self.device = _resolve_device(device, local_rank)
+        self.device = resolve_device(device, local_rank)
         self.prefetch = prefetch
         self.dtype = dtype
         self.channels_last = bool(channels_last)

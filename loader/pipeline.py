@@ -25,12 +25,11 @@ decoding the next batch. The GPU graph stays pure DALI.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = next(it)
         t1 = time.perf_counter()
         n = len(labels)
-        for images, labels in it:
+        for images, labels in it:  # noqa: B007 - the last batch's shape is printed below
             n += len(labels)
         t2 = time.perf_counter()
     except (LoaderError, ValueError) as e:

@@ -152,7 +152,7 @@ def test_set_epoch_and_break_mid_epoch(photo_ds):
     ref = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True)
     epochs = indices_of(ref, epochs=3)
     ld = ImageLoader(photo_ds, batch_size=8, image_size=16, with_indices=True)
-    for k, (_, _, idx) in enumerate(ld):      # abandon epoch 0 after 2 batches
+    for k, _ in enumerate(ld):                # abandon epoch 0 after 2 batches
         if k == 1:
             break
     assert indices_of(ld)[0] == epochs[1]     # next iter() is epoch 1, complete
@@ -351,7 +351,7 @@ def test_memory_stays_flat_over_20_epochs(photo_ds, capsys):
     ld = ImageLoader(photo_ds, batch_size=8, image_size=64, num_threads=2)
     rss = []
     for _ in range(20):
-        for images, _ in ld:
+        for _ in ld:
             pass
         gc.collect()
         rss.append(_rss_mb())

@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from loader.sampler import (EVAL_CROP_FRACTION, crop_windows, epoch_order, num_batches, rank_share,
-                            split_indices)
+from loader.sampler import (
+    EVAL_CROP_FRACTION,
+    crop_windows,
+    epoch_order,
+    num_batches,
+    rank_share,
+    split_indices,
+)
 
 
 def test_epoch_order_is_a_seeded_permutation():
