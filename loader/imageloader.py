@@ -183,8 +183,11 @@ class ImageLoader:
         """Make the next ``iter()`` run ``epoch`` (as ``DistributedSampler.set_epoch``)."""
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        if epoch != self._epoch:
+            # Naming the epoch a restored state_dict resumes keeps its position,
+            # so the usual `set_epoch(epoch)` at the top of the loop is safe after a resume.
+            self._resume_batch = 0
         self._epoch = epoch
-        self._resume_batch = 0
 
     def epoch_plan(self, epoch: int, start_batch: int = 0) -> EpochPlan:
         """The records this rank yields in ``epoch`` (global indices, in order)."""

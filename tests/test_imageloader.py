@@ -186,6 +186,25 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(photo_ds, k):
     assert indices_of(resumed)[0] == indices_of(full)[0]
 
 
+def test_set_epoch_after_resume_keeps_the_position(photo_ds):
+    """The DDP loop idiom `loader.set_epoch(epoch)` must not undo a restored state."""
+    ref = ImageLoader(photo_ds, batch_size=5, image_size=16, with_indices=True, seed=2)
+    ref.set_epoch(3)
+    expected = indices_of(ref)[0]
+    run = ImageLoader(photo_ds, batch_size=5, image_size=16, with_indices=True, seed=2)
+    run.set_epoch(3)
+    it = iter(run)
+    next(it), next(it)
+    state = run.state_dict()
+    resumed = ImageLoader(photo_ds, batch_size=5, image_size=16, with_indices=True, seed=2)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)                          # same epoch: resume point kept
+    assert indices_of(resumed)[0] == expected[10:]
+    resumed.load_state_dict(state)
+    resumed.set_epoch(4)                          # another epoch: starts at its beginning
+    assert len(indices_of(resumed)[0]) == len(expected)
+
+
 def test_load_state_dict_rejects_another_configuration(photo_ds):
     a = ImageLoader(photo_ds, batch_size=5, image_size=16)
     b = ImageLoader(photo_ds, batch_size=6, image_size=16)
