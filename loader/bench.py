@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import os
@@ -332,16 +331,10 @@ class _DecodeLimitContender(_Contender):
         from loader.pipeline import DecodeLimit
 
         packed, batch_size, threads, prefetch, seed, train = self.args
-        params = inspect.signature(DecodeLimit).parameters
-        kwargs: dict[str, Any] = {"num_threads": threads, "seed": seed}
-        if "prefetch" in params:
-            kwargs["prefetch"] = prefetch
-        if "device_id" in params:
-            kwargs["device_id"] = self.device.index if self.device.type == "cuda" else None
-        if "train" in params:
-            kwargs["train"] = train
         self.dataset = open_dataset(packed)
-        self.obj = DecodeLimit(self.dataset, batch_size, **kwargs)
+        self.obj = DecodeLimit(self.dataset, batch_size, num_threads=threads, seed=seed, prefetch=prefetch,
+                               device_id=self.device.index if self.device.type == "cuda" else None,
+                               train=train)
 
     def step(self) -> int:
         return int(next(self.obj))
@@ -351,14 +344,6 @@ class _DecodeLimitContender(_Contender):
         ds, self.dataset = getattr(self, "dataset", None), None
         if ds is not None:
             ds.close()
-
-
-def decode_limit_supports_eval() -> bool:
-    try:
-        from loader.pipeline import DecodeLimit
-    except ImportError:
-        return False
-    return "train" in inspect.signature(DecodeLimit).parameters
 
 
 # ------------------------------------------------------------------ measuring
@@ -551,9 +536,6 @@ def bench(src: str | os.PathLike, *, packed: str | os.PathLike | None = None,
         note(f"{src} is a packed dataset (no original files): skipping `dataloader`; "
              f"`dataloader-lmdb` runs the same DataLoader on the shards")
         wanted = tuple(p for p in wanted if p != "dataloader")
-    if not train and "decode-limit" in wanted and not decode_limit_supports_eval():
-        note("decode-limit measures the train pipeline's decode (random crop) only: skipped with --eval")
-        wanted = tuple(p for p in wanted if p != "decode-limit")
     if not wanted:
         raise LoaderError("no pipeline left to measure")
     if train and max(batch_sizes) > num_records:
