@@ -97,7 +97,7 @@ class PackedDataset:
         return [np.frombuffer(v, dtype=np.uint8) for v in values]
 
     def source(self, i: int) -> str:
-        """Path of record ``i``'s source file, relative to the packed folder."""
+        """Path of record ``i``'s source file, relative to the SRC it was packed from."""
         return self.manifest.sources[self._check_index(i)]
 
     def checksum(self, i: int) -> str:
