@@ -207,7 +207,6 @@ class ImageLoader:
 
     def _start_epoch(self, plan: EpochPlan) -> None:
         if self._pipe is None:
-
             self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
                                    history=self.prefetch + 4)
             self._feed.start(plan)
@@ -221,13 +220,15 @@ class ImageLoader:
         # Finish the previous epoch (it may have been abandoned mid-way): DALI
         # has batches in flight; drain them, then reset, which re-iterates the feed.
         self._feed.stop()
-        while True:
+        for _ in range(self.prefetch + 8):      # at most `prefetch` batches are in flight
             try:
                 self._pipe.run()
             except StopIteration:
                 break
-            except Exception:       # a bad record in a batch nobody will see
+            except Exception:  # noqa: BLE001 - a bad record in a batch nobody will see
                 continue
+        else:
+            raise RuntimeError("DALI did not end the abandoned epoch (internal error)")
         self._feed.start(plan)
         self._pipe.reset()
 
@@ -246,7 +247,10 @@ class ImageLoader:
         except StopIteration:
             raise RuntimeError("DALI ended the epoch early (internal error)") from None
         except RuntimeError as e:
-            raise self._decode_error(e) from None
+            error = self._decode_error(e)
+            # DALI pipelines are not reusable after an error: the next iter() builds a new one.
+            self._release_pipeline()
+            raise error from None
         return self._to_torch(images, labels, indices)
 
     # -- DALI -> torch ------------------------------------------------------
@@ -319,12 +323,15 @@ class ImageLoader:
         self._running = None
 
     # -- lifecycle ----------------------------------------------------------
-    def close(self) -> None:
-        """Release DALI's threads and buffers (also done when the loader is garbage-collected)."""
+    def _release_pipeline(self) -> None:
         self._pipe = None
         if self._resizer is not None:
             self._resizer.close()
             self._resizer = None
+
+    def close(self) -> None:
+        """Release DALI's threads and buffers (also done when the loader is garbage-collected)."""
+        self._release_pipeline()
         self._feed = None
         self._buffers.clear()
 

@@ -300,6 +300,9 @@ def test_undecodable_record_names_shard_and_record(colour_ds, tmp_path):
     ld = ImageLoader(copy, batch_size=24, image_size=16, train=False)
     with pytest.raises(DecodeError, match=rf"record {victim} \(shard {shard}, key {key}"):
         list(ld)
+    # The loader stays usable: the next epoch builds a fresh pipeline and fails the same way.
+    with pytest.raises(DecodeError, match=rf"record {victim} "):
+        list(ld)
 
 
 # -- lifecycle ------------------------------------------------------------------
