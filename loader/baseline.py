@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from loader.sampler import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -51,8 +53,6 @@ __all__ = [
     "train_transform",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision.datasets.folder.IMG_EXTENSIONS
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -64,6 +64,11 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
                                scale: tuple[float, float] = (0.08, 1.0),
                                ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random crop: torchvision's ``RandomResizedCrop.get_params``.
+
+    Scalar, per image, as torchvision runs it: the baseline must cost what users
+    pay. ImageLoader draws the same distribution vectorised per batch
+    (:func:`loader.sampler.crop_windows`, ~40 us per call for one image; a test
+    checks the two agree).
 
     Up to 10 attempts draw an area uniformly in ``scale * (height * width)`` and an
     aspect ratio (w/h) log-uniformly in ``ratio``; the first that fits is placed

@@ -29,12 +29,10 @@ from loader.dataset import open_dataset
 from loader.errors import LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import build_pipeline, normalize_into
-from loader.sampler import epoch_order, num_batches, rank_share, split_indices
+from loader.sampler import IMAGENET_MEAN, IMAGENET_STD, epoch_order, num_batches, rank_share, split_indices
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
 

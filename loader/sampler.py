@@ -20,7 +20,11 @@ import math
 import numpy as np
 
 __all__ = ["split_indices", "epoch_order", "rank_share", "num_batches", "crop_windows",
-           "EVAL_CROP_FRACTION"]
+           "EVAL_CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+# torchvision's ImageNet normalization, in 0..1 units.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Eval resizes the shorter side to image_size / 0.875 and centre-crops image_size:
 # the crop covers 87.5% of the shorter side (the ImageNet convention).

@@ -234,3 +234,19 @@ def test_packed_file_dataset_matches_folder(tiny_folder, tmp_path):
     # and through forked DataLoader workers, after the main process has read records
     n = sum(int(y.shape[0]) for _, y in baseline_loader(pds, 4, workers=2, train=True))
     assert n == 16
+
+
+def test_baseline_and_loader_draw_crops_from_the_same_distribution():
+    """The scalar torchvision-style crop and ImageLoader's vectorised one agree statistically."""
+    from loader.sampler import crop_windows
+
+    rng = np.random.default_rng(11)
+    n, height, width = 4000, 375, 500
+    scalar = np.array([random_resized_crop_params(height, width, rng) for _ in range(n)], dtype=float)
+    _, shape, _ = crop_windows(np.full(n, height), np.full(n, width), np.random.default_rng(12))
+    frac_a = scalar[:, 2] * scalar[:, 3] / (height * width)
+    frac_b = shape[:, 0] * shape[:, 1] / (height * width)
+    ratio_a, ratio_b = scalar[:, 3] / scalar[:, 2], shape[:, 0] / shape[:, 1]
+    assert abs(frac_a.mean() - frac_b.mean()) < 0.02
+    assert abs(np.log(ratio_a).mean() - np.log(ratio_b).mean()) < 0.02
+    assert abs(np.quantile(frac_a, 0.9) - np.quantile(frac_b, 0.9)) < 0.03
