@@ -156,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.classes < 1 or args.per_class < 1:
         print("error: --classes and --per-class must be >= 1", file=sys.stderr)
         return 2
-    paths = make_dataset(args.dst, args.classes, args.per_class, args.seed, args.workers)
+    try:
+        paths = make_dataset(args.dst, args.classes, args.per_class, args.seed, args.workers)
+    except OSError as e:
+        print(f"error: cannot write the dataset to {args.dst}: {e.strerror or e}", file=sys.stderr)
+        return 2
     total = sum(p.stat().st_size for p in paths)
     print(f"{len(paths)} images in {args.classes} classes at {args.dst} "
           f"({total / 1e6:.1f} MB, {total / len(paths) / 1e3:.0f} KB/image)")
