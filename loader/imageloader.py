@@ -28,7 +28,7 @@ from loader.buffers import BatchBuffers
 from loader.dataset import open_dataset
 from loader.errors import LoaderError
 from loader.feed import EpochFeed, EpochPlan
-from loader.pipeline import build_pipeline, normalize_into
+from loader.pipeline import CpuFinisher, build_pipeline
 from loader.sampler import IMAGENET_MEAN, IMAGENET_STD, epoch_order, num_batches, rank_share, split_indices
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
@@ -151,9 +151,9 @@ class ImageLoader:
         self.num_threads = num_threads or max(1, (cores or 1) // max(local_world, 1))
         self._mean = None if mean is None else [255.0 * m for m in mean]
         self._std = None if std is None else [255.0 * s for s in std]
-        # For the CPU graph, which normalizes on the way into torch.
-        self._mean_t = None if mean is None else torch.tensor(self._mean, dtype=dtype).view(1, 3, 1, 1)
-        self._inv_std_t = None if std is None else (1 / torch.tensor(self._std)).to(dtype).view(1, 3, 1, 1)
+        # For the CPU graph's finisher, which normalizes image by image.
+        self._mean_t = None if mean is None else torch.tensor(self._mean, dtype=dtype).view(3, 1, 1)
+        self._inv_std_t = None if std is None else (1 / torch.tensor(self._std)).to(dtype).view(3, 1, 1)
 
         share = len(rank_share(np.arange(len(self._subset)), 0, world_size, batch_size, self.drop_last))
         if share == 0:
@@ -167,7 +167,7 @@ class ImageLoader:
         self._running: tuple[int, int] | None = None   # (epoch, batches yielded) while iterating
         self._feed: EpochFeed | None = None
         self._pipe = None
-        self._resizer = None
+        self._finisher: CpuFinisher | None = None
         self._lock = threading.Lock()
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
@@ -208,7 +208,9 @@ class ImageLoader:
             self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
                                    history=self.prefetch + 4)
             self._feed.start(plan)
-            self._pipe, self._resizer = build_pipeline(
+            if self.device.type == "cpu":
+                self._finisher = CpuFinisher(self.num_threads)
+            self._pipe = build_pipeline(
                 self._feed, batch_size=self.batch_size, num_threads=self.num_threads,
                 device_id=self.device.index if self.device.type == "cuda" else None,
                 prefetch=self.prefetch, seed=self.seed, image_size=self.image_size,
@@ -241,7 +243,7 @@ class ImageLoader:
 
     def _run_once(self) -> tuple[torch.Tensor, ...]:
         try:
-            images, labels, indices = self._pipe.run()
+            outputs = self._pipe.run()
         except StopIteration:
             raise RuntimeError("DALI ended the epoch early (internal error)") from None
         except RuntimeError as e:
@@ -249,10 +251,10 @@ class ImageLoader:
             # DALI pipelines are not reusable after an error: the next iter() builds a new one.
             self._release_pipeline()
             raise error from None
-        return self._to_torch(images, labels, indices)
+        return self._to_torch(*outputs)
 
     # -- DALI -> torch ------------------------------------------------------
-    def _to_torch(self, images, labels, indices) -> tuple[torch.Tensor, ...]:
+    def _to_torch(self, images, labels, indices, flips=None) -> tuple[torch.Tensor, ...]:
         b = len(indices)
         s = self.image_size
         shape = (b, s, s, 3) if self.channels_last else (b, 3, s, s)
@@ -267,10 +269,11 @@ class ImageLoader:
             feed_ndarray(images.as_tensor(), out, cuda_stream=stream)
             feed_ndarray(labels.as_tensor(), lab, cuda_stream=stream)
         else:
-            # The CPU graph yields uint8 NCHW: cast + normalize while copying out
-            # of DALI's buffer (a numpy view, no copy of its own).
-            normalize_into(out, torch.from_numpy(np.asarray(images.as_tensor())), self._mean_t,
-                           self._inv_std_t)
+            # The CPU graph yields the decoded crops (numpy views of DALI's
+            # buffers, valid until the next run()); the finisher does the rest.
+            self._finisher([np.asarray(t) for t in images],
+                           np.asarray(flips.as_tensor()).reshape(b).tolist(), out,
+                           self._mean_t, self._inv_std_t)
             lab.copy_(torch.from_numpy(np.asarray(labels.as_tensor())).view(b))
         if not self.with_indices:
             return out, lab
@@ -323,9 +326,9 @@ class ImageLoader:
     # -- lifecycle ----------------------------------------------------------
     def _release_pipeline(self) -> None:
         self._pipe = None
-        if self._resizer is not None:
-            self._resizer.close()
-            self._resizer = None
+        if self._finisher is not None:
+            self._finisher.close()
+            self._finisher = None
 
     def close(self) -> None:
         """Release DALI's threads and buffers (also done when the loader is garbage-collected)."""

@@ -12,20 +12,25 @@ Crop windows and flips are drawn in numpy (loader.sampler.crop_windows) from
 rank and the CPU and GPU graphs all agree on the augmentation of a sample, and
 train and eval share the graph (eval's window is the centre crop).
 
-On the CPU the graph stops after resize + flip; the iterator normalizes while
-copying into torch (see :func:`image_graph`). Why the CPU graph does not
-resize with ``fn.resize``: on DALI's CPU backend it
-costs ~1.2 ms of CPU per 224 px image (measured here: region decode alone ~2300
-img/s on 2 cores, with ``fn.resize`` ~860 img/s). torch's uint8 antialiased
-bilinear kernel does the same job in ~0.3 ms, bit-identical to Pillow's
-bilinear resize (torchvision's PIL path). It runs inside the pipeline as a
-batch ``python_function`` (:class:`CpuResize`), so DALI still overlaps it with
-decoding the next batch. The GPU graph stays pure DALI.
+On the CPU the DALI graph stops after the region decode; :class:`CpuFinisher`
+resizes, flips and normalizes each crop straight into the torch batch. Why not
+DALI's CPU ``fn.resize``: it costs ~1.2 ms of CPU per 224 px image here (region
+decode alone ~2300 img/s on 2 cores, with ``fn.resize`` ~860 img/s), where
+torch's uint8 antialiased bilinear kernel does the same job in ~0.2 ms,
+bit-identical to Pillow's bilinear resize (torchvision's PIL path). Why outside
+the pipeline rather than in a ``python_function``: DALI runs a CPU stage's
+operators one after the other, so the resize would wait for the decode of its
+batch and the decoders for the resize; outside, the finisher's threads run
+while DALI's decode the next batches, and each image is normalized while it is
+still in cache instead of in a second pass over the batch. The GPU graph stays
+pure DALI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import ctypes
+import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,73 +40,122 @@ from nvidia.dali.pipeline import Pipeline
 
 from loader.sampler import crop_windows
 
-__all__ = ["image_graph", "build_pipeline", "CpuResize", "DecodeLimit", "DALI_DTYPES"]
+__all__ = ["image_graph", "build_pipeline", "CpuFinisher", "DecodeLimit", "DALI_DTYPES"]
 
-_resize_aa = torch.ops.aten._upsample_bilinear2d_aa   # F.interpolate(mode="bilinear", antialias=True)
+# The aten op behind F.interpolate(mode="bilinear", antialias=True), minus ~15 us
+# of argument checks per call, in its out= form.
+_resize_aa_out = torch.ops.aten._upsample_bilinear2d_aa.out
 
 # torch dtype name -> DALI output type of crop_mirror_normalize.
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
 
 
-class CpuResize:
-    """The CPU graph's resize and flip: HWC uint8 crops -> CHW uint8 ``size x size``.
+def _find_omp_set_num_threads():
+    """``omp_set_num_threads`` of the OpenMP runtime torch loaded, or None (not Linux, not found)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps
+                            if any(k in line for k in ("libgomp", "libiomp", "libomp"))})
+        return ctypes.CDLL(paths[0]).omp_set_num_threads if paths else None
+    except (OSError, AttributeError):
+        return None
 
-    torch's antialiased bilinear kernel for uint8 channels-last images (AVX2):
-    bit-identical to Pillow's ``Image.resize(..., BILINEAR)`` (so to
-    torchvision's PIL ``RandomResizedCrop``), reads DALI's arrays without a copy
-    and, unlike Pillow, needs no RGB -> RGBX conversion in and out. Runs on a
-    small thread pool (torch releases the GIL).
+
+_omp_set_num_threads = _find_omp_set_num_threads()
+
+
+def _serial_torch_in_this_thread() -> None:
+    """Make torch run this thread's ops on this thread alone; other threads keep their setting.
+
+    One 224 px image is too small to split: with torch's default, every op of
+    every finisher thread opened an OpenMP team on these 2 cores, ~500 context
+    switches per batch and ~13% of the throughput lost (measured here with
+    OMP_NUM_THREADS=1). ``torch.set_num_threads`` is process-wide; OpenMP's
+    own setting is per thread.
+    """
+    torch.get_num_threads()        # torch sets this thread's OpenMP default on first use: do it first
+    if _omp_set_num_threads is not None:
+        _omp_set_num_threads(1)
+
+
+class CpuFinisher:
+    """The CPU graph's last step: decoded crop windows -> the finished torch batch.
+
+    For each image: torch's uint8 antialiased bilinear resize to ``size x size``
+    (AVX2; bit-identical to Pillow's ``Image.resize(..., BILINEAR)``, i.e. to
+    torchvision's PIL ``RandomResizedCrop``), the flip, then the cast and
+    normalization written straight into its slot of the output batch, while
+    the image is still in cache. Images are spread over a small thread pool
+    (torch releases the GIL), which runs while DALI's threads decode the next
+    batches.
+
+    >>> finisher = CpuFinisher(threads=2)                              # doctest: +SKIP
+    >>> finisher(crops, flips, out, mean, inv_std)   # out: [N, 3, S, S]   # doctest: +SKIP
     """
 
-    def __init__(self, size: int, threads: int):
-        self.size = size
+    def __init__(self, threads: int):
         self._threads = max(threads, 1)
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="loader-resize")
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="loader-finish",
+                                        initializer=_serial_torch_in_this_thread)
+        self._scratch = threading.local()
 
-    def _one(self, crop: np.ndarray, flip: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)   # NCHW view of DALI's HWC array
-        if x.shape[-2:] == (self.size, self.size):
-            y = x[0].contiguous()
-        else:
-            # The aten op F.interpolate(..., antialias=True) dispatches to, minus
-            # ~15 us of argument checks per call. It writes NCHW: DALI gets CHW
-            # as is rather than a uint8 transpose here (~0.17 ms per image).
-            y = _resize_aa(x, [self.size, self.size], False)[0]
-        if flip:
-            y = y.flip(-1)
-        return y.numpy()
+    def _resized(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        # Resized into a per-thread channels-last buffer: with a channels-last
+        # output torch's kernel skips a slow planar repack (0.19 vs 0.26 ms per
+        # 224 px image, measured here), more than the transposing cast then costs.
+        buf = getattr(self._scratch, "buf", None)
+        if buf is None or buf.shape[-1] != size:
+            buf = torch.empty((1, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+            self._scratch.buf = buf
+        _resize_aa_out(x, [size, size], False, None, None, out=buf)
+        return buf[0]
 
-    def _chunk(self, crops: Sequence[np.ndarray], flips: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [self._one(c, f) for c, f in zip(crops, flips)]
+    def _run(self, crops, flips, out, mean, inv_std, picks) -> None:
+        size = out.shape[-1]
+        for k in picks:
+            x = torch.from_numpy(crops[k]).permute(2, 0, 1).unsqueeze(0)   # NCHW view of HWC
+            y = x[0] if x.shape[-2:] == (size, size) else self._resized(x, size)
+            if flips[k]:
+                y = y.flip(-1)
+            dst = out[k]
+            dst.copy_(y)
+            if mean is not None:
+                dst.sub_(mean).mul_(inv_std)
 
-    def __call__(self, crops: Sequence[np.ndarray], flips: Sequence[np.ndarray]) -> list[np.ndarray]:
-        # One task per thread, not per image: a pool hand-off costs ~20 us.
+    def __call__(self, crops: Sequence[np.ndarray], flips: Sequence[int], out: torch.Tensor,
+                 mean: torch.Tensor | None = None, inv_std: torch.Tensor | None = None) -> torch.Tensor:
+        """Fill ``out`` ([N, 3, S, S], any dtype/strides) with ``(resize(crop) - mean) * inv_std``.
+
+        ``crops`` are uint8 HWC arrays of any size; ``mean``/``inv_std``
+        broadcast as ``[3, 1, 1]`` in pixel units (None: no normalization).
+        """
         n = len(crops)
-        k = max(1, min(self._threads, n))
-        bounds = [n * i // k for i in range(k + 1)]
-        parts = self._pool.map(self._chunk, *zip(*[(crops[a:b], flips[a:b])
-                                                    for a, b in zip(bounds, bounds[1:])]))
-        return [y for part in parts for y in part]
+        # Interleaved shares, two per thread: crop sizes vary ~12x, and a
+        # pool hand-off costs ~20 us, so not one task per image.
+        k = max(1, min(2 * self._threads, n))
+        tasks = [self._pool.submit(self._run, crops, flips, out, mean, inv_std, range(j, n, k))
+                 for j in range(k)]
+        for t in tasks:
+            t.result()
+        return out
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
 
 def image_graph(source, *, device: str, image_size: int, dtype: str = "float32", layout: str = "CHW",
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                cpu_resize: Callable | None = None):
-    """Define the graph inside an active ``Pipeline`` context; return (images, labels, indices).
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    """Define the graph inside an active ``Pipeline`` context.
 
-    ``device`` is "cpu" or "gpu"; images and labels live on it.
+    ``device`` is "cpu" or "gpu".
 
-    - GPU: images are final: ``dtype``, ``layout``, normalized by ``mean``/``std``
+    - GPU: returns (images, labels, indices), on the GPU. Images are final:
+      resized, flipped, ``dtype``, ``layout``, normalized by ``mean``/``std``
       (pixel units, 0..255; None = no normalization) in ``crop_mirror_normalize``.
-    - CPU: images are resized and flipped, uint8 CHW; the iterator casts and
-      normalizes them while copying into torch (:func:`normalize_into`), one
-      fused pass where DALI's CPU ``crop_mirror_normalize`` plus the float copy
-      cost ~4x more (0.35 vs 0.08 ms per 224 px image, measured here).
-      ``dtype``/``layout``/``mean``/``std`` are then unused. ``cpu_resize`` is the
-      batch resize callable (default: :class:`CpuResize`).
+    - CPU: returns (crops, labels, indices, flips): the decoded crop windows
+      (uint8 HWC, each its own size) and the flip flags.
+      :class:`CpuFinisher` resizes, flips and normalizes them into the torch
+      batch; ``dtype``/``layout``/``mean``/``std`` are unused here.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
@@ -112,10 +166,7 @@ def image_graph(source, *, device: str, image_size: int, dtype: str = "float32",
         jpegs, anchor, shape, device="mixed" if device == "gpu" else "cpu",
         output_type=types.RGB, normalized_anchor=False, normalized_shape=False, axis_names="WH")
     if device == "cpu":
-        resize = cpu_resize or CpuResize(image_size, 2)
-        images = fn.python_function(images, flip, function=resize, batch_processing=True,
-                                    output_layouts="CHW")
-        return images, labels, indices
+        return images, labels, indices, flip
     images = fn.resize(images, size=[image_size, image_size], interp_type=types.INTERP_LINEAR,
                        antialias=True)
     images = fn.crop_mirror_normalize(
@@ -125,35 +176,16 @@ def image_graph(source, *, device: str, image_size: int, dtype: str = "float32",
     return images, labels.gpu(), indices
 
 
-def normalize_into(out: torch.Tensor, images: torch.Tensor, mean: torch.Tensor | None,
-                   inv_std: torch.Tensor | None) -> torch.Tensor:
-    """``out = (images - mean) * inv_std`` for the CPU graph's uint8 NCHW batch.
-
-    ``out`` may be channels_last or another dtype; ``mean``/``inv_std`` broadcast
-    as ``[1, 3, 1, 1]`` in pixel units. A converting copy then two in-place
-    passes: ~0.08 ms per 224 px image on one core, where a single mixed-dtype
-    ``torch.sub(uint8, float)`` takes 0.37 ms.
-    """
-    out.copy_(images)
-    if mean is not None:
-        out.sub_(mean).mul_(inv_std)
-    return out
-
-
 def build_pipeline(source, *, batch_size: int, num_threads: int, device_id: int | None,
-                   prefetch: int, seed: int, **graph_options) -> tuple[Pipeline, CpuResize | None]:
-    """Build the pipeline for ``device_id`` (None = DALI's CPU backend).
-
-    Returns the pipeline and the CPU resizer to close with it (None on GPU).
-    """
+                   prefetch: int, seed: int, **graph_options) -> Pipeline:
+    """Build the pipeline of :func:`image_graph` for ``device_id`` (None = DALI's CPU backend)."""
     device = "cpu" if device_id is None else "gpu"
-    resize = CpuResize(graph_options["image_size"], num_threads) if device == "cpu" else None
     pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                     prefetch_queue_depth=prefetch, seed=seed, exec_async=True, exec_pipelined=True)
     with pipe:
-        pipe.set_outputs(*image_graph(source, device=device, cpu_resize=resize, **graph_options))
+        pipe.set_outputs(*image_graph(source, device=device, **graph_options))
     pipe.build()
-    return pipe, resize
+    return pipe
 
 
 class DecodeLimit:

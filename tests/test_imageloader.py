@@ -357,9 +357,12 @@ def test_gpu_graph_places_decode_on_mixed_and_everything_after_on_gpu():
     assert chain[-1][1] == "mixed" and chain[-1][2] == "gpu"          # nvJPEG decode
     assert all(dev == "gpu" and out == "gpu" for _, dev, out in chain[:-1])
 
+    # The same function defines the CPU graph: decode on the CPU, the crops and
+    # flips handed to CpuFinisher.
     with Pipeline(batch_size=4, num_threads=1, device_id=None):
-        images, labels, _ = image_graph(iter(()), device="cpu", image_size=32)
-    assert images.device == "cpu" and labels.device == "cpu"
+        crops, labels, _, flips = image_graph(iter(()), device="cpu", image_size=32)
+    assert crops.source._op.schema_name == "decoders__ImageSlice" and crops.source._op.device == "cpu"
+    assert crops.device == "cpu" and labels.device == "cpu" and flips.device == "cpu"
 
 
 def _rss_mb():
