@@ -10,10 +10,14 @@ not depend on) but following it step for step, so ``loader bench`` compares
 * eval: ``Resize(int(size / 0.875))`` (shorter side, bilinear), ``CenterCrop(size)``,
   ``ToTensor()``, ``Normalize(mean, std)``.
 
-Decoding is PIL's (``Image.open(...).convert("RGB")``, the full image), the crop
-and resize one ``Image.resize(..., box=...)`` call as in torchvision, and
-ToTensor/Normalize per image with torch ops as in torchvision. Nothing is tuned
-beyond what torchvision does, and nothing is slowed down either.
+Decoding is PIL's (``Image.open(...).convert("RGB")``, the full image). The
+crop and resize are ``Image.crop`` then ``Image.resize`` as torchvision's
+``F.resized_crop`` does, and ToTensor/Normalize run per image with torch ops as
+in torchvision, including the copy ``Normalize`` makes (``inplace=False``) and
+its zero-std check. Nothing is tuned beyond what torchvision does, and nothing
+is slowed down either. The one difference: crop parameters are drawn with a
+numpy generator rather than torch's (a few us per image; the distribution is
+the same).
 
 :class:`ImageFolderDataset` reads the original files; :class:`PackedFileDataset`
 reads the same encoded bytes from packed LMDB shards, which separates the effect
@@ -112,10 +116,13 @@ def to_tensor_normalize(img: Image.Image, mean: Sequence[float] = IMAGENET_MEAN,
     t = torch.from_numpy(np.array(img, np.uint8, copy=True))
     t = t.view(img.size[1], img.size[0], 3).permute((2, 0, 1)).contiguous()
     t = t.to(dtype=torch.float32).div(255)
-    # Normalize
-    m = torch.as_tensor(mean, dtype=t.dtype).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=t.dtype).view(-1, 1, 1)
-    return t.sub_(m).div_(s)
+    # Normalize (inplace=False, the default: it works on a copy)
+    t = t.clone()
+    m = torch.as_tensor(mean, dtype=t.dtype)
+    s = torch.as_tensor(std, dtype=t.dtype)
+    if not bool((s != 0).all()):
+        raise ValueError(f"std evaluated to zero after conversion to {t.dtype}, leading to division by zero.")
+    return t.sub_(m.view(-1, 1, 1)).div_(s.view(-1, 1, 1))
 
 
 class TrainTransform:
@@ -127,7 +134,8 @@ class TrainTransform:
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         width, height = img.size
         top, left, h, w = random_resized_crop_params(height, width, rng)
-        img = img.resize((self.size, self.size), _BILINEAR, box=(left, top, left + w, top + h))
+        # F.resized_crop: crop (a copy in PIL), then resize
+        img = img.crop((left, top, left + w, top + h)).resize((self.size, self.size), _BILINEAR)
         if rng.random() < 0.5:
             img = img.transpose(_FLIP)
         return to_tensor_normalize(img, self.mean, self.std)

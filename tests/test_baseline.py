@@ -109,6 +109,26 @@ def test_to_tensor_normalize_layout_and_values():
     torch.testing.assert_close(x, torch.from_numpy(arr).permute(2, 0, 1).float() / 255)
 
 
+def test_to_tensor_normalize_rejects_zero_std_like_torchvision():
+    img = Image.new("RGB", (4, 4), (10, 20, 30))
+    with pytest.raises(ValueError, match="std evaluated to zero"):
+        to_tensor_normalize(img, mean=(0, 0, 0), std=(1, 0, 1))
+
+
+def test_train_transform_equals_crop_then_resize_as_torchvision():
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    x = TrainTransform(24)(img, np.random.default_rng(7))
+    top, left, h, w = random_resized_crop_params(60, 80, np.random.default_rng(7))
+    flip = np.random.default_rng(7)
+    random_resized_crop_params(60, 80, flip)          # the same draws, then the flip's
+    ref = img.crop((left, top, left + w, top + h)).resize((24, 24), Image.BILINEAR)
+    if flip.random() < 0.5:
+        ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
+    torch.testing.assert_close(x, to_tensor_normalize(ref), rtol=0, atol=0)
+
+
 def test_train_flip_happens_about_half_the_time():
     # left half black, right half white: a flipped crop of the whole image is bright on the left
     arr = np.zeros((64, 64, 3), np.uint8)
