@@ -101,7 +101,7 @@ class PackedDataset:
         return self.manifest.sources[self._check_index(i)]
 
     def checksum(self, i: int) -> str:
-        """Manifest checksum (blake2b, 8 bytes, hex) of record ``i``'s bytes."""
+        """Manifest checksum of record ``i``'s bytes (CRC-32 hex; blake2b-64 in version 1 manifests)."""
         return self.manifest.checksums[self._check_index(i)]
 
     def close(self) -> None:

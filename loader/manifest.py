@@ -5,7 +5,8 @@ untrusted source cannot run code. One line per top-level key keeps it readable
 with ``head``; per-record data are arrays in global record order:
 
 * ``labels``, ``heights``, ``widths`` (of the stored, upright image),
-* ``checksums``: blake2b (digest_size=8) hex digest of the stored bytes,
+* ``checksums``: CRC-32 of the stored bytes, 8 hex digits (version 1 manifests:
+  blake2b with an 8-byte digest, 16 hex digits; both are read),
 * ``sources``: path relative to SRC, ``/`` separators,
 * ``converted``: what ``pack`` did to the image (None: stored byte-for-byte).
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +47,8 @@ __all__ = [
 ]
 
 FORMAT = "loader.lmdb-shards"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)    # 1: blake2b-64 checksums; 2: CRC-32 (pack hashes ~5x faster)
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.tsv"
 
@@ -54,13 +57,21 @@ _FIELDS = ("format", "version", "classes", "shards", "num_records") + _RECORD_FI
     "pack_params", "skipped")
 
 
-def record_checksum(data: bytes) -> str:
-    """Checksum stored in the manifest for a record's bytes.
+def record_checksum(data: bytes, version: int = VERSION) -> str:
+    """Checksum stored in a manifest of ``version`` for a record's bytes.
+
+    CRC-32 since version 2: it guards against corruption (bit rot, torn or
+    truncated writes), not tampering, and costs ~15 us for a 65 KB JPEG where
+    blake2b took ~80 us, ~5% of a pack worker's time per image.
 
     >>> record_checksum(b"abc")
+    '352441c2'
+    >>> record_checksum(b"abc", version=1)
     'd8bb14d833d59559'
     """
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+    if version == 1:
+        return hashlib.blake2b(data, digest_size=8).hexdigest()
+    return f"{zlib.crc32(data):08x}"
 
 
 @dataclass(frozen=True)
@@ -173,9 +184,9 @@ def _check_header(obj: object, where: str) -> dict[str, Any]:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
         raise DatasetError(f"{where}: not a loader manifest (format {found!r}, expected {FORMAT!r})")
     version = obj.get("version")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise DatasetError(f"{where}: unsupported manifest version {version!r} (this loader reads "
-                           f"version {VERSION}); re-pack with `loader pack SRC DST --overwrite` "
+                           f"versions {', '.join(map(str, READABLE_VERSIONS))}); re-pack with `loader pack SRC DST --overwrite` "
                            f"or use a matching loader release")
     missing = [k for k in _FIELDS if k not in obj]
     if missing:

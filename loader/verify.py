@@ -87,7 +87,7 @@ def _read_checked(ds: PackedDataset, i: int) -> bytes | str:
         data = ds.read(i)
     except DatasetError:
         return "record missing from its shard"
-    digest = record_checksum(data)
+    digest = record_checksum(data, ds.manifest.version)
     if digest != ds.checksum(i):
         return f"checksum mismatch (stored bytes hash to {digest}, manifest says {ds.checksum(i)})"
     return data

@@ -136,7 +136,7 @@ def test_info_json(packed, capsys):
     assert rc == 0
     info = json.loads(out)
     assert info["num_records"] == 9 and info["num_skipped"] == 0 and info["num_converted"] == 0
-    assert info["format"] == "loader.lmdb-shards" and info["version"] == 1
+    assert info["format"] == "loader.lmdb-shards" and info["version"] == 2
     assert info["path"] == str(packed)
     assert info["classes"] == [{"label": 0, "name": "a_bird", "count": 3},
                                {"label": 1, "name": "b_dog", "count": 3},

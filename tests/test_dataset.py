@@ -1,3 +1,4 @@
+import hashlib
 import json
 import multiprocessing as mp
 import pickle
@@ -93,7 +94,7 @@ def test_manifest_json_round_trip(packed):
     text = (packed / "manifest.json").read_text()
     m = Manifest.from_json(text)
     assert m.to_json() == text
-    assert m.format == "loader.lmdb-shards" and m.version == 1 and m.num_records == 9
+    assert m.format == "loader.lmdb-shards" and m.version == 2 and m.num_records == 9
     assert m.labels.dtype == np.int64 and m.heights.dtype == np.int32 and m.widths.dtype == np.int32
     assert [s.first for s in m.shards] == [0, 4] and [s.records for s in m.shards] == [4, 5]
 
@@ -143,9 +144,29 @@ def test_missing_shard(packed):
 
 
 def test_unsupported_version(packed):
-    edit_manifest(packed, version=2)
-    with pytest.raises(DatasetError, match=r"unsupported manifest version 2 \(this loader reads version 1\)"):
+    edit_manifest(packed, version=3)
+    with pytest.raises(DatasetError, match=r"unsupported manifest version 3 \(this loader reads versions 1, 2\)"):
         open_dataset(packed)
+
+
+def test_checksums_are_crc32_and_version_1_blake2b_manifests_still_verify(packed):
+    import zlib
+
+    from loader.verify import verify
+
+    ds = open_dataset(packed)
+    assert [ds.checksum(i) for i in range(len(ds))] == [f"{zlib.crc32(ds.read(i)):08x}" for i in range(len(ds))]
+    records = [ds.read(i) for i in range(len(ds))]
+    ds.close()
+    # A dataset packed by version 1 (blake2b-64 checksums) opens and verifies ...
+    edit_manifest(packed, version=1,
+                  checksums=[hashlib.blake2b(r, digest_size=8).hexdigest() for r in records])
+    assert verify(packed, decode=False, progress=False) == []
+    # ... and a wrong one is still caught, with the version 1 digest in the message.
+    edit_manifest(packed, checksums=lambda o: o["checksums"].__setitem__(3, "0" * 16))
+    bad = verify(packed, decode=False, progress=False)
+    assert [b[0] for b in bad] == [3]
+    assert hashlib.blake2b(records[3], digest_size=8).hexdigest() in bad[0][4]
 
 
 def test_missing_manifest(tmp_path):
