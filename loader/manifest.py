@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
