@@ -186,7 +186,8 @@ def _check_header(obj: object, where: str) -> dict[str, Any]:
     version = obj.get("version")
     if type(version) is not int or version not in READABLE_VERSIONS:
         raise DatasetError(f"{where}: unsupported manifest version {version!r} (this loader reads "
-                           f"versions {', '.join(map(str, READABLE_VERSIONS))}); re-pack with `loader pack SRC DST --overwrite` "
+                           f"versions {', '.join(map(str, READABLE_VERSIONS))}); "
+                           f"re-pack with `loader pack SRC DST --overwrite` "
                            f"or use a matching loader release")
     missing = [k for k in _FIELDS if k not in obj]
     if missing:
