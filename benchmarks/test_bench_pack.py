@@ -24,3 +24,28 @@ def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
     benchmark.extra_info["input_mb"] = timed[-1].input_bytes / 1e6
     assert timed[-1].num_records == bench_config.classes * bench_config.per_class
     assert timed[-1].num_skipped == 0 and rate > 0
+
+
+def _decode_file(path: str) -> int:
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        im = Image.open(f)
+        im.load()
+    return 1
+
+
+def test_full_decode_rate(benchmark, measure, bench_images, bench_config):
+    """The pack target's yardstick: every core fully decoding the same files with PIL.
+
+    Pack decodes every image to validate it, so its rate is compared with this
+    one (the README reports pack as a fraction of it, both from one run).
+    """
+    import multiprocessing as mp
+    import os
+
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(bench_images) for f in fs)
+    with mp.get_context("fork").Pool(bench_config.workers) as pool:
+        rate = measure(lambda: sum(pool.imap_unordered(_decode_file, paths, chunksize=16)),
+                       workers=bench_config.workers)
+    assert rate > 0
