@@ -44,7 +44,10 @@ def test_full_decode_rate(benchmark, measure, bench_images, bench_config):
     import multiprocessing as mp
     import os
 
-    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(bench_images) for f in fs)
+    from loader.scan import scan
+
+    _, items = scan(bench_images)                       # exactly the files pack reads
+    paths = [os.path.join(bench_images, rel) for rel, _ in items]
     with mp.get_context("fork").Pool(bench_config.workers) as pool:
         rate = measure(lambda: sum(pool.imap_unordered(_decode_file, paths, chunksize=16)),
                        workers=bench_config.workers)
