@@ -52,3 +52,31 @@ def test_full_decode_rate(benchmark, measure, bench_images, bench_config):
         rate = measure(lambda: sum(pool.imap_unordered(_decode_file, paths, chunksize=16)),
                        workers=bench_config.workers)
     assert rate > 0
+
+
+def _check_file(path: str) -> int:
+    from loader.imagecheck import check_image
+
+    check_image(path)
+    return 1
+
+
+def test_check_rate(benchmark, measure, bench_images, bench_config):
+    """What pack's workers do per file (``check_image``: read, decode to validate,
+    decide what to store), on every core, without writing anything.
+
+    A kept JPEG is validated at 1/8 scale (see :mod:`loader.imagecheck`), so this
+    runs well above :func:`test_full_decode_rate`; pack's rate over this one is
+    the share its writing and bookkeeping leave.
+    """
+    import multiprocessing as mp
+    import os
+
+    from loader.scan import scan
+
+    _, items = scan(bench_images)
+    paths = [os.path.join(bench_images, rel) for rel, _ in items]
+    with mp.get_context("fork").Pool(bench_config.workers) as pool:
+        rate = measure(lambda: sum(pool.imap_unordered(_check_file, paths, chunksize=16)),
+                       workers=bench_config.workers)
+    assert rate > 0
