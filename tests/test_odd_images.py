@@ -279,11 +279,9 @@ def test_kept_jpegs_checked_at_reduced_scale_find_exactly_what_full_decode_finds
     assert min(verdicts.values()) > 100, verdicts
 
 
-def test_kept_jpeg_reports_full_size_and_undamaged_bytes(monkeypatch):
-    data = encode(photo(157, 93, seed=4), "JPEG", quality=90)
-    c = check_bytes(data)
-    assert (c.height, c.width, c.converted) == (93, 157, None) and c.data == data
-    # The check really is done at reduced scale (else this test guards nothing).
+@pytest.fixture
+def decoded_sizes(monkeypatch):
+    """The size every JPEG decode in the test runs at, in order."""
     from PIL.JpegImagePlugin import JpegImageFile
 
     sizes = []
@@ -292,6 +290,34 @@ def test_kept_jpeg_reports_full_size_and_undamaged_bytes(monkeypatch):
     def spy(im):
         sizes.append(im.size)
         return load(im)
-    monkeypatch.setattr("PIL.JpegImagePlugin.JpegImageFile.load", spy)
-    check_bytes(data)
-    assert sizes == [(20, 12)]
+    monkeypatch.setattr(JpegImageFile, "load", spy)
+    return sizes
+
+
+def with_frame_marker(data: bytes, marker: int) -> bytes:
+    i = data.index(b"\xff\xc0")             # the encoder writes a baseline frame
+    return data[:i + 1] + bytes([marker]) + data[i + 2:]
+
+
+def test_kept_jpeg_reports_full_size_and_undamaged_bytes(decoded_sizes):
+    data = encode(photo(157, 93, seed=4), "JPEG", quality=90)
+    c = check_bytes(data)
+    assert (c.height, c.width, c.converted) == (93, 157, None) and c.data == data
+    assert decoded_sizes == [(20, 12)]     # really checked at 1/8 scale
+
+
+@pytest.mark.parametrize("marker, scaled", [(0xC1, True), (0xC3, False), (0xC9, False)])
+def test_only_huffman_dct_jpegs_are_checked_at_reduced_scale(decoded_sizes, marker, scaled):
+    """Extended sequential (C1) decodes like baseline; lossless (C3) and
+    arithmetic-coded (C9) frames are rare enough to always get the full decode."""
+    from loader.imagecheck import jpeg_frame_marker
+
+    data = with_frame_marker(encode(photo(157, 93, seed=4), "JPEG", quality=90), marker)
+    assert jpeg_frame_marker(data) == marker
+    try:
+        check_bytes(data)
+        bad = False
+    except BadImage:
+        bad = True
+    assert decoded_sizes[0] == ((20, 12) if scaled else (157, 93))
+    assert bad == _full_decode_fails(data)
