@@ -276,7 +276,7 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
 
 def check_image(path: str | os.PathLike, *, max_side: int | None = None,
                 quality: int = 95) -> CheckedImage:
-    """Decode the file at ``path`` fully and return what to store for it.
+    """Decode the file at ``path`` (see the module docstring for how) and return what to store for it.
 
     Raises :class:`BadImage` (with a short ``reason``) for empty, unreadable,
     non-image, corrupt or truncated files. See the module docstring for the
