@@ -26,6 +26,20 @@ def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
     assert timed[-1].num_skipped == 0 and rate > 0
 
 
+def _rate_on_every_core(measure, bench_images, bench_config, per_file) -> float:
+    """images/s of ``per_file(path)`` over every file pack reads, on a pool of every core."""
+    import multiprocessing as mp
+    import os
+
+    from loader.scan import scan
+
+    _, items = scan(bench_images)                       # exactly the files pack reads
+    paths = [os.path.join(bench_images, rel) for rel, _ in items]
+    with mp.get_context("fork").Pool(bench_config.workers) as pool:
+        return measure(lambda: sum(pool.imap_unordered(per_file, paths, chunksize=16)),
+                       workers=bench_config.workers)
+
+
 def _decode_file(path: str) -> int:
     from PIL import Image
 
@@ -41,17 +55,7 @@ def test_full_decode_rate(benchmark, measure, bench_images, bench_config):
     Pack decodes every image to validate it, so its rate is compared with this
     one (the README reports pack as a fraction of it, both from one run).
     """
-    import multiprocessing as mp
-    import os
-
-    from loader.scan import scan
-
-    _, items = scan(bench_images)                       # exactly the files pack reads
-    paths = [os.path.join(bench_images, rel) for rel, _ in items]
-    with mp.get_context("fork").Pool(bench_config.workers) as pool:
-        rate = measure(lambda: sum(pool.imap_unordered(_decode_file, paths, chunksize=16)),
-                       workers=bench_config.workers)
-    assert rate > 0
+    assert _rate_on_every_core(measure, bench_images, bench_config, _decode_file) > 0
 
 
 def _check_file(path: str) -> int:
@@ -69,14 +73,4 @@ def test_check_rate(benchmark, measure, bench_images, bench_config):
     runs well above :func:`test_full_decode_rate`; pack's rate over this one is
     the share its writing and bookkeeping leave.
     """
-    import multiprocessing as mp
-    import os
-
-    from loader.scan import scan
-
-    _, items = scan(bench_images)
-    paths = [os.path.join(bench_images, rel) for rel, _ in items]
-    with mp.get_context("fork").Pool(bench_config.workers) as pool:
-        rate = measure(lambda: sum(pool.imap_unordered(_check_file, paths, chunksize=16)),
-                       workers=bench_config.workers)
-    assert rate > 0
+    assert _rate_on_every_core(measure, bench_images, bench_config, _check_file) > 0

@@ -219,11 +219,12 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
         raise BadImage(f"unreadable image header: {_short(e)}") from None
     fmt = im.format
     target = fit_size(im.width, im.height, max_side)
-    if (fmt == "JPEG" and _keep_bytes(fmt, im, None, _orientation(im), target)
+    # A JPEG's EXIF is in its header; a PNG's may follow the pixels (read after load).
+    orientation = _orientation(im) if fmt == "JPEG" else None
+    if (fmt == "JPEG" and _keep_bytes(fmt, im, None, orientation, target)
             and jpeg_frame_marker(data) in _HUFFMAN_DCT_FRAMES):
         # Stored as-is, so decoded only to be checked: at 1/8 scale, which
         # finds the same errors for half the CPU (see the module docstring).
-        # (A JPEG's EXIF and mode are known from its header, before decoding.)
         # Rarer kinds (lossless, arithmetic-coded) get the full decode below.
         height, width = im.height, im.width
         im.draft(None, (1, 1))
@@ -237,7 +238,8 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
     _load(im, fmt)
 
     png_depth = _png_bit_depth(data)
-    orientation = _orientation(im)
+    if fmt != "JPEG":
+        orientation = _orientation(im)
     if _keep_bytes(fmt, im, png_depth, orientation, target):
         return CheckedImage(data, im.height, im.width, None)
 
