@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from loader.manifest import MANIFEST_NAME
+from loader.units import available_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench-data"
 QUICK = os.environ.get("LOADER_BENCH_QUICK", "").strip() not in ("", "0")
@@ -31,13 +34,13 @@ IMAGE_SIZE = 224
 
 
 def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return available_cores()
 
 
 @pytest.fixture(scope="session")
 def bench_images() -> Path:
     """The image folder (generated on first use, then reused)."""
-    from scripts.make_dataset import make_dataset
+    from loader.synthetic import make_dataset
 
     dst = CACHE / f"photos-{CLASSES}x{PER_CLASS}"
     make_dataset(dst, classes=CLASSES, per_class=PER_CLASS, seed=0)
@@ -48,10 +51,10 @@ def bench_images() -> Path:
 def bench_packed(bench_images) -> Path:
     """The packed copy of :func:`bench_images` (packed on first use, then reused)."""
     from loader.dataset import open_dataset
-    from loader.pack import pack
+    from loader.packing import pack
 
     dst = bench_images.with_name(bench_images.name + ".packed")
-    if (dst / "manifest.json").is_file():
+    if (dst / MANIFEST_NAME).is_file():
         try:
             ds = open_dataset(dst)
             n = len(ds)

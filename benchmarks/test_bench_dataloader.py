@@ -12,7 +12,7 @@ import pytest
 @pytest.mark.parametrize("source, train", [("folder", True), ("lmdb", True), ("folder", False)],
                          ids=["folder-train", "lmdb-train", "folder-eval"])
 def test_dataloader_epoch(measure, bench_images, bench_packed, bench_config, source, train):
-    from loader.baseline import ImageFolderDataset, PackedFileDataset, baseline_loader
+    from loader.bench.baseline import ImageFolderDataset, PackedFileDataset, baseline_loader
 
     size = bench_config.image_size
     ds = (ImageFolderDataset(bench_images, size, train) if source == "folder"

@@ -7,7 +7,7 @@ import statistics
 
 
 def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
-    from loader.pack import pack
+    from loader.packing import pack
 
     dst = tmp_path / "packed"
     reports = []

@@ -12,18 +12,16 @@ augments with NVIDIA DALI.
 
 __version__ = "0.1.0"
 
-# Imported eagerly: the function `pack` must win over the submodule of the
-# same name, which the import system would otherwise bind to `loader.pack`.
 from loader.dataset import PackedDataset, open_dataset  # noqa: E402
-from loader.pack import PackReport, pack  # noqa: E402
+from loader.packing import PackReport, pack  # noqa: E402
 
 # Imported on first use: ImageLoader pulls in DALI and torch (seconds), which
 # `loader pack` / `loader info` never need.
 _EXPORTS = {
     "ImageLoader": "loader.imageloader",
-    "IMAGENET_MEAN": "loader.imageloader",
-    "IMAGENET_STD": "loader.imageloader",
 }
+# Pure constants (no DALI): loader.recipe.
+from loader.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def __getattr__(name):
@@ -34,4 +32,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'loader' has no attribute {name!r}")
 
 
-__all__ = ["pack", "PackReport", "open_dataset", "PackedDataset", *_EXPORTS, "__version__"]
+__all__ = ["pack", "PackReport", "open_dataset", "PackedDataset", "IMAGENET_MEAN", "IMAGENET_STD", *_EXPORTS,
+           "__version__"]

@@ -33,7 +33,7 @@ The output is written to DST.partial-<pid> and renamed to DST when complete.
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from loader.pack import pack
+    from loader.packing import pack
 
     report = pack(args.src, args.dst, shards=args.shards,
                   shard_size_mb=512 if args.shard_size_mb is None else args.shard_size_mb,

@@ -29,7 +29,9 @@ from loader.dataset import open_dataset
 from loader.errors import LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import CpuFinisher, build_pipeline
-from loader.sampler import IMAGENET_MEAN, IMAGENET_STD, epoch_order, num_batches, rank_share, split_indices
+from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
+from loader.sampler import epoch_order, num_batches, rank_share, split_indices
+from loader.units import available_cores
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
 
@@ -146,9 +148,8 @@ class ImageLoader:
         self.dtype = dtype
         self.channels_last = bool(channels_last)
         self.with_indices = bool(with_indices)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        self.num_threads = num_threads or max(1, (cores or 1) // max(local_world, 1))
+        self.num_threads = num_threads or max(1, available_cores() // max(local_world, 1))
         self._mean = None if mean is None else [255.0 * m for m in mean]
         self._std = None if std is None else [255.0 * s for s in std]
         # For the CPU graph's finisher, which normalizes image by image.

@@ -38,9 +38,7 @@ import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from loader.sampler import crop_windows
-
-__all__ = ["image_graph", "build_pipeline", "CpuFinisher", "DecodeLimit", "DALI_DTYPES"]
+__all__ = ["image_graph", "build_pipeline", "CpuFinisher", "DALI_DTYPES"]
 
 # The aten op behind F.interpolate(mode="bilinear", antialias=True), minus ~15 us
 # of argument checks per call, in its out= form.
@@ -189,65 +187,3 @@ def build_pipeline(source, *, batch_size: int, num_threads: int, device_id: int 
         pipe.set_outputs(*image_graph(source, device=device, **graph_options))
     pipe.build()
     return pipe
-
-
-class DecodeLimit:
-    """The ceiling: DALI region-of-interest decode, nothing else.
-
-    Train: the random crop fused into the decoder (``decoders.image_random_crop``,
-    scale 0.08-1, ratio 3/4-4/3); eval (``train=False``): the eval centre window
-    (``decoders.image_slice``). No resize, no normalize, no hand-off to torch.
-    Each ``next()`` decodes one batch (records in a seeded random order,
-    cycling) and returns how many images it decoded. ``loader bench`` measures
-    the full pipeline against it.
-
-    >>> limit = DecodeLimit(open_dataset("photos.packed"), 64)   # doctest: +SKIP
-    >>> next(limit)                                             # doctest: +SKIP
-    64
-    """
-
-    def __init__(self, dataset, batch_size: int, *, num_threads: int = 2, seed: int = 0,
-                 device_id: int | None = None, prefetch: int = 2, train: bool = True):
-        self._dataset = dataset
-        self._batch = batch_size
-        self._train = train
-        self._order = np.random.default_rng([seed, 0xD0]).permutation(len(dataset))
-        self._pos = 0
-        self._pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
-                              prefetch_queue_depth=prefetch, seed=seed)
-        decoder_device = "cpu" if device_id is None else "mixed"
-        with self._pipe:
-            if train:
-                jpegs = fn.external_source(source=self._next_records, batch=True, dtype=types.UINT8)
-                images = fn.decoders.image_random_crop(
-                    jpegs, device=decoder_device, output_type=types.RGB,
-                    random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
-            else:
-                jpegs, anchor, shape = fn.external_source(
-                    source=self._next_records, num_outputs=3, batch=True,
-                    dtype=[types.UINT8, types.FLOAT, types.FLOAT])
-                images = fn.decoders.image_slice(
-                    jpegs, anchor, shape, device=decoder_device, output_type=types.RGB,
-                    normalized_anchor=False, normalized_shape=False, axis_names="WH")
-            self._pipe.set_outputs(images)
-        self._pipe.build()
-
-    def _next_records(self):
-        n = len(self._order)
-        take = self._order[np.arange(self._pos, self._pos + self._batch) % n]
-        self._pos = (self._pos + self._batch) % n
-        data = self._dataset.read_batch(take)
-        if self._train:
-            return data
-        anchor, shape, _ = crop_windows(self._dataset.heights[take], self._dataset.widths[take], None)
-        return data, anchor, shape
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> int:
-        (images,) = self._pipe.run()
-        return len(images)
-
-    def close(self) -> None:
-        self._pipe = None

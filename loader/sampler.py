@@ -19,16 +19,9 @@ import math
 
 import numpy as np
 
-__all__ = ["split_indices", "epoch_order", "rank_share", "num_batches", "crop_windows",
-           "EVAL_CROP_FRACTION", "IMAGENET_MEAN", "IMAGENET_STD"]
+from loader.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
-# torchvision's ImageNet normalization, in 0..1 units.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Eval resizes the shorter side to image_size / 0.875 and centre-crops image_size:
-# the crop covers 87.5% of the shorter side (the ImageNet convention).
-EVAL_CROP_FRACTION = 0.875
+__all__ = ["split_indices", "epoch_order", "rank_share", "num_batches", "crop_windows"]
 
 
 def split_indices(n: int, validation_split: float | None, subset: str | None, seed: int) -> np.ndarray:
@@ -102,8 +95,8 @@ def num_batches(share: int, batch_size: int, drop_last: bool) -> int:
 
 
 def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator | None,
-                 scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                 scale: tuple[float, float] = RRC_SCALE,
+                 ratio: tuple[float, float] = RRC_RATIO,
                  attempts: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop windows and flips for a batch, in source pixels.
 

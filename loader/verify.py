@@ -24,6 +24,7 @@ from tqdm import tqdm
 from loader.dataset import PackedDataset, open_dataset
 from loader.errors import DatasetError
 from loader.manifest import record_checksum
+from loader.units import available_cores
 
 __all__ = ["BadRecord", "verify"]
 
@@ -49,7 +50,7 @@ class _DaliDecoder:
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=max(1, min(4, os.cpu_count() or 1)),
+        @pipeline_def(batch_size=self.batch_size, num_threads=min(4, available_cores()),
                       device_id=None, prefetch_queue_depth=1)
         def decode_pipe():
             data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)

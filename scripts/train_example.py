@@ -15,7 +15,6 @@ below the mean of the first 20).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,9 @@ if str(ROOT) not in sys.path:   # run as a script: make `loader` and `scripts` i
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+
+from loader.manifest import MANIFEST_NAME  # noqa: E402
+from loader.units import available_cores  # noqa: E402
 
 WINDOW = 20
 
@@ -42,8 +44,8 @@ def small_cnn(num_classes: int) -> nn.Module:
 
 def prepare_data(args) -> tuple[Path, Path]:
     """(image folder, packed dataset), generating and packing them if needed."""
-    from loader.pack import pack
-    from scripts.make_dataset import make_dataset
+    from loader.packing import pack
+    from loader.synthetic import make_dataset
 
     if args.data is None:
         data = ROOT / ".cache" / "train-example" / f"photos-{args.classes}x{args.per_class}"
@@ -56,7 +58,7 @@ def prepare_data(args) -> tuple[Path, Path]:
         if not data.is_dir():
             raise SystemExit(f"error: --data {data} is not a folder")
     packed = Path(args.packed) if args.packed else data.with_name(data.name + ".packed")
-    if not (packed / "manifest.json").is_file():
+    if not (packed / MANIFEST_NAME).is_file():
         print(f"packing {data} into {packed} ...", flush=True)
         print(pack(data, packed, progress=False).summary(), flush=True)
     return data, packed
@@ -70,7 +72,7 @@ def make_loader(args, data: Path, packed: Path, device: torch.device):
         loader = ImageLoader(packed, args.batch_size, image_size=args.image_size, train=True,
                              seed=args.seed, device=device, num_threads=args.threads)
         return loader, len(loader.dataset.classes)
-    from loader.baseline import ImageFolderDataset, baseline_loader
+    from loader.bench.baseline import ImageFolderDataset, baseline_loader
 
     ds = ImageFolderDataset(data, size=args.image_size, train=True, seed=args.seed)
     return baseline_loader(ds, args.batch_size, workers=args.workers, train=True, seed=args.seed), len(ds.classes)
@@ -88,7 +90,7 @@ def batches_forever(loader):
 
 
 def main(argv: list[str] | None = None) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = available_cores()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loader", choices=("loader", "dataloader"), default="loader",
                     help="input pipeline: loader.ImageLoader or the standard DataLoader (default: loader)")

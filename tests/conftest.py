@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.make_dataset import photo_like_image
+from loader.synthetic import photo_like_image
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The DataLoader baseline (loader.baseline): torchvision-equivalent transforms and loader."""
+"""The DataLoader baseline (loader.bench.baseline): torchvision-equivalent transforms and loader."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loader.baseline import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from loader.bench.baseline import (
     EvalTransform,
     ImageFolderDataset,
     TrainTransform,
@@ -20,6 +18,7 @@ from loader.baseline import (
     to_tensor_normalize,
 )
 from loader.errors import LoaderError
+from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _attempt_fits(height, width, rng_state_seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -158,7 +157,7 @@ def test_eval_resize_and_centre_crop_geometry():
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from scripts.make_dataset import make_dataset
+    from loader.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("baseline") / "imgs"
     make_dataset(root, classes=3, per_class=6, workers=1)
@@ -236,8 +235,8 @@ def test_baseline_loader_augmentation_seeded(tiny_folder):
 
 
 def test_packed_file_dataset_matches_folder(tiny_folder, tmp_path):
-    pack = pytest.importorskip("loader.pack").pack
-    from loader.baseline import PackedFileDataset
+    pack = pytest.importorskip("loader.packing").pack
+    from loader.bench.baseline import PackedFileDataset
 
     dst = tmp_path / "packed"
     pack(tiny_folder, dst, progress=False, workers=1)

@@ -35,10 +35,10 @@ FAST = {"batch_sizes": (BATCH,), "image_sizes": (64,), "batches": BATCHES, "repe
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(image folder, packed dataset) of 2 classes x 24 photo-like images."""
-    pytest.importorskip("loader.pack")
+    pytest.importorskip("loader.packing")
     pytest.importorskip("loader.imageloader")
-    from loader.pack import pack
-    from scripts.make_dataset import make_dataset
+    from loader.packing import pack
+    from loader.synthetic import make_dataset
 
     base = tmp_path_factory.mktemp("bench")
     src = base / "imgs"

@@ -106,8 +106,9 @@ def test_usage_errors_exit_2(capsys):
 def test_keyboard_interrupt_exits_130(image_tree, tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    # (`loader.pack` is the function; the module is only reachable via sys.modules)
-    monkeypatch.setattr(sys.modules["loader.pack"], "pack", interrupted)
+    import loader.packing
+
+    monkeypatch.setattr(loader.packing, "pack", interrupted)
     rc, _, err = run_main(capsys, "pack", str(image_tree), str(tmp_path / "o"))
     assert rc == 130 and err == "interrupted\n"
 

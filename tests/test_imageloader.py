@@ -13,7 +13,8 @@ from PIL import Image
 import loader
 from loader import ImageLoader
 from loader.errors import DatasetError
-from loader.imageloader import IMAGENET_MEAN, IMAGENET_STD, DecodeError
+from loader.imageloader import DecodeError
+from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 COLOURS = [(200, 30, 30), (30, 180, 40), (40, 50, 210)]     # class c -> RGB
 SIZES = [(64, 48), (48, 64), (100, 75), (75, 100), (57, 57), (120, 40), (40, 120), (90, 66)]
@@ -36,7 +37,7 @@ def colour_ds(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photo_ds(tmp_path_factory):
-    from scripts.make_dataset import make_dataset
+    from loader.synthetic import make_dataset
 
     root = tmp_path_factory.mktemp("photo")
     make_dataset(root / "src", classes=3, per_class=14, seed=1, workers=1)

@@ -11,8 +11,8 @@ from PIL import Image, ImageOps, features
 
 from loader import open_dataset, pack
 from loader.imagecheck import BadImage, check_bytes, check_image, fit_size
+from loader.synthetic import photo_like_image
 from loader.verify import _DaliDecoder, verify
-from scripts.make_dataset import photo_like_image
 
 HAS_WEBP = features.check("webp")
 # A 1x1 lossless WebP (the classic feature-detection image): usable even

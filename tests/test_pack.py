@@ -14,8 +14,8 @@ from PIL import Image
 from loader import PackReport, open_dataset, pack
 from loader.errors import PackError
 from loader.manifest import record_checksum
-from loader.pack import plan_shards, shard_ranges
-from scripts.make_dataset import photo_like_image
+from loader.packing import plan_shards, shard_ranges
+from loader.synthetic import photo_like_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -299,7 +299,7 @@ def test_workers_start_clean_when_torch_is_loaded(image_tree, tmp_path, monkeypa
     # start fresh workers (forkserver) and still give the same output.
     import types
 
-    from loader.pack import _pool_context
+    from loader.packing import _pool_context
 
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     assert _pool_context().get_start_method() in ("forkserver", "spawn")
@@ -327,7 +327,7 @@ def test_read_only_parent(image_tree, tmp_path):
 def test_file_changed_after_check_is_checked_again(tmp_path, make_jpeg):
     # Kept files are re-read by the parent: if one changed since the worker
     # checked it, only bytes checked again are stored.
-    from loader.pack import _BAD, _DATA, _KEEP, _load_kept, _process
+    from loader.packing import _BAD, _DATA, _KEEP, _load_kept, _process
 
     p = tmp_path / "a.jpg"
     p.write_bytes(make_jpeg(seed=1, size=(64, 48)))

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
+from loader.recipe import EVAL_CROP_FRACTION
 from loader.sampler import (
-    EVAL_CROP_FRACTION,
     crop_windows,
     epoch_order,
     num_batches,

@@ -127,7 +127,7 @@ def resolve_source(src: str | os.PathLike, packed: str | os.PathLike | None = No
     if is_packed(dst):
         log(f"reusing the packed dataset {dst} (delete it to re-pack {src} and time the pack)")
         return src_p, dst, None
-    from loader.pack import pack
+    from loader.packing import pack
 
     log(f"packing {src} into {dst} (once; reused by later runs) ...")
     report = pack(src_p, dst, progress=progress)
@@ -284,7 +284,7 @@ class _DataLoaderContender(_Contender):
         self.queue_depth = 2 * workers + 1 if workers else 1   # prefetch_factor=2 per worker
 
     def create(self) -> None:
-        from loader.baseline import baseline_loader
+        from loader.bench.baseline import baseline_loader
 
         batch_size, workers, train, seed = self.args
         self.obj = baseline_loader(self.make_dataset(), batch_size, workers=workers, train=train,
@@ -327,8 +327,8 @@ class _DecodeLimitContender(_Contender):
         self.queue_depth = prefetch + 1
 
     def create(self) -> None:
+        from loader.bench.decode_limit import DecodeLimit
         from loader.dataset import open_dataset
-        from loader.pipeline import DecodeLimit
 
         packed, batch_size, threads, prefetch, seed, train = self.args
         self.dataset = open_dataset(packed)
@@ -560,11 +560,11 @@ def bench(src: str | os.PathLike, *, packed: str | os.PathLike | None = None,
         if name == "decode-limit":
             return _DecodeLimitContender(dev, packed_path, b, threads, prefetch, seed, train)
         if name == "dataloader":
-            from loader.baseline import ImageFolderDataset
+            from loader.bench.baseline import ImageFolderDataset
 
             return _DataLoaderContender(dev, name, lambda: ImageFolderDataset(folder, s, train, seed),
                                         b, workers, train, seed)
-        from loader.baseline import PackedFileDataset
+        from loader.bench.baseline import PackedFileDataset
 
         return _DataLoaderContender(dev, name, lambda: PackedFileDataset(packed_path, s, train, seed),
                                     b, workers, train, seed)

@@ -56,10 +56,10 @@ from loader.manifest import (
 )
 from loader.scan import scan
 from loader.shards import ShardWriter, shard_name
+from loader.units import MB, available_cores
 
 __all__ = ["PackReport", "pack", "plan_shards", "shard_ranges"]
 
-MB = 10**6  # sizes are reported in MB (10^6 bytes), as the summary line prints them
 # Items per pool task: 32 amortises the pool's per-task IPC (+5% pack rate over
 # 16, measured here), but at least ~8 tasks per worker keep the ends even.
 _CHUNKSIZE = 32
@@ -137,7 +137,7 @@ def _check_options(shards, shard_size_mb, workers, max_side, quality) -> int:
         raise PackError(f"--max-side must be an integer >= 16 pixels (got {max_side!r})")
     if not is_int(quality) or not 1 <= quality <= 100:
         raise PackError(f"--quality must be an integer from 1 to 100 (got {quality!r})")
-    return int(workers or os.cpu_count() or 1)
+    return int(workers or available_cores())
 
 
 # ---------------------------------------------------------------- destination

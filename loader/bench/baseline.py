@@ -40,11 +40,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from loader.sampler import IMAGENET_MEAN, IMAGENET_STD
+from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "IMG_EXTENSIONS",
     "EvalTransform",
     "ImageFolderDataset",
@@ -65,8 +63,8 @@ _FLIP = Image.Transpose.FLIP_LEFT_RIGHT if hasattr(Image, "Transpose") else Imag
 
 
 def random_resized_crop_params(height: int, width: int, rng: np.random.Generator,
-                               scale: tuple[float, float] = (0.08, 1.0),
-                               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+                               scale: tuple[float, float] = RRC_SCALE,
+                               ratio: tuple[float, float] = RRC_RATIO) -> tuple[int, int, int, int]:
     """``(top, left, h, w)`` of a random crop: torchvision's ``RandomResizedCrop.get_params``.
 
     Scalar, per image, as torchvision runs it: the baseline must cost what users
@@ -144,7 +142,8 @@ class TrainTransform:
 class EvalTransform:
     """Resize(int(size / 0.875)) (shorter side) + CenterCrop(size) + ToTensor() + Normalize()."""
 
-    def __init__(self, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_fraction: float = 0.875):
+    def __init__(self, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 crop_fraction: float = EVAL_CROP_FRACTION):
         self.size, self.mean, self.std = int(size), tuple(mean), tuple(std)
         self.resize = int(self.size / crop_fraction)
 
