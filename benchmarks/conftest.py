@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -68,42 +67,45 @@ def bench_packed(bench_images) -> Path:
 
 
 class Rate:
-    """Collects (count, seconds) per round; writes images/s into ``benchmark.extra_info``."""
+    """Times each round with the bench harness's clock (:func:`loader.bench.time_steps`);
+    writes images/s into ``benchmark.extra_info``."""
 
     def __init__(self, benchmark, unit: str = "images"):
         self.benchmark, self.unit = benchmark, unit
-        self.counts: list[int] = []
-        self.seconds: list[float] = []
+        self.timings = []
 
-    def timed(self, fn):
-        """Wrap ``fn() -> count`` so each call records its count and duration."""
+    def timed(self, fn, sync=None):
+        """Wrap ``fn() -> count`` so each call is one timed step of the harness."""
+        from loader.bench import time_steps
+
         def target():
-            t0 = time.perf_counter()
-            n = fn()
-            self.seconds.append(time.perf_counter() - t0)
-            self.counts.append(int(n))
-            return n
+            t = time_steps(fn, batches=1, sync=sync)
+            self.timings.append(t)
+            return t.count
         return target
 
     def finish(self, rounds: int, **extra) -> float:
-        counts, secs = self.counts[-rounds:], self.seconds[-rounds:]   # drop warm-up rounds
-        runs = [c / s for c, s in zip(counts, secs)]
+        timed = self.timings[-rounds:]   # drop warm-up rounds
+        runs = [t.rate for t in timed]
         median = statistics.median(runs)
         info = self.benchmark.extra_info
         info[f"{self.unit}_per_sec"] = median
         info[f"{self.unit}_per_sec_runs"] = runs
-        info[self.unit] = counts[-1]
+        info[self.unit] = timed[-1].count
         info["quick"] = QUICK
         info.update(extra)
-        assert all(c > 0 for c in counts)
+        assert all(t.count > 0 for t in timed)
         return median
 
 
 def pedantic(benchmark, fn, *, unit: str = "images", rounds: int = ROUNDS,
-             warmup_rounds: int = WARMUP_ROUNDS, **extra) -> float:
-    """Run ``fn() -> count`` ``rounds`` times (plus warm-up) under pytest-benchmark; return median rate."""
+             warmup_rounds: int = WARMUP_ROUNDS, sync=None, **extra) -> float:
+    """Run ``fn() -> count`` ``rounds`` times (plus warm-up) under pytest-benchmark; return median rate.
+
+    ``sync`` runs before each clock read (a CUDA contender's :meth:`sync`).
+    """
     rate = Rate(benchmark, unit)
-    benchmark.pedantic(rate.timed(fn), rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
+    benchmark.pedantic(rate.timed(fn, sync), rounds=rounds, iterations=1, warmup_rounds=warmup_rounds)
     return rate.finish(rounds, **extra)
 
 

@@ -1,7 +1,7 @@
 """The baseline: torch DataLoader + torchvision-style PIL transforms, one epoch per round.
 
-Over the original files (``folder``) and over the packed shards (``lmdb``);
-persistent workers, started before the timing.
+The bench harness's ``dataloader`` (original files) and ``dataloader-lmdb``
+(packed shards) contenders; persistent workers, started before the timing.
 """
 
 from __future__ import annotations
@@ -9,29 +9,25 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.mark.parametrize("source, train", [("folder", True), ("lmdb", True), ("folder", False)],
+@pytest.mark.parametrize("name, train", [("dataloader", True), ("dataloader-lmdb", True), ("dataloader", False)],
                          ids=["folder-train", "lmdb-train", "folder-eval"])
-def test_dataloader_epoch(measure, bench_images, bench_packed, bench_config, source, train):
-    from loader.bench.baseline import ImageFolderDataset, PackedFileDataset, baseline_loader
+def test_dataloader_epoch(measure, bench_images, bench_packed, bench_config, name, train):
+    from loader.bench import ContenderSpec, make_contender
 
-    size = bench_config.image_size
-    ds = (ImageFolderDataset(bench_images, size, train) if source == "folder"
-          else PackedFileDataset(bench_packed, size, train))
-    dl = baseline_loader(ds, bench_config.batch_size, workers=bench_config.workers, train=train)
-    it = None
+    c = make_contender(ContenderSpec(name, packed=bench_packed, folder=bench_images,
+                                     batch_size=bench_config.batch_size, image_size=bench_config.image_size,
+                                     train=train, workers=bench_config.workers))
+    c.create()
     try:
+        batches = len(c.obj)
+
         def epoch():
-            nonlocal it
-            n = 0
-            it = iter(dl)
-            for _images, labels in it:
-                n += int(labels.shape[0])
-            return n
+            return sum(c.step() for _ in range(batches))
 
         epoch()   # start the persistent workers
-        rate = measure(epoch, batch_size=bench_config.batch_size, image_size=size,
-                       workers=bench_config.workers, source=source, train=train)
+        rate = measure(epoch, batch_size=bench_config.batch_size, image_size=bench_config.image_size,
+                       workers=bench_config.workers, source="folder" if name == "dataloader" else "lmdb",
+                       train=train)
         assert rate > 0
     finally:
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        c.close()

@@ -1,7 +1,8 @@
 """ImageLoader epoch throughput on the packed dataset, train and eval pipelines.
 
-One loader per test, created outside the timing; each round is one full epoch
-(``iter()`` -> StopIteration), images counted from the labels of every batch.
+The bench harness's ``loader`` contender, created outside the timing; each
+round is one full epoch (``len(loader)`` batches), images counted from the
+labels of every batch.
 """
 
 from __future__ import annotations
@@ -11,25 +12,22 @@ import pytest
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_imageloader_epoch(measure, bench_packed, bench_config, train):
-    from loader.imageloader import ImageLoader
+    from loader.bench import ContenderSpec, make_contender
+    from loader.imageloader import resolve_device
 
-    loader = ImageLoader(bench_packed, bench_config.batch_size, image_size=bench_config.image_size,
-                         train=train, num_threads=bench_config.workers)
+    c = make_contender(ContenderSpec("loader", packed=bench_packed, batch_size=bench_config.batch_size,
+                                     image_size=bench_config.image_size, train=train,
+                                     threads=bench_config.workers, device=str(resolve_device("auto"))))
+    c.create()
     try:
-        def epoch():
-            n = 0
-            for _images, labels in loader:
-                n += int(labels.shape[0])
-            if loader.device.type == "cuda":
-                import torch
+        batches = len(c.obj)
 
-                torch.cuda.synchronize(loader.device)
-            return n
+        def epoch():
+            return sum(c.step() for _ in range(batches))
 
         epoch()   # build the pipeline: creation and first batch are not throughput
-        rate = measure(epoch, batch_size=bench_config.batch_size, image_size=bench_config.image_size,
-                       threads=loader.num_threads, device=str(loader.device), train=train,
-                       batches_per_epoch=len(loader))
+        rate = measure(epoch, sync=c.sync, batch_size=bench_config.batch_size, image_size=bench_config.image_size,
+                       threads=c.obj.num_threads, device=c.spec.device, train=train, batches_per_epoch=batches)
         assert rate > 0
     finally:
-        loader.close()
+        c.close()

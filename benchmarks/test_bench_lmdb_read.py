@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from loader.units import MB
+
 CHUNK = 256
 
 
@@ -30,7 +32,7 @@ def test_lmdb_read_batch(benchmark, measure, bench_packed, order):
     try:
         rate = measure(read_all, order=order, chunk=CHUNK)    # images (= records) per second
         benchmark.extra_info["records_per_sec"] = rate
-        benchmark.extra_info["mb_per_sec"] = rate * nbytes[-1] / len(idx) / 1e6
+        benchmark.extra_info["mb_per_sec"] = rate * nbytes[-1] / len(idx) / MB
         assert rate > 0 and nbytes[-1] > 0
     finally:
         ds.close()

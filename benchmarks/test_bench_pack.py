@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import statistics
 
+from loader.units import MB
+
 
 def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
     from loader.packing import pack
@@ -21,7 +23,7 @@ def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
     rate = measure(one_pack, workers=bench_config.workers)
     timed = reports[-bench_config.rounds:]
     benchmark.extra_info["mb_per_sec"] = statistics.median(r.mb_per_sec for r in timed)
-    benchmark.extra_info["input_mb"] = timed[-1].input_bytes / 1e6
+    benchmark.extra_info["input_mb"] = timed[-1].input_bytes / MB
     assert timed[-1].num_records == bench_config.classes * bench_config.per_class
     assert timed[-1].num_skipped == 0 and rate > 0
 

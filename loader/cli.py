@@ -12,7 +12,6 @@ with 1 when it finds bad records. Ctrl-C exits with 130.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ from collections.abc import Callable
 
 from loader.errors import LoaderError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "dataset_info", "main", "parse_sizes"]
 
 _EPILOG_PACK = """\
 Bad files (empty, corrupt, truncated, not images) are skipped and listed in
@@ -159,32 +158,102 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_verify)
 
 
-def _add_bench(sub: argparse._SubParsersAction, load: bool) -> None:
-    """Register ``bench`` if :mod:`loader.bench` exists.
+def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """``"16,32,64"`` -> ``(16, 32, 64)``, de-duplicated in order; not a list of integers raises LoaderError.
 
-    Its module (and what it imports) loads only when ``bench`` is the command,
-    so ``pack`` / ``info`` start fast.
+    Whether the values are in range is :class:`loader.bench.BenchSettings`'s to say.
+
+    >>> parse_sizes("64, 128,64", "--batch-sizes")
+    (64, 128)
     """
-    if importlib.util.find_spec("loader.bench") is None:
-        return
-    if not load:
-        sub.add_parser("bench", help="measure loading throughput (see `loader bench --help`)")
-        return
     try:
-        from loader import bench as _bench
-    except ModuleNotFoundError as e:
-        if e.name == "loader.bench":
-            return
-        raise LoaderError(f"`loader bench` needs the module {e.name!r}, which is not "
-                          f"installed: {e}") from None
-    p = sub.add_parser("bench", help="measure loading throughput",
-                       description=(_bench.__doc__ or "").strip().split("\n\n")[0] or None)
-    _bench.add_arguments(p)
-    p.set_defaults(func=_bench.run)
+        sizes = tuple(int(p.strip()) for p in str(text).split(","))
+    except ValueError:
+        raise LoaderError(f"{option} must be comma-separated positive integers, got {text!r}") from None
+    return tuple(dict.fromkeys(sizes))
 
 
-def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
-    """The ``loader`` argument parser (``with_bench`` loads the bench module)."""
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loader.bench import BenchInterrupted, BenchSettings, bench, print_report
+
+    settings = BenchSettings(
+        batch_sizes=parse_sizes(args.batch_sizes, "--batch-sizes"),
+        image_sizes=parse_sizes(args.image_sizes, "--image-sizes"),
+        workers=args.workers, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+        batches=args.batches, seconds=args.seconds, train=not args.eval, device=args.device,
+        prefetch=args.prefetch, seed=args.seed, memory_budget_mb=args.memory_budget,
+        pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()))
+    for path in (args.json, args.plot):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise LoaderError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+    notes: list[str] = []
+    report = {"prefetch": settings.prefetch, "memory_budget_mb": settings.memory_budget_mb,
+              "json_path": args.json, "plot_path": args.plot}
+    try:
+        rows = bench(args.src, settings, packed=args.packed, progress=not args.quiet, notes=notes)
+    except BenchInterrupted as e:
+        print("interrupted: results so far", file=sys.stderr)
+        print_report(e.rows, notes, **report)
+        return 130
+    print_report(rows, notes, **report)
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    # Only names and the docstring: loader.bench imports no torch or DALI until it runs.
+    import loader.bench as bench_doc
+    from loader.bench import CACHE_SUFFIX, CONTENDERS
+    from loader.units import available_cores
+
+    cores = available_cores()
+    p = sub.add_parser("bench", help="measure loading throughput against the standard DataLoader",
+                       description=(bench_doc.__doc__ or "").split("The pieces,")[0].strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", metavar="SRC", help="image folder (one sub-folder per class) or a "
+                   "packed dataset (made by `loader pack`)")
+    p.add_argument("--packed", metavar="DST", help=f"where to pack an image folder SRC, or "
+                   f"an existing packed copy of it to reuse (default: SRC{CACHE_SUFFIX})")
+    p.add_argument("--batch-sizes", default="64", metavar="LIST",
+                   help="comma-separated batch sizes to sweep (default: 64)")
+    p.add_argument("--image-sizes", default="224", metavar="LIST",
+                   help="comma-separated output sizes in pixels (>= 8) to sweep (default: 224)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help=f"DataLoader worker processes, >= 0 (default: usable CPU cores, {cores})")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help=f"DALI threads for loader and decode-limit (default: usable CPU cores, {cores})")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="measurements per contender, round-robin; the median is reported (default: 3)")
+    p.add_argument("--warmup", type=int, default=5, metavar="N",
+                   help="untimed batches before each measurement, raised to what the contender "
+                   "has queued ahead (default: 5)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--batches", type=int, metavar="N", help="steady-state batches per measurement")
+    g.add_argument("--seconds", type=float, metavar="S",
+                   help="seconds per measurement (default: 4 unless --batches)")
+    p.add_argument("--eval", action="store_true", help="measure the eval pipelines (resize + "
+                   "centre crop, in order) instead of train")
+    p.add_argument("--pipelines", default=",".join(CONTENDERS), metavar="LIST",
+                   help=f"contenders to run (default: {','.join(CONTENDERS)})")
+    p.add_argument("--device", default="auto", help="loader's device: auto, cpu, cuda, cuda:N "
+                   "(default: auto = CUDA if available)")
+    p.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="loader's prefetch depth in batches, >= 1 (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle/augmentation seed, >= 0 (default: 0)")
+    p.add_argument("--memory-budget", type=float, metavar="MB",
+                   help="also report the largest batch whose batches in flight fit in MB "
+                   "(10^6 bytes, as every MB figure printed)")
+    p.add_argument("--json", metavar="FILE", help="write the rows as a JSON list (fields: "
+                   "loader.bench.results.BenchRow)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot images/s against batch size (PNG; "
+                   "needs matplotlib: pip install 'loader[bench]')")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``loader`` argument parser."""
     from loader import __version__
 
     parser = argparse.ArgumentParser(
@@ -195,7 +264,7 @@ def build_parser(with_bench: bool = False) -> argparse.ArgumentParser:
     _add_pack(sub)
     _add_info(sub)
     _add_verify(sub)
-    _add_bench(sub, load=with_bench)
+    _add_bench(sub)
     return parser
 
 
@@ -211,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser(with_bench=argv[:1] == ["bench"])
+        parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help, --version, usage errors (status 2)

@@ -1,4 +1,4 @@
-"""`loader bench` (loader.bench): the harness on a tiny dataset, and the batch-size recommendation."""
+"""`loader bench` (loader.bench): the harness on a tiny dataset, contenders, rows, and the batch-size recommendation."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ import pytest
 from loader.bench import (
     CONTENDERS,
     BenchInterrupted,
+    BenchRow,
+    BenchSettings,
+    ContenderSpec,
     batch_bytes,
     bench,
     format_table,
-    parse_sizes,
+    make_contender,
     recommend_batch_size,
+    time_steps,
 )
+from loader.cli import parse_sizes
 from loader.errors import LoaderError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,14 +34,19 @@ FIELDS = {
     "first_batch_ms": float, "create_s": float, "peak_rss_mb": float, "device": str, "train": bool,
 }
 FAST = {"batch_sizes": (BATCH,), "image_sizes": (64,), "batches": BATCHES, "repeats": 1, "workers": 1,
-        "threads": 1, "warmup": 1, "progress": False}
+        "threads": 1, "warmup": 1, "device": "cpu"}
+
+
+def run_bench(src, packed=None, progress=False, notes=None, **settings):
+    """bench() with FAST settings overridden by ``settings``; rows as JSON dicts."""
+    rows = bench(src, BenchSettings(**{**FAST, **settings}), packed=packed, progress=progress, notes=notes)
+    assert all(isinstance(r, BenchRow) for r in rows)
+    return [r.to_dict() for r in rows]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(image folder, packed dataset) of 2 classes x 24 photo-like images."""
-    pytest.importorskip("loader.packing")
-    pytest.importorskip("loader.imageloader")
     from loader.packing import pack
     from loader.synthetic import make_dataset
 
@@ -74,7 +84,7 @@ def _check_rows(rows, *, pipelines, train=True, image_size=64):
 def test_bench_api_all_contenders(tiny):
     src, packed = tiny
     notes = []
-    rows = bench(src, packed=packed, device="cpu", notes=notes, **FAST)
+    rows = run_bench(src, packed, notes=notes)
     _check_rows(rows, pipelines=["dataloader", "dataloader-lmdb", "loader", "decode-limit"])
     assert {r["pipeline"] for r in rows} == set(CONTENDERS)
     loader_row = rows[2]
@@ -82,7 +92,7 @@ def test_bench_api_all_contenders(tiny):
                         100 * loader_row["images_per_sec"] / rows[3]["images_per_sec"])
     # DataLoader rows count their worker process in the RSS
     assert rows[0]["workers_rss_mb"] > 0 and rows[2]["workers_rss_mb"] == 0
-    table = format_table(rows)
+    table = format_table([BenchRow.from_dict(r) for r in rows])
     for name in CONTENDERS:
         assert name in table
 
@@ -109,8 +119,7 @@ def test_bench_cli_json_and_png(tiny, tmp_path):
 def test_bench_packed_src_skips_dataloader(tiny):
     _, packed = tiny
     notes = []
-    rows = bench(packed, pipelines=("dataloader", "dataloader-lmdb", "loader"), device="cpu",
-                 notes=notes, **FAST)
+    rows = run_bench(packed, notes=notes, pipelines=("dataloader", "dataloader-lmdb", "loader"))
     _check_rows(rows, pipelines=["dataloader-lmdb", "loader"])
     assert any("skipping `dataloader`" in n for n in notes)
     assert rows[1]["ratio_vs_dataloader_lmdb"] == pytest.approx(
@@ -120,8 +129,7 @@ def test_bench_packed_src_skips_dataloader(tiny):
 def test_bench_eval(tiny):
     src, packed = tiny
     notes = []
-    rows = bench(src, packed=packed, train=False, device="cpu", notes=notes,
-                 pipelines=("loader", "dataloader", "decode-limit"), **FAST)
+    rows = run_bench(src, packed, notes=notes, train=False, pipelines=("loader", "dataloader", "decode-limit"))
     names = [r["pipeline"] for r in rows]
     assert names == ["dataloader", "loader", "decode-limit"]     # eval's limit: the centre-window decode
     loader_row = rows[1]
@@ -140,24 +148,23 @@ def test_bench_interrupt_keeps_measured_rows(tiny):
         if "repeat 1/2" in msg and len([m for m in lines if "repeat" in m]) == 2:
             raise KeyboardInterrupt
 
-    fast = {**FAST, "repeats": 2, "progress": progress}
     with pytest.raises(BenchInterrupted) as info:
-        bench(src, packed=packed, pipelines=("loader", "dataloader"), device="cpu", **fast)
-    rows = info.value.rows
+        run_bench(src, packed, progress=progress, repeats=2, pipelines=("loader", "dataloader"))
+    rows = [r.to_dict() for r in info.value.rows]
     assert [r["pipeline"] for r in rows] == ["dataloader", "loader"]
     assert all(len(r["images_per_sec_runs"]) == 1 and r["images_per_sec"] > 0 for r in rows)
 
 
 def test_bench_cli_interrupt_exit_130(tiny, tmp_path, monkeypatch, capsys):
     import loader.bench as lb
+    from loader.cli import main
 
     def fake_bench(*a, **k):
-        raise BenchInterrupted([{"pipeline": "loader", "batch_size": 8, "image_size": 64, "images_per_sec": 100.0,
-                                 "device": "cpu", "train": True, "workers": 1, "threads": 1}])
+        raise BenchInterrupted([BenchRow("loader", 8, 64, 100.0, workers=1, threads=1)])
 
     monkeypatch.setattr(lb, "bench", fake_bench)
     out_json = tmp_path / "partial.json"
-    assert lb.main([str(tiny[0]), "--json", str(out_json)]) == 130
+    assert main(["bench", str(tiny[0]), "--json", str(out_json)]) == 130
     assert json.loads(out_json.read_text())[0]["pipeline"] == "loader"
     assert "loader" in capsys.readouterr().out
 
@@ -165,6 +172,7 @@ def test_bench_cli_interrupt_exit_130(tiny, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("argv, msg", [
     (["--batch-sizes", "x"], "--batch-sizes must be comma-separated positive integers, got 'x'"),
     (["--batch-sizes", "8,0"], "--batch-sizes must be comma-separated positive integers, got '8,0'"),
+    (["--image-sizes", "4"], "--image-sizes must be at least 8 pixels, got '4'"),
     (["--image-sizes", "224,"], "--image-sizes must be comma-separated positive integers"),
     (["--pipelines", "loader,nope"], "--pipelines must name some of"),
 ])
@@ -179,31 +187,33 @@ def test_bench_cli_bad_options(tiny, argv, msg, capsys):
 def test_bench_missing_src(tmp_path, capsys):
     with pytest.raises(LoaderError, match="does not exist"):
         bench(tmp_path / "nope", progress=False)
-    from loader.bench import main
+    from loader.cli import main
 
-    assert main([str(tmp_path / "nope")]) == 2
+    assert main(["bench", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
 def test_bench_batch_larger_than_dataset(tiny):
     with pytest.raises(LoaderError, match="larger than the dataset"):
-        bench(tiny[1], **{**FAST, "batch_sizes": (64,)})
+        run_bench(tiny[1], batch_sizes=(64,))
 
 
 def test_parse_sizes():
     assert parse_sizes("16,32, 64", "--batch-sizes") == (16, 32, 64)
     assert parse_sizes("64,64", "--batch-sizes") == (64,)
-    for bad in ("", "a", "1.5", "-1", "0"):
+    for bad in ("", "a", "1.5", "8,,16"):
         with pytest.raises(LoaderError):
             parse_sizes(bad, "--batch-sizes")
+    for bad in ((), (0,), (-1,), (8, 0), (True,)):     # ranges: BenchSettings, once
+        with pytest.raises(LoaderError, match="--batch-sizes"):
+            BenchSettings(batch_sizes=bad)
 
 
 # ------------------------------------------------------------------ recommend_batch_size
 
 
 def _rows(pairs, size=224, device="cpu", pipeline="loader"):
-    return [{"pipeline": pipeline, "batch_size": b, "image_size": size, "images_per_sec": v, "device": device}
-            for b, v in pairs]
+    return [BenchRow(pipeline, b, size, v, device=device) for b, v in pairs]
 
 
 def test_recommend_smallest_within_tolerance():
@@ -235,11 +245,11 @@ def test_recommend_memory_budget():
     per_image = 3 * 224 * 224 * 4 + 8            # 602120 bytes
     rows = _rows([(32, 960.0), (64, 1000.0)])
     rec = recommend_batch_size(rows, memory_budget_mb=100, prefetch=2)
-    # (prefetch + 1) batches must fit: floor(100 MiB / (3 * per_image)) = 58
-    assert rec.max_batch_in_budget == (100 * 2**20) // (3 * per_image) == 58
+    # (prefetch + 1) batches must fit: floor(100 MB / (3 * per_image)) = 55, MB = 10^6 bytes
+    assert rec.max_batch_in_budget == (100 * 10**6) // (3 * per_image) == 55
     assert rec.batch_size == 32
     tight = recommend_batch_size(rows, memory_budget_mb=50, prefetch=2, tolerance=0.0)
-    assert tight.batch_size == 64 and tight.max_batch_in_budget == 29
+    assert tight.batch_size == 64 and tight.max_batch_in_budget == 27
     assert "does not fit" in tight.text
     assert recommend_batch_size(rows).max_batch_in_budget is None
 
@@ -257,3 +267,56 @@ def test_bench_module_help_runs():
     proc = subprocess.run([sys.executable, "-m", "loader.bench", "--help"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0 and "--batch-sizes" in proc.stdout
+
+
+# ------------------------------------------------------------------ pieces: rows, timing, contenders
+
+# The JSON schema of `loader bench --json`, key for key, as it was before bench became a package.
+SCHEMA = ["pipeline", "batch_size", "image_size", "images_per_sec", "workers", "threads", "images_per_sec_runs",
+          "images", "seconds", "repeats", "first_batch_ms", "create_s", "peak_rss_mb", "workers_rss_mb",
+          "gpu_mem_mb", "ratio_vs_dataloader", "ratio_vs_dataloader_lmdb", "pct_of_decode_limit", "device",
+          "train", "warmup", "pack_s"]
+
+
+def test_row_json_schema_and_round_trip():
+    row = BenchRow("loader", 64, 224, 1234.5, images_per_sec_runs=(1200.0, 1234.5, 1300.0), images=640)
+    d = row.to_dict()
+    assert sorted(d) == sorted(SCHEMA) and len(d) == len(SCHEMA) == 22
+    assert d["images_per_sec_runs"] == [1200.0, 1234.5, 1300.0]
+    assert json.loads(json.dumps(d)) == d
+    assert BenchRow.from_dict(d) == row
+    with pytest.raises(ValueError, match="unknown keys"):
+        BenchRow.from_dict({**d, "extra": 1})
+
+
+def test_time_steps_counts_warmup_apart_and_syncs():
+    calls, syncs = [], []
+
+    def step():
+        calls.append(1)
+        return 5
+
+    t = time_steps(step, warmup=3, batches=4, sync=lambda: syncs.append(len(calls)))
+    assert (t.count, t.steps, len(calls)) == (20, 4, 7)
+    assert syncs == [3, 7]                      # before the clock starts and before it stops
+    assert t.rate == pytest.approx(20 / t.seconds)
+    t = time_steps(step, seconds=0.05)
+    assert t.seconds >= 0.05 and t.count == 5 * t.steps
+    with pytest.raises(ValueError):
+        time_steps(step)
+
+
+def test_dataloader_contender_close_stops_its_workers(tiny):
+    import os
+
+    src, packed = tiny
+    c = make_contender(ContenderSpec("dataloader", packed=packed, folder=src, batch_size=BATCH,
+                                     image_size=64, workers=2))
+    c.create()
+    assert c.first() == BATCH                   # notes the processes the first batch started
+    pids = c.worker_pids
+    for _ in range(len(c.obj) + 2):             # across an epoch boundary: persistent workers stay
+        assert c.step() == BATCH
+    assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
+    c.close()
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids)   # joined, not left to the GC

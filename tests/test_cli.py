@@ -1,7 +1,7 @@
-import importlib.machinery
 import json
+import subprocess
 import sys
-import types
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +9,8 @@ import loader
 from loader import cli, open_dataset, pack
 from loader.manifest import record_checksum
 from loader.verify import verify
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -215,32 +217,49 @@ def test_verify_reports_undecodable_and_wrong_size(packed):
     assert verify(packed, decode=False, progress=False) == []  # checksums alone are fine
 
 
-# ------------------------------------------------------------------ bench plug-in
+# ------------------------------------------------------------------ bench: argparse -> BenchSettings
 
 
-def fake_bench(calls):
-    mod = types.ModuleType("loader.bench")
-    mod.__spec__ = importlib.machinery.ModuleSpec("loader.bench", None)
-    mod.__doc__ = "Fake bench."
-    mod.add_arguments = lambda p: p.add_argument("--batches", type=int, default=1)
-    mod.run = lambda args: calls.append(args.batches) or 7
-    return mod
+def test_bench_options_reach_bench_settings_once(monkeypatch, capsys, tmp_path):
+    import loader.bench as lb
+    from loader.bench import BenchRow, BenchSettings
+
+    seen = {}
+
+    def fake_bench(src, settings, *, packed, progress, notes):
+        seen.update(src=src, settings=settings, packed=packed, progress=progress)
+        return [BenchRow("loader", 16, 96, 100.0, device="cpu")]
+
+    monkeypatch.setattr(lb, "bench", fake_bench)
+    rc, out, _ = run_main(capsys, "bench", "SRC", "--batch-sizes", "16,8,16", "--image-sizes", "96",
+                          "--workers", "0", "--threads", "3", "--repeats", "2", "--warmup", "0",
+                          "--batches", "4", "--eval", "--pipelines", "loader, decode-limit", "--device", "cpu",
+                          "--prefetch", "1", "--seed", "5", "--memory-budget", "50", "--quiet",
+                          "--json", str(tmp_path / "r.json"))
+    assert rc == 0, out
+    assert seen["src"] == "SRC" and seen["packed"] is None and seen["progress"] is False
+    assert seen["settings"] == BenchSettings(
+        batch_sizes=(16, 8), image_sizes=(96,), workers=0, threads=3, repeats=2, warmup=0, batches=4,
+        seconds=None, train=False, device="cpu", prefetch=1, seed=5, pipelines=("loader", "decode-limit"),
+        memory_budget_mb=50.0)
+    assert json.loads((tmp_path / "r.json").read_text())[0]["images_per_sec"] == 100.0
+    assert "recommendation: loader at 96 px: use batch size 16" in out
 
 
-def test_bench_dispatches_to_module(monkeypatch, capsys):
-    calls = []
-    monkeypatch.setitem(sys.modules, "loader.bench", fake_bench(calls))
-    monkeypatch.delattr(loader, "bench", raising=False)
-    rc, _, _ = run_main(capsys, "bench", "--batches", "3")
-    assert rc == 7 and calls == [3]
-    rc, out, _ = run_main(capsys, "--help")
-    assert "bench" in out
+@pytest.mark.parametrize("argv, msg", [
+    (["--workers", "-1"], "--workers must be an integer >= 0, got -1"),
+    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
+    (["--seconds", "0"], "--seconds must be a positive number, got 0.0"),
+    (["--memory-budget", "-5"], "--memory-budget must be a positive number, got -5.0"),
+])
+def test_bench_option_values_are_checked_by_bench_settings(capsys, argv, msg):
+    rc, _, err = run_main(capsys, "bench", "SRC", *argv)
+    assert rc == 2 and err == f"error: {msg}\n"
 
 
-def test_bench_absent_is_skipped(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "loader.bench", None)  # import fails: ModuleNotFoundError
-    monkeypatch.delattr(loader, "bench", raising=False)
-    rc, out, _ = run_main(capsys, "--help")
-    assert rc == 0 and "bench" not in out
-    rc, _, err = run_main(capsys, "bench")
-    assert rc == 2 and "invalid choice: 'bench'" in err
+def test_pack_and_info_do_not_import_torch_or_dali(packed):
+    code = ("import sys; from loader.cli import main; rc = main(['info', sys.argv[1]]); "
+            "print(rc, 'torch' in sys.modules, any(m.startswith('nvidia') for m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(packed)], capture_output=True, text=True,
+                          cwd=REPO, check=False, timeout=60)
+    assert proc.stdout.splitlines()[-1] == "0 False False", proc.stderr

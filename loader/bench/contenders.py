@@ -1,0 +1,205 @@
+"""The pipelines ``loader bench`` races, each built from one frozen :class:`ContenderSpec`.
+
+* ``loader``          -- :class:`loader.ImageLoader` on the packed shards (DALI, ``threads``);
+* ``dataloader``      -- ``torch.utils.data.DataLoader`` over the original image files with
+                         torchvision-style PIL transforms (:mod:`loader.bench.baseline`, ``workers``);
+* ``dataloader-lmdb`` -- the same DataLoader reading the packed shards instead of files
+                         (separates the storage format from the decoder);
+* ``decode-limit``    -- DALI region-of-interest decode and nothing else
+                         (:mod:`loader.bench.decode_limit`): the ceiling.
+
+A contender is created once per (batch size, image size) and stepped batch by
+batch; :meth:`Contender.step` rolls over into the next epoch by itself, so a
+measurement can run for any number of batches. Nothing here imports torch or
+DALI until :meth:`Contender.create`.
+
+>>> spec = ContenderSpec("loader", packed="photos.packed", batch_size=64, image_size=224)
+>>> c = make_contender(spec)                       # doctest: +SKIP
+>>> c.create(); c.step()                           # doctest: +SKIP
+64
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from loader.bench.procstat import descendants
+
+__all__ = ["CONTENDERS", "RUN_ORDER", "Contender", "ContenderName", "ContenderSpec", "make_contender"]
+
+ContenderName = Literal["loader", "dataloader", "dataloader-lmdb", "decode-limit"]
+CONTENDERS: tuple[ContenderName, ...] = ("loader", "dataloader", "dataloader-lmdb", "decode-limit")
+# The order rows come out in, and the first round's order (later rounds rotate it).
+RUN_ORDER: tuple[ContenderName, ...] = ("dataloader", "dataloader-lmdb", "loader", "decode-limit")
+
+
+@dataclass(frozen=True)
+class ContenderSpec:
+    """Everything one contender needs: which pipeline, on which data, with which settings.
+
+    ``packed`` is the packed dataset every contender but ``dataloader`` reads;
+    ``folder`` the original image folder (``dataloader`` only). ``device``:
+    "cpu" or "cuda:N" (already resolved). ``threads``: DALI threads (``loader``,
+    ``decode-limit``); ``workers``: DataLoader processes; ``prefetch``: DALI's
+    queue depth in batches.
+    """
+
+    name: ContenderName
+    packed: str | Path
+    batch_size: int
+    image_size: int
+    train: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    workers: int = 0
+    prefetch: int = 2
+    folder: str | Path | None = None
+
+
+class Contender:
+    """One pipeline under test: :meth:`create` once, then :meth:`step` batch by batch, then :meth:`close`."""
+
+    def __init__(self, spec: ContenderSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.worker_pids: list[int] = []   # processes it started (their RSS counts as its memory)
+        self.obj: Any = None
+        self._it = None
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device(self.spec.device)
+
+    @property
+    def queue_depth(self) -> int:
+        """Batches it may prepare ahead while another contender runs (warm-up covers them)."""
+        return self.spec.prefetch + 1
+
+    def create(self) -> None:
+        raise NotImplementedError
+
+    def _next_batch(self):
+        if self._it is None:
+            self._it = iter(self.obj)
+        try:
+            return next(self._it)
+        except StopIteration:   # next epoch
+            self._it = iter(self.obj)
+            return next(self._it)
+
+    def step(self) -> int:
+        """Consume one batch; return how many images it held."""
+        raise NotImplementedError
+
+    def first(self) -> int:
+        """The first :meth:`step`, noting the processes it started."""
+        before = set(descendants())
+        n = self.step()
+        self.worker_pids = sorted(set(descendants()) - before)
+        return n
+
+    def sync(self) -> None:
+        """Wait for the device (CUDA work is asynchronous; the clock must not run ahead of it)."""
+        if self.spec.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize(self.spec.device)
+
+    def close(self) -> None:
+        """Release its threads, processes and shards now, not at garbage collection."""
+        self._it = None
+        obj, self.obj = self.obj, None
+        if obj is not None and hasattr(obj, "close"):
+            obj.close()
+
+
+class _LoaderContender(Contender):
+    def create(self) -> None:
+        from loader.imageloader import ImageLoader
+
+        s = self.spec
+        self.obj = ImageLoader(s.packed, s.batch_size, image_size=s.image_size, train=s.train,
+                               num_threads=s.threads, prefetch=s.prefetch, seed=s.seed, device=s.device)
+
+    def step(self) -> int:
+        _, labels = self._next_batch()
+        return int(labels.shape[0])
+
+    def close(self) -> None:
+        ds = getattr(self.obj, "dataset", None)
+        super().close()
+        if ds is not None:
+            ds.close()   # release the shards now (other contenders may fork workers next)
+
+
+class _DataLoaderContender(Contender):
+    @property
+    def queue_depth(self) -> int:
+        w = self.spec.workers
+        return 2 * w + 1 if w else 1   # DataLoader's prefetch_factor=2 per worker
+
+    def create(self) -> None:
+        from loader.bench.baseline import ImageFolderDataset, PackedFileDataset, baseline_loader
+
+        s = self.spec
+        if s.name == "dataloader":
+            if s.folder is None:
+                raise ValueError("the dataloader contender needs the image folder (ContenderSpec.folder)")
+            ds = ImageFolderDataset(s.folder, s.image_size, s.train, s.seed)
+        else:
+            ds = PackedFileDataset(s.packed, s.image_size, s.train, s.seed)
+        self.obj = baseline_loader(ds, s.batch_size, workers=s.workers, train=s.train, seed=s.seed)
+
+    def step(self) -> int:
+        images, labels = self._next_batch()
+        if self.spec.device.startswith("cuda"):   # deliver where the model is, as loader does
+            images = images.to(self.spec.device)
+            labels = labels.to(self.spec.device)
+        return int(labels.shape[0])
+
+    def close(self) -> None:
+        # The DataLoader holds its persistent workers' iterator; once neither it
+        # nor ours is referenced, the iterator's finalizer joins the workers.
+        self._it = None
+        self.obj = None
+        gc.collect()
+
+
+class _DecodeLimitContender(Contender):
+    def create(self) -> None:
+        from loader.bench.decode_limit import DecodeLimit
+        from loader.dataset import open_dataset
+
+        s = self.spec
+        self.dataset = open_dataset(s.packed)
+        device_id = int(s.device.split(":")[1]) if s.device.startswith("cuda") else None
+        self.obj = DecodeLimit(self.dataset, s.batch_size, num_threads=s.threads, seed=s.seed,
+                               prefetch=s.prefetch, device_id=device_id, train=s.train)
+
+    def step(self) -> int:
+        return int(next(self.obj))
+
+    def close(self) -> None:
+        super().close()
+        ds, self.dataset = getattr(self, "dataset", None), None
+        if ds is not None:
+            ds.close()
+
+
+_KINDS: dict[str, type[Contender]] = {
+    "loader": _LoaderContender, "dataloader": _DataLoaderContender,
+    "dataloader-lmdb": _DataLoaderContender, "decode-limit": _DecodeLimitContender,
+}
+
+
+def make_contender(spec: ContenderSpec) -> Contender:
+    """The contender ``spec.name`` describes (not yet created)."""
+    if spec.name not in _KINDS:
+        raise ValueError(f"unknown contender {spec.name!r}; one of {', '.join(CONTENDERS)}")
+    return _KINDS[spec.name](spec)

@@ -1,0 +1,47 @@
+"""What ``loader bench SRC`` measures: an image folder (packed once, then reused) or a packed dataset."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from loader.errors import LoaderError
+from loader.manifest import MANIFEST_NAME
+
+__all__ = ["CACHE_SUFFIX", "is_packed", "resolve_source"]
+
+CACHE_SUFFIX = ".loader-cache"
+
+
+def is_packed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a packed dataset (made by ``loader pack``)."""
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def resolve_source(src: str | os.PathLike, packed: str | os.PathLike | None = None, *,
+                   progress: bool = True, log: Callable[[str], None] | None = None):
+    """``(image folder or None, packed dataset, PackReport or None)`` for ``loader bench SRC``.
+
+    Packs SRC into ``packed`` (default ``SRC.loader-cache``) unless a packed
+    dataset is already there; the :class:`loader.packing.PackReport` describes
+    a pack done now (None when one was reused or SRC is itself packed).
+    """
+    log = log or (lambda msg: None)
+    src_p = Path(src)
+    if not src_p.exists():
+        raise LoaderError(f"{src} does not exist; pass an image folder or a packed dataset as SRC")
+    if not src_p.is_dir():
+        raise LoaderError(f"{src} is not a folder; pass an image folder or a packed dataset as SRC")
+    if is_packed(src_p):
+        if packed is not None and Path(packed).resolve() != src_p.resolve():
+            raise LoaderError(f"{src} is already a packed dataset; drop --packed {packed}")
+        return None, src_p, None
+    dst = Path(packed) if packed is not None else Path(str(src_p).rstrip("/\\") + CACHE_SUFFIX)
+    if is_packed(dst):
+        log(f"reusing the packed dataset {dst} (delete it to re-pack {src} and time the pack)")
+        return src_p, dst, None
+    from loader.packing import pack
+
+    log(f"packing {src} into {dst} (once; reused by later runs) ...")
+    return src_p, dst, pack(src_p, dst, progress=progress)
