@@ -254,7 +254,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``loader`` argument parser."""
-    from loader import __version__
+    from loader.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="loader", description="Pack image folders into LMDB shards and check them; "

@@ -464,7 +464,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
 
 def _manifest(classes: list[str], rec: _Records, shards: int | None, shard_size_mb: float,
               max_side: int | None, quality: int, strict: bool) -> Manifest:
-    from loader import __version__
+    from loader.version import __version__
 
     return Manifest(
         format=FORMAT, version=VERSION, classes=tuple(classes), shards=tuple(rec.shards),
