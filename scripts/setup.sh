@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up .venv at the repo root: torch (CPU wheel), NVIDIA DALI, lmdb, numpy,
 # test tools, this package (editable, with the `loader` console script) and
-# pillow-simd, built last so nothing installs plain Pillow over it.
+# pillow-simd, built last so nothing installs plain Pillow over it. (The package
+# itself depends on plain Pillow and has DALI as an extra, for users' own
+# environments; this venv is the developers' and the benchmarks'.)
 # Idempotent: a second run checks and returns in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +22,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "== installing dependencies (first run: a few minutes; DALI is ~1 GB)"
   # torch pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
   # matplotlib (for `loader bench --plot`) pulls plain Pillow: installed before pillow-simd.
+  # setuptools + wheel: scripts/check_wheel.sh builds the wheel with them (no build isolation).
   pip install torch==2.13.0 "nvidia-dali-cuda120>=1.40" "lmdb>=1.4" "numpy>=1.24" "tqdm>=4.60" \
-      "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7"
+      "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7" "setuptools>=64" wheel
   pip install --no-deps -e .
 fi
 
