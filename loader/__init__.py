@@ -11,7 +11,7 @@ augments with NVIDIA DALI.
 """
 
 from loader.dataset import PackedDataset, open_dataset  # noqa: E402
-from loader.errors import LoaderError  # noqa: E402
+from loader.errors import DaliMissingError, LoaderError, import_dali  # noqa: E402,F401
 from loader.packing import PackReport, pack  # noqa: E402
 from loader.version import __version__  # noqa: E402,F401
 
@@ -26,29 +26,12 @@ _EXPORTS = {
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
-class DaliMissingError(LoaderError, ModuleNotFoundError):
-    """NVIDIA DALI is not installed (it is an extra: ``pip install 'loader[dali]'``)."""
-
-
-def _dali_missing(e: ModuleNotFoundError) -> bool:
-    """Whether ``e`` says that DALI itself is missing (not some other module)."""
-    return e.name is not None and (e.name == "nvidia" or e.name == "nvidia.dali" or e.name.startswith("nvidia.dali."))
-
-
 def __getattr__(name):
     if name in _EXPORTS:
         import importlib
 
-        try:
-            module = importlib.import_module(_EXPORTS[name])
-        except ModuleNotFoundError as e:
-            if not _dali_missing(e):
-                raise
-            raise DaliMissingError(
-                f"loader.{name} needs NVIDIA DALI, but the module {e.name!r} is not installed: "
-                "pip install 'loader[dali]' (CUDA 12), or the nvidia-dali-cudaXXX wheel for your CUDA version",
-                name=e.name) from None
-        return getattr(module, name)
+        import_dali(f"loader.{name}")
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'loader' has no attribute {name!r}")
 
 

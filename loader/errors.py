@@ -13,7 +13,7 @@ error: photos/ does not exist; pass an image folder as SRC
 
 from __future__ import annotations
 
-__all__ = ["DatasetError", "LoaderError", "PackError"]
+__all__ = ["DaliMissingError", "DatasetError", "LoaderError", "PackError", "import_dali"]
 
 
 class LoaderError(Exception):
@@ -26,3 +26,24 @@ class DatasetError(LoaderError, ValueError):
 
 class PackError(LoaderError):
     """``pack`` cannot run with this input or these options."""
+
+
+class DaliMissingError(LoaderError, ModuleNotFoundError):
+    """NVIDIA DALI is not installed (it is an extra: ``pip install 'loader[dali]'``)."""
+
+
+def import_dali(needed_by: str):
+    """``nvidia.dali``, or :class:`DaliMissingError` saying that ``needed_by`` needs it and what to install.
+
+    Any other missing module (torch, say) is raised as itself.
+    """
+    try:
+        import nvidia.dali
+    except ModuleNotFoundError as e:
+        if e.name is None or not (e.name == "nvidia" or e.name == "nvidia.dali" or e.name.startswith("nvidia.dali.")):
+            raise
+        raise DaliMissingError(
+            f"{needed_by} needs NVIDIA DALI, but the module {e.name!r} is not installed: "
+            "pip install 'loader[dali]' (CUDA 12), or the nvidia-dali-cudaXXX wheel for your CUDA version",
+            name=e.name) from None
+    return nvidia.dali
