@@ -21,14 +21,11 @@ from loader.errors import LoaderError
 
 __all__ = ["build_parser", "dataset_info", "main", "parse_sizes"]
 
-_EPILOG_PACK = """\
-Bad files (empty, corrupt, truncated, not images) are skipped and listed in
-DST/skipped.tsv; --strict makes the first one an error instead. JPEGs and
-8-bit PNGs in RGB or grayscale are stored byte-for-byte; everything else
-(EXIF-rotated, CMYK, palette, alpha, 16-bit, GIF, BMP, TIFF, WebP, images
-larger than --max-side) is converted and re-encoded as JPEG at --quality.
-The output is written to DST.partial-<pid> and renamed to DST when complete.
-"""
+
+def _epilog_pack() -> str:
+    from loader.imagecheck import STORAGE_POLICY
+
+    return STORAGE_POLICY + "\nThe output is written to DST.partial-<pid> and renamed to DST when complete.\n"
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
@@ -113,7 +110,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
         "pack", help="convert an image folder into LMDB shards + manifest",
         description="Convert an image folder (one sub-folder per class, like torchvision's\n"
                     "ImageFolder) into LMDB shards plus manifest.json.",
-        epilog=_EPILOG_PACK, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=_epilog_pack(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="image folder with one sub-folder per class; class "
                    "labels follow the sorted folder names; files in nested folders count for their "
                    "class; hidden files are ignored")
@@ -125,7 +122,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--shard-size-mb", type=float, metavar="MB", help="target input megabytes "
                    "(10^6 bytes) per shard when --shards is not given (default: 512)")
     p.add_argument("--workers", type=int, metavar="W", help="processes that decode and check "
-                   "images (default: all CPU cores); the output is identical for any W")
+                   "images (default: the CPU cores this process may use); the output is identical for any W")
     p.add_argument("--max-side", type=int, metavar="PX", help="downscale images so that "
                    "max(height, width) <= PX (aspect kept, Lanczos; re-encoded as JPEG); at least 16")
     p.add_argument("--quality", type=int, default=95, metavar="Q", help="JPEG quality (1-100) for "

@@ -1,44 +1,21 @@
 """Stage 2 of ``pack``: decode each file once, and decide what to store.
 
-Storage policy
---------------
+What is stored, and why: :data:`STORAGE_POLICY`, the one full statement of
+it (``loader pack --help`` prints it; the README and docs point there).
 
-Every file is decoded with Pillow (``Image.open`` + ``load()``); files that
-are empty, not images, corrupt or truncated are reported as bad with a short
-reason and skipped (truncated images are never padded:
-``ImageFile.LOAD_TRUNCATED_IMAGES`` stays False).
-
-A JPEG stored byte-for-byte is decoded at 1/8 scale (``draft``): libjpeg
-still parses every marker and entropy-decodes every coefficient of every scan,
-which is where every error a JPEG can have is found (bad or missing tables,
-bad Huffman codes, truncation); only the inverse DCT, upsampling and colour
-conversion, steps that cannot fail, run on 64x fewer pixels. That halves the
-cost of checking a photo (0.60 vs 1.10 ms for a 500x400 one here) and finds
-exactly the same bad files: ``tests/test_odd_images.py`` compares the two
-verdicts on hundreds of randomly damaged JPEGs of every kind. Only Huffman-coded
-DCT JPEGs (baseline, extended, progressive: :func:`jpeg_frame_marker`) are
-checked this way; rare kinds (lossless, arithmetic-coded) are decoded fully.
-
-A file is stored **byte-for-byte** (its original bytes) when all hold:
-
-* it is a JPEG or an 8-bit PNG,
-* its mode is RGB or L (grayscale),
-* it has no EXIF orientation other than 1,
-* it is not larger than ``--max-side`` (when given).
-
-Everything else is **converted**, then re-encoded as JPEG at ``--quality``
-(default 95):
-
-* EXIF orientation is applied (``ImageOps.exif_transpose``): every stored
-  image is upright and carries no orientation tag, so every decoder agrees on
-  its height and width.
-* Modes become RGB with ``.convert("RGB")``, exactly what torchvision's
-  ``ImageFolder`` loader does (alpha is dropped the same way): CMYK, P, LA,
-  RGBA, 1, ... -- except that L stays L. 16-bit images (PNG, TIFF) are scaled
-  to 8 bits (``>> 8``; ``.convert`` would clip them to white).
-* GIF (first frame), BMP, TIFF, WebP and other formats become JPEG.
-* ``--max-side PX`` downscales so that ``max(height, width) <= PX`` (aspect
-  kept, Lanczos).
+How files are checked: a JPEG stored byte-for-byte is decoded at 1/8 scale
+(``draft``): libjpeg still parses every marker and entropy-decodes every
+coefficient of every scan, which is where every error a JPEG can have is found
+(bad or missing tables, bad Huffman codes, truncation); only the inverse DCT,
+upsampling and colour conversion, steps that cannot fail, run on 64x fewer
+pixels. That halves the cost of checking a photo (0.60 vs 1.10 ms for a
+500x400 one here) and finds exactly the same bad files:
+``tests/test_odd_images.py`` compares the two verdicts on hundreds of randomly
+damaged JPEGs of every kind. Only Huffman-coded DCT JPEGs (baseline, extended,
+progressive: :func:`jpeg_frame_marker`) are checked this way; rare kinds
+(lossless, arithmetic-coded) are decoded fully. Truncated images are never
+padded: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False while this module
+decodes, and the caller's value is restored afterwards (:func:`strict_truncation`).
 
 :attr:`CheckedImage.converted` says what happened, e.g. ``"exif-rotate"``,
 ``"cmyk->rgb"``, ``"p->rgb,gif->jpeg"``, ``"max-side"``, and is ``None`` for
@@ -52,18 +29,67 @@ stored (upright, final) image: what a decoder produces for the stored bytes.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["BadImage", "CheckedImage", "check_bytes", "check_image", "jpeg_frame_marker"]
+__all__ = ["STORAGE_POLICY", "BadImage", "CheckedImage", "check_bytes", "check_image", "jpeg_frame_marker",
+           "strict_truncation"]
 
-# Never pad a truncated file with grey: it is bad input and must be reported.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+STORAGE_POLICY = """\
+Storage policy. Every file is decoded once with Pillow; files that are empty,
+not images, corrupt or truncated are skipped and listed with a short reason in
+DST/skipped.tsv (--strict: the first one is an error). Truncated images are
+never padded.
+
+A file is stored byte-for-byte (its original bytes) when all hold: it is a JPEG
+or an 8-bit PNG; its mode is RGB or L (grayscale); it has no EXIF orientation
+other than 1 and a readable EXIF block; it is not larger than --max-side.
+
+Everything else is converted, then re-encoded as JPEG at --quality:
+  - EXIF orientation is applied: every stored image is upright and carries no
+    orientation tag, so every decoder agrees on its height and width; an
+    unreadable EXIF block is stripped (decoders may disagree on it);
+  - modes become RGB as torchvision's ImageFolder loader does (.convert("RGB"),
+    alpha dropped): CMYK, P, LA, RGBA, 1, ...; L stays L; 16-bit images (PNG,
+    TIFF) are scaled to 8 bits (>> 8) rather than clipped to white;
+  - GIF (first frame), BMP, TIFF, WebP and other formats become JPEG (WebP
+    needs a Pillow built with WebP, else the file is skipped saying so);
+  - --max-side PX downscales so that max(height, width) <= PX (aspect kept,
+    Lanczos).
+DST/manifest.json records, per image, what was done (e.g. exif-rotate,
+cmyk->rgb, p->rgb,gif->jpeg, max-side) and the stored height and width.
+"""
+
+
+@contextlib.contextmanager
+def strict_truncation() -> Iterator[None]:
+    """Make Pillow raise on truncated files for the duration of the block.
+
+    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is Pillow's process-wide switch; a host
+    application may have set it True for its own decodes, so it is set False
+    only around ours (a truncated file must be reported, never padded with
+    grey) and the caller's value comes back afterwards, exceptions included.
+    Pillow has no per-image switch: a host thread decoding during the block
+    sees False too (``pack`` decodes in its own worker processes).
+
+    >>> with strict_truncation():
+    ...     ImageFile.LOAD_TRUNCATED_IMAGES
+    False
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
 
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # orientations that transpose height and width
@@ -196,7 +222,7 @@ def check_bytes(data: bytes, *, max_side: int | None = None, quality: int = 95) 
     """
     # Pillow warns about e.g. palette transparency or huge images; the outcome
     # is in `converted` / BadImage, so the warnings would only be noise.
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), strict_truncation():
         warnings.simplefilter("ignore")
         return _check(data, max_side, quality)
 

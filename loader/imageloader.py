@@ -15,7 +15,6 @@ DALI graph), and hands DALI's output to torch.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -282,22 +281,33 @@ class ImageLoader:
         return out, lab, idx.to(self.device)
 
     def _decode_error(self, err: Exception) -> Exception:
-        """Turn a DALI failure into an error naming the shard and record."""
-        from PIL import Image
+        """Turn a DALI failure into an error naming the shard and record.
 
-        for records in list(self._feed.in_flight):
-            for i in records.tolist():
-                try:
-                    with Image.open(io.BytesIO(self.dataset.read(i))) as im:
-                        im.load()
-                except Exception as e:  # noqa: BLE001 - any failure marks the culprit
-                    shard, key = self.dataset.locate(i)
-                    return DecodeError(
-                        f"record {i} (shard {shard}, key {key}, source {self.dataset.source(i)!r}) "
-                        f"failed to decode: {e}; run `loader verify {self.dataset.path}`")
+        The culprit is searched with :class:`loader.decodecheck.DecodeCheck`,
+        the check ``loader verify`` runs: DALI's decoder and the manifest's
+        height and width, which the crop windows come from (Pillow decodes
+        records DALI rejects, and a wrong size only shows against the
+        manifest). Only the records DALI was handed last are searched: the
+        failed batch is among them, and any further search would decode more
+        data that DALI may crash on rather than reject.
+        """
+        from loader.decodecheck import DecodeCheck
+
+        records = list(dict.fromkeys(i for batch in list(self._feed.in_flight) for i in batch.tolist()))
+        try:
+            bad = DecodeCheck(batch_size=max(1, min(self.batch_size, 64)),
+                              num_threads=self.num_threads).check(self.dataset, records)
+        except Exception:  # noqa: BLE001 - the search must not hide DALI's own error
+            bad = []
+        verify = f"run `loader verify {self.dataset.path}`"
+        if bad:
+            i, reason = bad[0]
+            shard, key = self.dataset.locate(i)
+            return DecodeError(f"record {i} (shard {shard}, key {key}, source {self.dataset.source(i)!r}) "
+                               f"failed to load: {reason}; {verify}")
         first = str(err).strip().splitlines()
         return DecodeError(f"DALI failed on a batch of {self.dataset.path}: "
-                           f"{first[0] if first else err}; run `loader verify {self.dataset.path}`")
+                           f"{first[0] if first else err}; {verify}")
 
     # -- resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -40,9 +40,33 @@ from nvidia.dali.pipeline import Pipeline
 
 __all__ = ["image_graph", "build_pipeline", "CpuFinisher", "DALI_DTYPES"]
 
-# The aten op behind F.interpolate(mode="bilinear", antialias=True), minus ~15 us
-# of argument checks per call, in its out= form.
-_resize_aa_out = torch.ops.aten._upsample_bilinear2d_aa.out
+
+def _interpolate_into(x: torch.Tensor, size: int, out: torch.Tensor) -> None:
+    """``out[:] = x`` resized to ``size x size``, antialiased bilinear, through the public API."""
+    out.copy_(torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False))
+
+
+def _select_resize_into(aten=torch.ops.aten):
+    """The fastest ``resize_into(x, size, out)`` this torch offers.
+
+    The private aten op behind ``F.interpolate(mode="bilinear", antialias=True)``
+    in its ``out=`` form skips ~15 us of argument checks and a copy per call;
+    being private it may be gone in another torch, where the public call (the
+    same kernel, same pixels) takes over.
+    """
+    try:
+        op = aten._upsample_bilinear2d_aa.out
+    except (AttributeError, RuntimeError):   # torch raises either for an unknown op / overload
+        return _interpolate_into
+
+    def _aten_into(x: torch.Tensor, size: int, out: torch.Tensor) -> None:
+        op(x, [size, size], False, None, None, out=out)
+
+    return _aten_into
+
+
+_resize_into = _select_resize_into()
 
 # torch dtype name -> DALI output type of crop_mirror_normalize.
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
@@ -105,7 +129,7 @@ class CpuFinisher:
         if buf is None or buf.shape[-1] != size:
             buf = torch.empty((1, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
             self._scratch.buf = buf
-        _resize_aa_out(x, [size, size], False, None, None, out=buf)
+        _resize_into(x, size, buf)
         return buf[0]
 
     def _run(self, crops, flips, out, mean, inv_std, picks) -> None:

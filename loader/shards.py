@@ -117,11 +117,6 @@ class ShardWriter:
         self.close()
 
 
-# One environment per shard file per process, shared by every reader of it:
-# LMDB (and py-lmdb) refuse to open the same file twice in one process, which a
-# train and a validation loader over one dataset would otherwise do.
-# path -> [pid, env, txn, users]
-_SHARED: dict[str, list] = {}
 
 
 # py-lmdb refuses to open one file twice in a process, so every reader of a
@@ -131,6 +126,11 @@ _SHARED: dict[str, list] = {}
 _OPEN: dict[tuple[int, int], list] = {}
 _OPEN_PID = os.getpid()
 _OPEN_LOCK = threading.Lock()
+# Keys whose release a finalizer could not do at once: ShardReader.__del__ may
+# run inside _acquire (the garbage collector fires on any allocation, e.g. in
+# lmdb.open) while this thread holds _OPEN_LOCK; waiting there would deadlock
+# (seen in the test suite). They are released by the next _acquire/_release.
+_PENDING: list[tuple[int, int]] = []
 
 
 def _forget_parent_envs() -> None:
@@ -149,10 +149,27 @@ def _forget_parent_envs() -> None:
     _OPEN_PID = os.getpid()
 
 
+def _drop(key: tuple[int, int]) -> None:
+    """One user less of ``key``'s environment; close it with the last. Hold _OPEN_LOCK."""
+    entry = _OPEN.get(key) if _OPEN_PID == os.getpid() else None
+    if entry is not None:
+        entry[2] -= 1
+        if entry[2] <= 0:
+            del _OPEN[key]
+            entry[0].close()
+
+
+def _drain_pending() -> None:
+    while _PENDING:
+        _drop(_PENDING.pop())
+
+
 def _acquire(path: str) -> tuple[tuple[int, int], lmdb.Environment, lmdb.Transaction]:
     with _OPEN_LOCK:
         if _OPEN_PID != os.getpid():
             _forget_parent_envs()
+            _PENDING.clear()   # the parent's keys
+        _drain_pending()
         try:
             st = os.stat(path)
             key = (st.st_dev, st.st_ino)
@@ -168,14 +185,16 @@ def _acquire(path: str) -> tuple[tuple[int, int], lmdb.Environment, lmdb.Transac
         return key, entry[0], entry[1]
 
 
-def _release(key: tuple[int, int]) -> None:
-    with _OPEN_LOCK:
-        entry = _OPEN.get(key) if _OPEN_PID == os.getpid() else None
-        if entry is not None:
-            entry[2] -= 1
-            if entry[2] <= 0:
-                del _OPEN[key]
-                entry[0].close()
+def _release(key: tuple[int, int], *, blocking: bool = True) -> None:
+    """Give back one use of ``key``; ``blocking=False`` (finalizers) defers it if the lock is taken."""
+    if not _OPEN_LOCK.acquire(blocking=blocking):
+        _PENDING.append(key)   # list.append is atomic: safe from a finalizer
+        return
+    try:
+        _drain_pending()
+        _drop(key)
+    finally:
+        _OPEN_LOCK.release()
 
 
 class ShardReader:
@@ -213,15 +232,15 @@ class ShardReader:
         self.txn()
         return self._env.stat()["entries"]
 
-    def close(self) -> None:
+    def close(self, *, _blocking: bool = True) -> None:
         """Stop using the file (closed when no reader in this process uses it)."""
         if self._key is not None and self._pid == os.getpid():
-            _release(self._key)
+            _release(self._key, blocking=_blocking)
         self._key = self._env = self._txn = self._pid = None
 
     def __del__(self) -> None:
         try:
-            self.close()
+            self.close(_blocking=False)   # never wait in a finalizer: see _PENDING
         except Exception:  # interpreter shutdown: modules may be gone already
             pass
 

@@ -128,7 +128,18 @@ def test_version_and_help(capsys, loader_cli):
     rc, out, _ = run_main(capsys, "verify", "--help")
     assert rc == 0 and "exit status 1" in out
     r = loader_cli("--help")
-    assert r.returncode == 0 and all(c in r.stdout for c in ("pack", "info", "verify"))
+    assert r.returncode == 0 and all(c in r.stdout for c in ("pack", "info", "verify", "bench"))
+
+
+def test_storage_policy_is_stated_once_in_pack_help(capsys):
+    from loader.imagecheck import STORAGE_POLICY
+
+    rc, out, _ = run_main(capsys, "pack", "--help")
+    assert rc == 0 and STORAGE_POLICY in out            # verbatim, not re-worded
+    # The README and the docs point to it rather than carrying a second copy.
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = doc.read_text()
+        assert "16-bit images (PNG," not in text and "(>> 8)" not in text, doc
 
 
 # ------------------------------------------------------------------ info
@@ -199,7 +210,7 @@ def test_verify_finds_flipped_byte(packed, capsys):
     assert lines[1] == f"verified 9 records in {packed}: 1 bad"
 
 
-def test_verify_reports_undecodable_and_wrong_size(packed):
+def test_verify_reports_undecodable_and_wrong_size(packed, loader_cli):
     ds = open_dataset(packed)
     bad_record = ds.read(2)
     ds.close()
@@ -209,11 +220,16 @@ def test_verify_reports_undecodable_and_wrong_size(packed):
     obj["checksums"][2] = record_checksum(garbage)  # checksum fine: only decoding can tell
     obj["heights"][7] += 1
     (packed / "manifest.json").write_text(json.dumps(obj))
-    bad = verify(packed, progress=False)
-    assert [b[:4] for b in bad] == [(2, "shard-00000.lmdb", 2, "a_bird/img_2.jpg"),
-                                    (7, "shard-00000.lmdb", 7, "c_cat/img_1.jpg")]
-    assert bad[0][4].startswith("DALI cannot decode it")
-    assert bad[1][4] == "decodes to 48x64 but the manifest says 49x64 (height x width)"
+    # DALI meets undecodable bytes here: in a child process, so a crash is a failed return code.
+    proc = loader_cli("verify", str(packed), "--quiet")
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3, proc.stdout
+    assert lines[0].startswith("record 2 (shard-00000.lmdb key 0000000002, source a_bird/img_2.jpg): "
+                               "DALI cannot decode it")
+    assert lines[1] == ("record 7 (shard-00000.lmdb key 0000000007, source c_cat/img_1.jpg): "
+                        "decodes to 48x64 but the manifest says 49x64 (height x width)")
+    assert lines[2] == f"verified 9 records in {packed}: 2 bad"
     assert verify(packed, decode=False, progress=False) == []  # checksums alone are fine
 
 

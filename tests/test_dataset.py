@@ -203,3 +203,49 @@ def test_copied_dataset_still_opens(packed, tmp_path):
     # Shard paths are relative to the dataset folder: it can be moved.
     shutil.move(packed, tmp_path / "moved")
     assert len(open_dataset(tmp_path / "moved")) == 9
+
+
+def test_a_reader_finalized_while_a_shard_opens_does_not_deadlock(packed, tmp_path):
+    """The garbage collector can finalize a leftover reader inside ``lmdb.open`` (any allocation
+    may start it) while this thread holds the shard table's lock: its release must not wait,
+    and the shard it held is still closed (by the next open or close)."""
+    import gc
+    import threading
+
+    import loader.shards as sh
+
+    other = tmp_path / "other"
+    shutil.copytree(packed, other)
+
+    class Cycle:
+        pass
+
+    gc.collect()
+    gc.disable()                         # the collector runs only where the test says
+    garbage = Cycle()
+    garbage.me, garbage.ds = garbage, open_dataset(packed)
+    assert garbage.ds.read(0)            # its reader holds the shard open
+    (held,) = [k for k in sh._OPEN if k[1] == (packed / "shard-00000.lmdb").stat().st_ino]
+    del garbage
+    real_open = sh.lmdb.open
+
+    def open_and_collect(*a, **k):     # stands for an allocation that happens to start the GC
+        gc.collect()
+        return real_open(*a, **k)
+
+    sh.lmdb.open = open_and_collect
+    try:
+        result = []
+        t = threading.Thread(target=lambda: result.append(open_dataset(other)), daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "deadlock: a finalizer waited on the lock its own thread holds"
+    finally:
+        sh.lmdb.open = real_open
+        gc.enable()
+    (ds,) = result
+    ds.close()                                          # deferred, then drained by a later release
+    assert held not in sh._OPEN and not sh._PENDING
+    again = open_dataset(packed)                        # and the file opens again
+    assert again.read(0)
+    again.close()

@@ -77,3 +77,55 @@ def test_workers_run_torch_single_threaded_and_leave_the_caller_alone(finisher):
     t.start()
     t.join()
     assert seen == [before]          # other (new) threads keep torch's setting
+
+
+# -- without the private aten op ------------------------------------------------
+
+class _RaisingOps:
+    """An op namespace whose lookups fail the way torch's do for an op it lacks."""
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"No such operator aten::{name}")
+
+
+def test_resize_falls_back_to_interpolate_when_the_private_op_is_missing():
+    import types
+
+    from loader import pipeline
+
+    assert pipeline._select_resize_into(types.SimpleNamespace()) is pipeline._interpolate_into  # AttributeError
+    assert pipeline._select_resize_into(_RaisingOps()) is pipeline._interpolate_into             # RuntimeError
+    # This torch has the op: the fast path is the one in use.
+    assert pipeline._resize_into is not pipeline._interpolate_into
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fallback_resize_is_bit_identical_to_the_fast_path_and_to_pillow(monkeypatch, channels_last):
+    from loader import pipeline
+
+    size = 28
+    crops, flips = crops_and_flips(seed=2, n=17, size=size)
+
+    def finish():
+        out = torch.empty((len(crops), size, size, 3) if channels_last else (len(crops), 3, size, size),
+                          dtype=torch.uint8)
+        view = out.permute(0, 3, 1, 2) if channels_last else out
+        f = CpuFinisher(threads=2)      # fresh: no scratch buffer shared between the two runs
+        try:
+            f(crops, flips, view)
+        finally:
+            f.close()
+        return view
+
+    fast = finish()
+    calls = []
+
+    def fallback(x, s, out):
+        calls.append(tuple(x.shape))
+        pipeline._interpolate_into(x, s, out)
+    monkeypatch.setattr(pipeline, "_resize_into", fallback)
+    slow = finish()
+    assert len(calls) == 16          # every crop but the one already 28x28 went through the fallback
+    assert torch.equal(slow, fast)
+    for k, (crop, flip) in enumerate(zip(crops, flips)):
+        assert torch.equal(slow[k], pil_reference(crop, flip, size)), (k, crop.shape, flip)

@@ -1,8 +1,12 @@
 """ImageLoader on DALI's CPU backend: batches, epochs, resume, split, errors, lifecycle."""
 
 import gc
+import io
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -13,8 +17,8 @@ from PIL import Image
 import loader
 from loader import ImageLoader
 from loader.errors import DatasetError
-from loader.imageloader import DecodeError
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
+from loader.sampler import crop_windows
 
 COLOURS = [(200, 30, 30), (30, 180, 40), (40, 50, 210)]     # class c -> RGB
 SIZES = [(64, 48), (48, 64), (100, 75), (75, 100), (57, 57), (120, 40), (40, 120), (90, 66)]
@@ -101,12 +105,12 @@ def test_normalization_matches_mean_std(colour_ds):
 
 
 def test_train_and_eval_pixels_match_the_pil_reference(photo_ds):
-    """Eval batches equal resize-shorter-side + centre crop done with PIL, up to decoder rounding."""
+    """Eval batches equal resize-shorter-side + centre crop done with PIL, up to decoder rounding;
+    train batches equal PIL's crop of the loader's window, bilinear resize, flip and normalization."""
     ld = ImageLoader(photo_ds, batch_size=6, image_size=48, train=False, mean=None, std=None,
                      dtype=torch.uint8, with_indices=True)
     images, _, idx = next(iter(ld))
     ds = ld.dataset
-    import io
     for img, i in zip(images, idx.tolist()):
         im = Image.open(io.BytesIO(ds.read(i))).convert("RGB")
         w, h = im.size
@@ -115,6 +119,37 @@ def test_train_and_eval_pixels_match_the_pil_reference(photo_ds):
         ref = np.asarray(im.resize((48, 48), Image.BILINEAR, box=box)).transpose(2, 0, 1)
         diff = np.abs(ref.astype(int) - img.numpy().astype(int))
         assert diff.mean() < 2.0, (i, diff.mean())
+
+    # Train, a whole epoch: the windows and flips are the ones loader.feed draws
+    # for each batch, from numpy keyed by (seed, epoch, the batch's first position).
+    seed, size, bs = 3, 48, 6
+    ld = ImageLoader(photo_ds, batch_size=bs, image_size=size, train=True, with_indices=True, seed=seed)
+    plan = ld.epoch_plan(0)
+    mean = np.array(IMAGENET_MEAN).reshape(3, 1, 1) * 255
+    std = np.array(IMAGENET_STD).reshape(3, 1, 1) * 255
+    flips = cropped = 0
+    for b, (images, _, idx) in enumerate(ld):
+        records = plan.records[b * bs:(b + 1) * bs]
+        assert idx.tolist() == records.tolist()
+        rng = np.random.default_rng([seed, 0, int(plan.positions[b * bs]), 0xC0])
+        anchor, shape, flip = crop_windows(ds.heights[records], ds.widths[records], rng)
+        for k, i in enumerate(records.tolist()):
+            (x, y), (w, h) = anchor[k].astype(int), shape[k].astype(int)
+            im = Image.open(io.BytesIO(ds.read(i))).convert("RGB")
+            ref = im.crop((x, y, x + w, y + h)).resize((size, size), Image.BILINEAR)
+            if flip[k]:
+                ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
+            want = (np.asarray(ref).transpose(2, 0, 1) - mean) / std
+            # In pixel units. Measured max diff here: 0 (DALI's region decode and
+            # Pillow, both libjpeg-turbo, give the same pixels; the resize is
+            # Pillow's bit for bit). 1 grey level allows another libjpeg-turbo
+            # build's rounding; a window off by one pixel or a wrong flip is far more.
+            diff = np.abs(images[k].numpy().astype(np.float64) - want) * std
+            assert diff.max() <= 1 + 1e-3, (i, diff.max())
+            flips += int(flip[k])
+            cropped += int(w < im.width or h < im.height)
+    assert b + 1 == len(ld) == len(ds) // bs
+    assert 0 < flips < len(ds) and cropped > len(ds) // 2       # both flip cases, real crops
 
 
 # -- epochs -------------------------------------------------------------------
@@ -185,6 +220,31 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(photo_ds, k):
         assert torch.equal(x, xe)                                # same crops and flips too
     # ...and the epoch after continues as the uninterrupted run would.
     assert indices_of(resumed)[0] == indices_of(full)[0]
+
+
+def test_resume_from_a_state_saved_after_the_last_batch_starts_the_next_epoch(photo_ds):
+    """A checkpoint taken inside the loop after the epoch's last batch (batches_done == len(loader))
+    resumes with the whole next epoch, not an empty one nor the same one again."""
+    full = ImageLoader(photo_ds, batch_size=5, image_size=24, with_indices=True, seed=2)
+    list(full)                                                   # epoch 0
+    expected = [(x.clone(), i.tolist()) for x, _, i in full]     # epoch 1
+    after = indices_of(full)[0]                                  # epoch 2
+
+    run = ImageLoader(photo_ds, batch_size=5, image_size=24, with_indices=True, seed=2)
+    it = iter(run)
+    for _ in range(len(run)):
+        next(it)                                                 # the generator has not finished
+    state = json.loads(json.dumps(run.state_dict()))
+    assert (state["epoch"], state["batches_done"]) == (0, len(run))
+    del it, run
+
+    resumed = ImageLoader(photo_ds, batch_size=5, image_size=24, with_indices=True, seed=2)
+    resumed.load_state_dict(state)
+    got = [(x, i.tolist()) for x, _, i in resumed]
+    assert [i for _, i in got] == [i for _, i in expected] and len(got) == len(resumed)
+    for (x, _), (xe, _) in zip(got, expected):
+        assert torch.equal(x, xe)                                # epoch 1's crops and flips
+    assert indices_of(resumed)[0] == after
 
 
 def test_set_epoch_after_resume_keeps_the_position(photo_ds):
@@ -282,28 +342,112 @@ def test_unsupported_manifest_version(colour_ds, tmp_path):
         ImageLoader(copy, batch_size=4)
 
 
-def test_undecodable_record_names_shard_and_record(colour_ds, tmp_path):
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# DALI may crash the process (not raise) on undecodable data: every test that
+# feeds it some runs DALI in a child and checks how the child ended.
+EPOCHS_IN_A_CHILD = textwrap.dedent("""
+    import json, sys
+    from loader import ImageLoader
+    from loader.imageloader import DecodeError
+    path, kwargs, epochs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    ld = ImageLoader(path, **kwargs)
+    outcomes = []
+    for _ in range(epochs):
+        try:
+            outcomes.append(f"ok: {sum(1 for _ in ld)} batches")
+        except DecodeError as e:
+            outcomes.append(f"DecodeError: {e}")
+    print(json.dumps(outcomes))
+""")
+
+
+def epochs_in_a_child(path, epochs: int = 2, **kwargs) -> list[str]:
+    """Run ``epochs`` epochs of ``ImageLoader(path, **kwargs)`` in a child: each one's outcome."""
+    r = subprocess.run([sys.executable, "-c", EPOCHS_IN_A_CHILD, str(path), json.dumps(kwargs), str(epochs)],
+                       cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, f"the child died (rc {r.returncode}): {r.stderr[-3000:]}"
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def damaged_copy(src, dst, *, zero_header=(), doubled_size=()):
+    """A copy of the packed dataset ``src``: records in ``zero_header`` lose their first
+    64 bytes (no decoder gets past that; checksums are not checked at load time);
+    records in ``doubled_size`` keep their bytes, but the manifest doubles their height and width."""
     import shutil
 
-    copy = tmp_path / "copy"
-    shutil.copytree(colour_ds, copy)
+    shutil.copytree(src, dst)
+    ds = loader.open_dataset(dst)
+    for victim in zero_header:
+        data = ds.read(victim)
+        shard, _ = ds.locate(victim)
+        blob = (dst / shard).read_bytes()
+        at = blob.find(data)
+        assert at >= 0 and blob.find(data, at + 1) == -1
+        (dst / shard).write_bytes(blob[:at] + b"\0" * 64 + blob[at + 64:])
+    ds.close()
+    m = json.loads((dst / "manifest.json").read_text())
+    for victim in doubled_size:
+        m["heights"][victim] *= 2
+        m["widths"][victim] *= 2
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_undecodable_record_names_shard_and_record(colour_ds, tmp_path):
+    copy = damaged_copy(colour_ds, tmp_path / "copy", zero_header=[5])
     ds = loader.open_dataset(copy)
-    victim = 5
-    data = ds.read(victim)
-    shard, key = ds.locate(victim)
-    del ds
-    blob = (copy / shard).read_bytes()
-    at = blob.find(data)
-    assert at >= 0 and blob.find(data, at + 1) == -1
-    # Destroy the JPEG header (SOI, APP0, the first tables): no decoder gets past it.
-    broken = blob[:at] + b"\0" * 64 + blob[at + 64:]
-    (copy / shard).write_bytes(broken)
-    ld = ImageLoader(copy, batch_size=24, image_size=16, train=False)
-    with pytest.raises(DecodeError, match=rf"record {victim} \(shard {shard}, key {key}"):
-        list(ld)
+    shard, key = ds.locate(5)
     # The loader stays usable: the next epoch builds a fresh pipeline and fails the same way.
-    with pytest.raises(DecodeError, match=rf"record {victim} "):
-        list(ld)
+    first, second = epochs_in_a_child(copy, batch_size=24, image_size=16, train=False)
+    for outcome in (first, second):
+        assert outcome.startswith(f"DecodeError: record 5 (shard {shard}, key {key}, source {ds.source(5)!r}) "
+                                  f"failed to load: DALI cannot decode it: "), outcome
+        assert outcome.endswith(f"; run `loader verify {copy}`"), outcome
+
+
+def test_record_whose_manifest_size_lies_is_named(colour_ds, tmp_path):
+    """Its bytes decode (Pillow decodes them fine), but not at the size the crop window
+    was computed from. In eval the centre window of the doubled size, [5..75] x [85..155]
+    of a 40x120 image, lies partly outside the real image: DALI's slice fails every time."""
+    victim = 5
+    copy = damaged_copy(colour_ds, tmp_path / "copy", doubled_size=[victim])
+    ds = loader.open_dataset(copy)
+    assert (int(ds.heights[victim]), int(ds.widths[victim])) == (80, 240)
+    with Image.open(io.BytesIO(ds.read(victim))) as im:
+        im.load()                               # what the old, Pillow-based culprit search checked
+        assert im.size == (120, 40)
+    shard, key = ds.locate(victim)
+    outcomes = epochs_in_a_child(copy, batch_size=8, image_size=16, train=False)
+    assert outcomes == [f"DecodeError: record {victim} (shard {shard}, key {key}, source {ds.source(victim)!r}) "
+                        f"failed to load: decodes to 40x120 but the manifest says 80x240 (height x width); "
+                        f"run `loader verify {copy}`"] * 2
+
+
+DECODE_CHECK_IN_A_CHILD = textwrap.dedent("""
+    import json, sys
+    from loader import open_dataset
+    from loader.decodecheck import DecodeCheck
+    ds = open_dataset(sys.argv[1])
+    # batch_size 4: the bad records' batches fail and are retried one record
+    # at a time, the others decode in one run.
+    print(json.dumps(DecodeCheck(batch_size=4).check(ds, range(len(ds)))))
+""")
+
+
+def test_decode_check_names_undecodable_and_wrong_size_records(colour_ds, tmp_path):
+    copy = damaged_copy(colour_ds, tmp_path / "copy", zero_header=[2, 3], doubled_size=[9, 23])
+    r = subprocess.run([sys.executable, "-c", DECODE_CHECK_IN_A_CHILD, str(copy)], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, f"the child died (rc {r.returncode}): {r.stderr[-3000:]}"
+    bad = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [i for i, _ in bad] == [2, 3, 9, 23]
+    assert all(reason.startswith("DALI cannot decode it: ") for _, reason in bad[:2]), bad
+    # SIZES[1] is 48x64 (w x h), SIZES[7] 90x66.
+    assert [reason for _, reason in bad[2:]] == ["decodes to 64x48 but the manifest says 128x96 (height x width)",
+                                                 "decodes to 66x90 but the manifest says 132x180 (height x width)"]
 
 
 # -- lifecycle ------------------------------------------------------------------

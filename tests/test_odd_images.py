@@ -10,9 +10,10 @@ import pytest
 from PIL import Image, ImageOps, features
 
 from loader import open_dataset, pack
+from loader.decodecheck import DecodeCheck
 from loader.imagecheck import BadImage, check_bytes, check_image, fit_size
 from loader.synthetic import photo_like_image
-from loader.verify import _DaliDecoder, verify
+from loader.verify import verify
 
 HAS_WEBP = features.check("webp")
 # A 1x1 lossless WebP (the classic feature-detection image): usable even
@@ -150,9 +151,11 @@ def test_exif_rotation_applied(odd_packed):
 
 def test_every_record_decodes_with_dali_at_manifest_size(odd_packed):
     root, _, _, ds = odd_packed
-    shapes = _DaliDecoder(batch_size=64).shapes(ds.read_batch(range(len(ds))))
+    check = DecodeCheck(batch_size=64)
+    shapes = check.shapes(ds.read_batch(range(len(ds))))
     for i, shape in enumerate(shapes):
         assert shape == (ds.heights[i], ds.widths[i], 3), (ds.source(i), shape)
+    assert check.check(ds, range(len(ds))) == []
     assert verify(root / "dst", progress=False) == []
 
 

@@ -175,8 +175,6 @@ def test_another_missing_module_is_not_reported_as_dali(tmp_path):
     assert r.stdout.split() == ["ModuleNotFoundError", "torch", "False"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs loader/decodecheck.py DecodeCheck._build to turn a missing "
-                   "nvidia.dali into a LoaderError (see the packaging change notes); drop this mark then")
 def test_verify_decode_without_dali_is_a_one_line_error(packed_without_dali, tmp_path):
     r = _cli_without_dali("verify", str(packed_without_dali), "--quiet", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
