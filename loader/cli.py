@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 from loader.errors import LoaderError
+from loader.units import MB
 
 __all__ = ["build_parser", "dataset_info", "main", "parse_sizes"]
 
@@ -85,7 +86,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"shards    {len(info['shards'])}")
     for s in info["shards"]:
         print(f"  {s['name']}  {s['records']} records from #{s['first']}, "
-              f"{s['bytes'] / 1e6:.1f} MB of images, {s['file_bytes'] / 1e6:.1f} MB on disk")
+              f"{s['bytes'] / MB:.1f} MB of images, {s['file_bytes'] / MB:.1f} MB on disk")
     params = " ".join(f"{k}={v}" for k, v in info["pack_params"].items())
     print(f"packed    {params}")
     return 0

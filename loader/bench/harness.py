@@ -29,7 +29,7 @@ from loader.bench.contenders import CONTENDERS, RUN_ORDER, Contender, ContenderS
 from loader.bench.procstat import rss_bytes, settle
 from loader.bench.results import BenchRow, with_ratios
 from loader.bench.source import resolve_source
-from loader.errors import LoaderError
+from loader.errors import LoaderError, import_dali
 from loader.units import MB, available_cores
 
 __all__ = ["BenchInterrupted", "BenchSettings", "Timing", "bench", "time_steps"]
@@ -235,6 +235,7 @@ def _close_all(contenders: dict[str, Contender]) -> None:
 
 
 def _resolve_device(device: str) -> str:
+    import_dali("loader bench")   # a one-line error, not a traceback, when DALI is missing
     from loader.imageloader import resolve_device
 
     try:
