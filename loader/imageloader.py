@@ -55,6 +55,21 @@ def _distributed_env(rank: int | None, world_size: int | None) -> tuple[int, int
     return rank, world_size, local_rank
 
 
+def _threads_per_rank() -> int:
+    """DALI threads for one rank: the usable cores shared by the ranks on this node (LOCAL_WORLD_SIZE)."""
+    return max(1, available_cores() // max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1))
+
+
+class _EpochSetter:
+    """``ImageLoader.sampler``: forwards ``set_epoch`` to the loader."""
+
+    def __init__(self, loader: ImageLoader):
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.set_epoch(epoch)
+
+
 def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
     """"auto" -> CUDA if available else CPU; a bare "cuda" -> the local rank's GPU."""
     if isinstance(device, str) and device == "auto":
@@ -125,9 +140,12 @@ class ImageLoader:
             if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
                 raise ValueError(f"{name} must be 3 numbers (std > 0) in 0..1 units, got {v!r}")
 
-        rank, world_size, local_rank = _distributed_env(rank, world_size)
-        if world_size < 1 or not (0 <= rank < world_size):
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        # Rank and world size are looked up again at each epoch's start (and by len()) unless
+        # given here: trainers such as Lightning build the loader first and start the other
+        # ranks and the process group later, inside fit().
+        self._rank_arg, self._world_arg = rank, world_size
+        self._device_arg, self._threads_arg = device, num_threads
+        rank, world_size, local_rank = self._distribution()
 
         self.dataset = open_dataset(path)
         self._subset = split_indices(len(self.dataset), validation_split, subset, seed)
@@ -141,27 +159,19 @@ class ImageLoader:
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.seed = int(seed)
-        self.rank, self.world_size = rank, world_size
         self.device = resolve_device(device, local_rank)
         self.prefetch = prefetch
         self.dtype = dtype
         self.channels_last = bool(channels_last)
         self.with_indices = bool(with_indices)
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-        self.num_threads = num_threads or max(1, available_cores() // max(local_world, 1))
+        self.num_threads = num_threads or _threads_per_rank()
         self._mean = None if mean is None else [255.0 * m for m in mean]
         self._std = None if std is None else [255.0 * s for s in std]
         # For the CPU graph's finisher, which normalizes image by image.
         self._mean_t = None if mean is None else torch.tensor(self._mean, dtype=dtype).view(3, 1, 1)
         self._inv_std_t = None if std is None else (1 / torch.tensor(self._std)).to(dtype).view(3, 1, 1)
 
-        share = len(rank_share(np.arange(len(self._subset)), 0, world_size, batch_size, self.drop_last))
-        if share == 0:
-            raise ValueError(
-                f"batch_size={batch_size} is larger than this rank's share of {path} "
-                f"({len(self._subset) // world_size} of {len(self._subset)} records over {world_size} "
-                f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False")
-        self.num_samples = share
+        self._share(world_size)      # a batch larger than a rank's share is an error now, not at fit()
         self._epoch = 0              # the epoch the next iter() runs
         self._resume_batch = 0       # first batch of that epoch (load_state_dict)
         self._running: tuple[int, int] | None = None   # (epoch, batches yielded) while iterating
@@ -172,9 +182,51 @@ class ImageLoader:
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
 
+    # -- ranks ----------------------------------------------------------------
+    def _distribution(self) -> tuple[int, int, int]:
+        """(rank, world_size, local_rank) now: the explicit arguments, else torch.distributed, else env."""
+        rank, world_size, local_rank = _distributed_env(self._rank_arg, self._world_arg)
+        if world_size < 1 or not (0 <= rank < world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        return rank, world_size, local_rank
+
+    def _share(self, world_size: int) -> int:
+        """Samples each rank gets per epoch with ``world_size`` ranks."""
+        share = len(rank_share(np.arange(len(self._subset)), 0, world_size, self.batch_size, self.drop_last))
+        if share == 0:
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.path} "
+                f"({len(self._subset) // world_size} of {len(self._subset)} records over {world_size} "
+                f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False")
+        return share
+
+    @property
+    def rank(self) -> int:
+        """This process's rank, as of now (see :meth:`_distribution`)."""
+        return self._distribution()[0]
+
+    @property
+    def world_size(self) -> int:
+        """The number of ranks, as of now."""
+        return self._distribution()[1]
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank yields per epoch, as of now."""
+        return self._share(self.world_size)
+
+    # Lightning calls `dataloader.sampler.set_epoch(epoch)` at every epoch's start (and
+    # restores the epoch from its checkpoints that way), as for a DistributedSampler.
+    @property
+    def sampler(self) -> _EpochSetter:
+        """An object whose ``set_epoch(e)`` is :meth:`set_epoch`: what trainers call on a DataLoader's sampler."""
+        return _EpochSetter(self)
+
+    batch_sampler = None   # no torch batch sampler (trainers probe for one next to ``sampler``)
+
     # -- epochs -------------------------------------------------------------
     def __len__(self) -> int:
-        """Batches in one epoch on this rank."""
+        """Batches in one epoch on this rank (the world size as of now)."""
         return num_batches(self.num_samples, self.batch_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
@@ -189,22 +241,33 @@ class ImageLoader:
 
     def epoch_plan(self, epoch: int, start_batch: int = 0) -> EpochPlan:
         """The records this rank yields in ``epoch`` (global indices, in order)."""
+        rank, world_size, _ = self._distribution()
         order = epoch_order(len(self._subset), self.seed, epoch, self.shuffle)
-        positions = rank_share(np.arange(len(order)), self.rank, self.world_size, self.batch_size,
-                               self.drop_last)
+        positions = rank_share(np.arange(len(order)), rank, world_size, self.batch_size, self.drop_last)
         return EpochPlan(epoch=epoch, records=self._subset[order[positions]], positions=positions,
                          batch_size=self.batch_size, start_batch=start_batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The next epoch's batches. The epoch starts at the first ``next()``, not here:
+        trainers call ``iter()`` only to check that a loader is iterable (Lightning does),
+        and that must not use up an epoch."""
+        return self._epoch_batches()
+
+    def _epoch_batches(self):
         with self._lock:
             epoch, start = self._epoch, self._resume_batch
             self._epoch, self._resume_batch = epoch + 1, 0
-            self._start_epoch(self.epoch_plan(epoch, start))
+            plan = self.epoch_plan(epoch, start)
+            self._start_epoch(plan)
             self._running = (epoch, start)
-        return self._batches(epoch, start)
+        yield from self._batches(epoch, start, plan)
 
     def _start_epoch(self, plan: EpochPlan) -> None:
         if self._pipe is None:
+            # The device and thread count follow the local rank as of the first epoch.
+            _, _, local_rank = self._distribution()
+            self.device = resolve_device(self._device_arg, local_rank)
+            self.num_threads = self._threads_arg or _threads_per_rank()
             self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
                                    history=self.prefetch + 4)
             self._feed.start(plan)
@@ -232,8 +295,13 @@ class ImageLoader:
         self._feed.start(plan)
         self._pipe.reset()
 
-    def _batches(self, epoch: int, start: int):
-        for b in range(start, len(self)):
+    def _batches(self, epoch: int, start: int, plan: EpochPlan):
+        world_size = self.world_size
+        for b in range(start, -(-len(plan.records) // plan.batch_size)):   # the plan's batches
+            if self._world_arg is None and self.world_size != world_size:
+                raise RuntimeError(f"the world size changed from {world_size} to {self.world_size} in the "
+                                   f"middle of epoch {epoch}: build the loader's epochs after the process "
+                                   f"group is set up, or pass rank= and world_size=")
             out = self._run_once()
             self._running = (epoch, b + 1)
             yield out

@@ -23,8 +23,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch pinned to the CPU wheel: an unpinned torch pulls a multi-GB CUDA build.
   # matplotlib (for `loader bench --plot`) pulls plain Pillow: installed before pillow-simd.
   # setuptools + wheel: scripts/check_wheel.sh builds the wheel with them (no build isolation).
+  # Lightning and accelerate: tests/test_trainers.py runs them (test tools, not dependencies;
+  # both accept the torch installed here, so neither replaces it).
   pip install torch==2.13.0 "nvidia-dali-cuda120>=1.40" "lmdb>=1.4" "numpy>=1.24" "tqdm>=4.60" \
-      "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7" "setuptools>=64" wheel
+      "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7" "setuptools>=64" wheel \
+      "lightning==2.6.6" "accelerate==1.15.0"
   pip install --no-deps -e .
 fi
 

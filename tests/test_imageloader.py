@@ -288,11 +288,67 @@ def test_rank_and_world_size_from_environment(photo_ds, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     r1 = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True)
     monkeypatch.setenv("RANK", "0")
-    r0 = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True)
+    r0 = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True, rank=0, world_size=2)
+    monkeypatch.setenv("RANK", "1")
     assert (r0.rank, r1.rank, r0.world_size) == (0, 1, 2)
     a, b = indices_of(r0)[0], indices_of(r1)[0]
     assert len(a) == len(b) == len(r0) * 4 == (len(r0.dataset) // 2) // 4 * 4
     assert not set(a) & set(b)
+
+
+def test_ranks_are_resolved_when_used_not_when_built(photo_ds, monkeypatch):
+    """Trainers (Lightning) build loaders before they start the other ranks: the rank and
+    world size in force when an epoch starts count, and len() follows them."""
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    kw = dict(batch_size=4, image_size=16, with_indices=True, seed=3)
+    early = [ImageLoader(photo_ds, **kw), ImageLoader(photo_ds, **kw)]   # built alone
+    pinned = ImageLoader(photo_ds, rank=0, world_size=1, **kw)
+    alone = len(early[0])
+    assert alone == len(pinned) == len(early[0].dataset) // 4
+    monkeypatch.setenv("WORLD_SIZE", "2")                                # the "fit" starts 2 ranks
+    seen = []
+    for rank, ld in enumerate(early):
+        monkeypatch.setenv("RANK", str(rank))
+        assert (ld.rank, ld.world_size) == (rank, 2)
+        assert len(ld) == (len(ld.dataset) // 2) // 4
+        (idx,) = indices_of(ld)
+        assert len(idx) == len(ld) * 4
+        seen.append(set(idx))
+    assert not seen[0] & seen[1]
+    assert len(pinned) == alone and len(indices_of(pinned)[0]) == alone * 4   # explicit args keep their meaning
+
+
+def test_world_size_change_mid_epoch_is_an_error(photo_ds, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    loader = ImageLoader(photo_ds, batch_size=4, image_size=16)
+    it = iter(loader)
+    next(it)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="world size changed from 1 to 2 in the middle of epoch 0"):
+        next(it)
+
+
+def test_iter_alone_does_not_start_an_epoch(photo_ds):
+    """Lightning calls iter() once to check that a loader is iterable: that costs no epoch."""
+    loader = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True, seed=5)
+    for _ in range(3):
+        iter(loader)
+    assert loader.state_dict()["epoch"] == 0 and loader._pipe is None
+    first = [b[2].tolist() for b in loader]
+    again = ImageLoader(photo_ds, batch_size=4, image_size=16, with_indices=True, seed=5)
+    assert first == [b[2].tolist() for b in again]
+
+
+def test_trainers_set_the_epoch_through_the_sampler(photo_ds):
+    """Lightning's fit and evaluation loops call ``dataloader.sampler.set_epoch(epoch)``."""
+    kw = dict(batch_size=4, image_size=16, with_indices=True, seed=5)
+    a, b = ImageLoader(photo_ds, **kw), ImageLoader(photo_ds, **kw)
+    a.sampler.set_epoch(3)
+    b.set_epoch(3)
+    assert indices_of(a) == indices_of(b) and a.batch_sampler is None
+    assert a.state_dict()["epoch"] == 4
 
 
 # -- errors -------------------------------------------------------------------
