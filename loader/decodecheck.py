@@ -72,8 +72,10 @@ class DecodeCheck:
         import_dali("decoding records (`loader verify`; `--no-decode` checks checksums without DALI)")
         from nvidia.dali import fn, pipeline_def, types
 
+        # Synchronous: after an operator error DALI's asynchronous executor can leave the
+        # process to die with SIGSEGV on the next feed, build or teardown (loader.pipeline).
         @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=None,
-                      prefetch_queue_depth=1)
+                      prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
         def decode_pipe():
             data = fn.external_source(name="data", dtype=types.UINT8, ndim=1)
             return fn.decoders.image(data, device="cpu", output_type=types.RGB)
