@@ -92,3 +92,17 @@ def test_accelerate_under_torchrun_two_ranks(packed, tmp_path):
     _check(packed, tmp_path, world=2)
     for r in range(2):
         assert json.loads((tmp_path / f"rank{r}.json").read_text())["returned_as_is"] is True
+
+
+def test_lightning_resumes_mid_epoch_from_its_checkpoint(packed, tmp_path):
+    """Lightning saves ``state_dict()`` in its checkpoints and restores it: a run crashed after
+    step 8 and resumed from the step-5 checkpoint trains exactly batches 5.. of epoch 0, then epoch 1."""
+    script = str(HERE / "trainers" / "lightning_resume.py")
+    _run([sys.executable, script, str(packed), str(tmp_path), "first"], cwd=tmp_path)
+    _run([sys.executable, script, str(packed), str(tmp_path), "resume"], cwd=tmp_path)
+    first = json.loads((tmp_path / "first.json").read_text())
+    resumed = json.loads((tmp_path / "resume.json").read_text())
+    plan = [loader.ImageLoader(packed, batch_size=B, image_size=16, seed=11, device="cpu").epoch_plan(e)
+            .records.tolist() for e in range(2)]
+    assert first["seen"]["0"] == plan[0][:8 * B]                   # trained until the crash
+    assert resumed["seen"] == {"0": plan[0][5 * B:], "1": plan[1]}  # the rest of epoch 0, then epoch 1
