@@ -37,8 +37,9 @@ class EpochPlan:
 class EpochFeed:
     """Iterable over the batches of the current plan, for DALI's ``external_source``."""
 
-    def __init__(self, dataset, *, train: bool, seed: int, history: int = 8):
+    def __init__(self, dataset, *, train: bool, seed: int, history: int = 8, guard=None):
         self._dataset = dataset
+        self._guard = guard      # loader.recordguard.RecordGuard: keeps damaged records from DALI
         self._train = train
         self._seed = seed
         self.plan: EpochPlan | None = None
@@ -81,6 +82,8 @@ class EpochFeed:
             anchor, shape, flip = crop_windows(heights, widths, rng)
         else:
             anchor, shape, flip = crop_windows(heights, widths, None)
-        # Dense arrays (first axis = sample) are one copy for DALI, lists are one per sample.
-        return (ds.read_batch(records), anchor, shape, flip.astype(np.int32),
+        data = ds.read_batch(records)
+        if self._guard is not None:
+            self._guard.check(records, data)   # raises RecordRejected: DALI never sees the record
+        return (data, anchor, shape, flip.astype(np.int32),
                 ds.labels[records].astype(np.int64), records.astype(np.int64))

@@ -29,6 +29,7 @@ from loader.errors import LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import CpuFinisher, build_pipeline
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
+from loader.recordguard import RecordGuard, RecordRejected
 from loader.sampler import epoch_order, num_batches, rank_share, split_indices
 from loader.units import available_cores
 
@@ -178,6 +179,7 @@ class ImageLoader:
         self._feed: EpochFeed | None = None
         self._pipe = None
         self._finisher: CpuFinisher | None = None
+        self._guard: RecordGuard | None = None   # which records were checked survives new pipelines
         self._lock = threading.Lock()
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
@@ -268,8 +270,10 @@ class ImageLoader:
             _, _, local_rank = self._distribution()
             self.device = resolve_device(self._device_arg, local_rank)
             self.num_threads = self._threads_arg or _threads_per_rank()
+            if self._guard is None:
+                self._guard = RecordGuard(self.dataset)
             self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
-                                   history=self.prefetch + 4)
+                                   history=self.prefetch + 4, guard=self._guard)
             self._feed.start(plan)
             if self.device.type == "cpu":
                 self._finisher = CpuFinisher(self.num_threads)
@@ -314,6 +318,9 @@ class ImageLoader:
             outputs = self._pipe.run()
         except StopIteration:
             raise RuntimeError("DALI ended the epoch early (internal error)") from None
+        except RecordRejected as e:   # from the feed: DALI never saw the record
+            self._release_pipeline()
+            raise self._culprit(e.index, e.reason) from None
         except RuntimeError as e:
             error = self._decode_error(e)
             # DALI pipelines are not reusable after an error: the next iter() builds a new one.
@@ -369,13 +376,15 @@ class ImageLoader:
             bad = []
         verify = f"run `loader verify {self.dataset.path}`"
         if bad:
-            i, reason = bad[0]
-            shard, key = self.dataset.locate(i)
-            return DecodeError(f"record {i} (shard {shard}, key {key}, source {self.dataset.source(i)!r}) "
-                               f"failed to load: {reason}; {verify}")
+            return self._culprit(*bad[0])
         first = str(err).strip().splitlines()
         return DecodeError(f"DALI failed on a batch of {self.dataset.path}: "
                            f"{first[0] if first else err}; {verify}")
+
+    def _culprit(self, i: int, reason: str) -> DecodeError:
+        shard, key = self.dataset.locate(i)
+        return DecodeError(f"record {i} (shard {shard}, key {key}, source {self.dataset.source(i)!r}) "
+                           f"failed to load: {reason}; run `loader verify {self.dataset.path}`")
 
     # -- resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
