@@ -30,7 +30,7 @@ from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import CpuFinisher, build_pipeline
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.recordguard import RecordGuard, RecordRejected
-from loader.sampler import epoch_order, num_batches, rank_share, split_indices
+from loader.sampler import epoch_order, num_batches, rank_share, share_size, split_indices
 from loader.units import available_cores
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
@@ -194,7 +194,7 @@ class ImageLoader:
 
     def _share(self, world_size: int) -> int:
         """Samples each rank gets per epoch with ``world_size`` ranks."""
-        share = len(rank_share(np.arange(len(self._subset)), 0, world_size, self.batch_size, self.drop_last))
+        share = share_size(len(self._subset), world_size, self.batch_size, self.drop_last)
         if share == 0:
             raise ValueError(
                 f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.path} "

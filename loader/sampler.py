@@ -21,7 +21,7 @@ import numpy as np
 
 from loader.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
-__all__ = ["split_indices", "epoch_order", "rank_share", "num_batches", "crop_windows"]
+__all__ = ["split_indices", "epoch_order", "rank_share", "share_size", "num_batches", "crop_windows"]
 
 
 def split_indices(n: int, validation_split: float | None, subset: str | None, seed: int) -> np.ndarray:
@@ -53,7 +53,7 @@ def split_indices(n: int, validation_split: float | None, subset: str | None, se
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """Positions ``0..n-1`` in the order of ``epoch``: a full permutation seeded by (seed, epoch).
 
-    >>> (epoch_order(6, 0, 1, True) == epoch_order(6, 0, 1, True)).all()
+    >>> bool((epoch_order(6, 0, 1, True) == epoch_order(6, 0, 1, True)).all())
     True
     """
     if not shuffle:
@@ -79,14 +79,21 @@ def rank_share(order: np.ndarray, rank: int, world_size: int, batch_size: int,
     [4, 5, 6, 7]
     """
     n = len(order)
-    if drop_last:
-        per_rank = (n // world_size) // batch_size * batch_size
-    else:
-        per_rank = math.ceil(n / world_size)
+    per_rank = share_size(n, world_size, batch_size, drop_last)
+    if not drop_last:
         pad = per_rank * world_size - n
         if pad:
             order = np.concatenate([order, np.resize(order, pad)])
     return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+def share_size(n: int, world_size: int, batch_size: int, drop_last: bool) -> int:
+    """Samples each rank gets from an epoch of ``n``: the length of every :func:`rank_share`.
+
+    >>> share_size(10, world_size=2, batch_size=2, drop_last=True), share_size(9, 2, 2, False)
+    (4, 5)
+    """
+    return (n // world_size) // batch_size * batch_size if drop_last else math.ceil(n / world_size)
 
 
 def num_batches(share: int, batch_size: int, drop_last: bool) -> int:

@@ -11,6 +11,7 @@ from loader.sampler import (
     epoch_order,
     num_batches,
     rank_share,
+    share_size,
     split_indices,
 )
 
@@ -29,7 +30,7 @@ def test_rank_share_drop_last_is_disjoint_and_equal(n, world, batch):
     order = epoch_order(n, seed=0, epoch=2, shuffle=True)
     shares = [rank_share(order, r, world, batch, drop_last=True) for r in range(world)]
     lengths = {len(s) for s in shares}
-    assert lengths == {(n // world) // batch * batch}
+    assert lengths == {(n // world) // batch * batch} == {share_size(n, world, batch, True)}
     flat = np.concatenate(shares)
     assert len(set(flat.tolist())) == len(flat)          # disjoint
     assert set(flat.tolist()) <= set(range(n))
@@ -39,7 +40,7 @@ def test_rank_share_drop_last_is_disjoint_and_equal(n, world, batch):
 def test_rank_share_without_drop_last_covers_everything(n, world):
     order = epoch_order(n, seed=1, epoch=0, shuffle=True)
     shares = [rank_share(order, r, world, 4, drop_last=False) for r in range(world)]
-    assert {len(s) for s in shares} == {math.ceil(n / world)}
+    assert {len(s) for s in shares} == {math.ceil(n / world)} == {share_size(n, world, 4, False)}
     flat = np.concatenate(shares).tolist()
     assert set(flat) == set(range(n))
     # Only the wrap-around padding repeats, and only when n does not divide.

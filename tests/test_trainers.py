@@ -86,9 +86,14 @@ def test_lightning_single_process(packed, tmp_path):
     _check(packed, tmp_path, world=1, sanity=True)
 
 
-def test_accelerate_under_torchrun_two_ranks(packed, tmp_path):
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-          str(HERE / "trainers" / "accelerate_loop.py"), str(packed), str(tmp_path)], cwd=tmp_path)
+@pytest.mark.parametrize("launcher", ["torchrun", "debug_launcher"])
+def test_accelerate_two_ranks(packed, tmp_path, launcher):
+    script = str(HERE / "trainers" / "accelerate_loop.py")
+    if launcher == "torchrun":   # what `accelerate launch` runs for multi-GPU jobs
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script]
+        _run([*cmd, str(packed), str(tmp_path)], cwd=tmp_path)
+    else:                        # accelerate's own multi-process CPU launcher
+        _run([sys.executable, script, str(packed), str(tmp_path), "debug_launcher"], cwd=tmp_path)
     _check(packed, tmp_path, world=2)
     for r in range(2):
         assert json.loads((tmp_path / f"rank{r}.json").read_text())["returned_as_is"] is True
