@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loader.recordguard import RecordRejected
 from loader.sampler import crop_windows
 
 __all__ = ["EpochPlan", "EpochFeed"]
@@ -37,9 +38,14 @@ class EpochPlan:
 class EpochFeed:
     """Iterable over the batches of the current plan, for DALI's ``external_source``."""
 
-    def __init__(self, dataset, *, train: bool, seed: int, history: int = 8, guard=None):
+    def __init__(self, dataset, *, train: bool, seed: int, history: int = 8, guard=None,
+                 replace_bad: bool = False):
         self._dataset = dataset
         self._guard = guard      # loader.recordguard.RecordGuard: keeps damaged records from DALI
+        # on_error="replace": a bad record's slot takes the next good record of this rank's
+        # epoch order (cyclically), so batches stay full and the choice depends only on the plan.
+        self._replace_bad = replace_bad
+        self.replaced: dict[int, int] = {}   # bad record -> the record that took its first slot
         self._train = train
         self._seed = seed
         self.plan: EpochPlan | None = None
@@ -59,6 +65,17 @@ class EpochFeed:
     def __iter__(self):
         return self
 
+    def _substitute(self, pos: int) -> int:
+        """The first good record after epoch position ``pos`` of this rank's plan, cyclically."""
+        records = self.plan.records
+        bad = int(records[pos])
+        for step in range(1, len(records)):
+            j = int(records[(pos + step) % len(records)])
+            if self._guard.good(j):
+                self.replaced.setdefault(bad, j)
+                return j
+        raise RecordRejected(bad, "no good record is left in this rank's epoch to replace it with")
+
     def stop(self) -> None:
         """End the current epoch early: the next ``next()`` raises StopIteration."""
         self._stopped = True
@@ -72,8 +89,17 @@ class EpochFeed:
             raise StopIteration
         self._next_batch += 1
         records = plan.records[lo:lo + plan.batch_size]
-        self.in_flight.append(records)
         ds = self._dataset
+        data = ds.read_batch(records)
+        if self._guard is not None:
+            if not self._replace_bad:
+                self._guard.check(records, data)   # raises RecordRejected: DALI never sees the record
+            elif bad := self._guard.bad_positions(records, data):
+                records = records.copy()
+                for k in bad:
+                    records[k] = self._substitute(lo + k)
+                data = ds.read_batch(records)
+        self.in_flight.append(records)
         heights, widths = ds.heights[records], ds.widths[records]
         if self._train:
             # One generator per batch, keyed by the batch's first epoch position:
@@ -82,8 +108,5 @@ class EpochFeed:
             anchor, shape, flip = crop_windows(heights, widths, rng)
         else:
             anchor, shape, flip = crop_windows(heights, widths, None)
-        data = ds.read_batch(records)
-        if self._guard is not None:
-            self._guard.check(records, data)   # raises RecordRejected: DALI never sees the record
         return (data, anchor, shape, flip.astype(np.int32),
                 ds.labels[records].astype(np.int64), records.astype(np.int64))

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -109,6 +110,10 @@ class ImageLoader:
         validation_split, subset: Keras-style split ("training"/"validation").
         rank, world_size: DDP sharding (default: torch.distributed, then RANK/WORLD_SIZE).
         with_indices: also yield the batch's global record indices.
+        on_error: what a damaged record does (bytes that no longer match the manifest's checksum,
+            or a header whose size is not the manifest's; see :mod:`loader.recordguard`):
+            "raise" (default) a :class:`DecodeError` naming it; "replace" its slot with the next
+            good record of this rank's epoch order, warn once, and list it in ``bad_records``.
 
     Example:
         >>> loader = ImageLoader("photos.packed", batch_size=256)     # doctest: +SKIP
@@ -122,7 +127,8 @@ class ImageLoader:
                  prefetch: int = 2, dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
                  validation_split: float | None = None, subset: str | None = None,
-                 rank: int | None = None, world_size: int | None = None, with_indices: bool = False):
+                 rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
+                 on_error: Literal["raise", "replace"] = "raise"):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(image_size, int) or image_size < 8:
@@ -133,6 +139,8 @@ class ImageLoader:
             raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.uint8, got {dtype!r}")
+        if on_error not in ("raise", "replace"):
+            raise ValueError(f"on_error must be 'raise' or 'replace', got {on_error!r}")
         if (mean is None) != (std is None):
             raise ValueError("mean and std must both be given or both be None")
         if dtype == torch.uint8 and mean is not None:
@@ -165,6 +173,7 @@ class ImageLoader:
         self.dtype = dtype
         self.channels_last = bool(channels_last)
         self.with_indices = bool(with_indices)
+        self.on_error = on_error
         self.num_threads = num_threads or _threads_per_rank()
         self._mean = None if mean is None else [255.0 * m for m in mean]
         self._std = None if std is None else [255.0 * s for s in std]
@@ -180,6 +189,7 @@ class ImageLoader:
         self._pipe = None
         self._finisher: CpuFinisher | None = None
         self._guard: RecordGuard | None = None   # which records were checked survives new pipelines
+        self._warned: set[int] = set()
         self._lock = threading.Lock()
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
@@ -273,7 +283,8 @@ class ImageLoader:
             if self._guard is None:
                 self._guard = RecordGuard(self.dataset)
             self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
-                                   history=self.prefetch + 4, guard=self._guard)
+                                   history=self.prefetch + 4, guard=self._guard,
+                                   replace_bad=self.on_error == "replace")
             self._feed.start(plan)
             if self.device.type == "cpu":
                 self._finisher = CpuFinisher(self.num_threads)
@@ -313,6 +324,20 @@ class ImageLoader:
         # _running keeps pointing into this one until the next iter().)
         self._running = None
 
+    @property
+    def bad_records(self) -> list[int]:
+        """Damaged records met so far in this process, sorted (with ``on_error="replace"``, each was replaced)."""
+        return sorted(self._guard.bad) if self._guard is not None else []
+
+    def _warn_replaced(self) -> None:
+        for bad, good in self._feed.replaced.items():
+            if bad not in self._warned:
+                self._warned.add(bad)
+                shard, key = self.dataset.locate(bad)
+                warnings.warn(f"loader: record {bad} (shard {shard}, key {key}, source {self.dataset.source(bad)!r}) "
+                              f"is damaged: {self._guard.bad[bad]}; replaced by record {good} (on_error='replace'); "
+                              f"run `loader verify {self.dataset.path}`", RuntimeWarning, stacklevel=4)
+
     def _run_once(self) -> tuple[torch.Tensor, ...]:
         try:
             outputs = self._pipe.run()
@@ -326,6 +351,8 @@ class ImageLoader:
             # DALI pipelines are not reusable after an error: the next iter() builds a new one.
             self._release_pipeline()
             raise error from None
+        if self._feed.replaced and len(self._warned) < len(self._feed.replaced):
+            self._warn_replaced()
         return self._to_torch(*outputs)
 
     # -- DALI -> torch ------------------------------------------------------

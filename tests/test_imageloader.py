@@ -745,3 +745,62 @@ def test_damaged_datasets_raise_naming_the_record_for_every_seed(photo120, tmp_p
         assert named is None or record in named, outcome
         assert outcome.endswith(f"; run `loader verify {copy}`")
     assert failed >= len(configs)        # eval reads every record: each eval epoch fails
+
+
+REPLACE_IN_A_CHILD = textwrap.dedent("""
+    import json, sys, warnings
+    from loader import ImageLoader
+    path, kw = sys.argv[1], json.loads(sys.argv[2])
+    out = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ld = ImageLoader(path, image_size=32, with_indices=True, on_error="replace", **kw)
+        epochs = [[(idx.tolist(), labels.tolist(), list(images.shape)) for images, labels, idx in ld]
+                  for _ in range(2)]
+    print(json.dumps({"epochs": epochs, "bad": ld.bad_records, "len": len(ld),
+                      "warnings": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]}))
+""")
+
+
+@pytest.mark.parametrize("seed, batch_size, train", [(0, 8, True), (3, 16, True), (1, 16, False)])
+def test_on_error_replace_keeps_batches_full_and_reports_the_bad_records(photo120, tmp_path, seed, batch_size,
+                                                                         train):
+    copy = tmp_path / "copy"
+    bad = sorted(_damage(photo120, copy, "three-truncated"))          # records 3, 50, 97
+    kw = {"batch_size": batch_size, "seed": seed, "train": train}
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", REPLACE_IN_A_CHILD, str(copy), json.dumps(kw)], cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300,
+                           check=False)
+        assert r.returncode == 0, f"the child died (rc {r.returncode}): {r.stderr[-3000:]}"
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    got = run()
+    clean = ImageLoader(photo120, image_size=32, **kw)
+    ds = loader.open_dataset(copy)
+    for e, batches in enumerate(got["epochs"]):
+        plan = clean.epoch_plan(e).records.tolist()
+        seen = [i for idx, _, _ in batches for i in idx]
+        assert len(batches) == got["len"] == len(clean)
+        assert all(shape[0] == len(idx) for idx, _, shape in batches)
+        assert len(seen) == len(plan) and not set(seen) & set(bad)    # full batches, never a bad record
+        for k, (want, have) in enumerate(zip(plan, seen)):
+            if want in bad:                                            # the next good record of the plan
+                j = next(plan[(k + s) % len(plan)] for s in range(1, len(plan)) if plan[(k + s) % len(plan)]
+                         not in bad)
+                assert have == j
+            else:
+                assert have == want
+        labels = [lab for _, labs, _ in batches for lab in labs]
+        assert labels == [int(ds.labels[i]) for i in seen]
+    met = sorted({i for e in range(2) for i in clean.epoch_plan(e).records.tolist()} & set(bad))
+    assert got["bad"] == met and met
+    assert len(got["warnings"]) == len(met)                            # once per bad record
+    assert all("is damaged: its stored bytes do not match the manifest" in w for w in got["warnings"])
+    assert run() == got                                                # deterministic
+
+
+def test_on_error_must_be_raise_or_replace(colour_ds):
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'replace', got 'skip'"):
+        ImageLoader(colour_ds, batch_size=4, on_error="skip")
