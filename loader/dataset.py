@@ -118,11 +118,17 @@ class PackedDataset:
 
 
 def _check_shards(path: Path, ds: PackedDataset) -> None:
+    root = os.path.realpath(path)
     for info, reader in zip(ds.manifest.shards, ds._readers):
         f = path / info.name
         if not f.is_file():
             raise DatasetError(f"{path}: shard {info.name} is missing (the manifest lists it with "
                                f"{info.records} records); re-pack with `loader pack SRC DST --overwrite`")
+        # A shard is a plain file name (the manifest checks that), but the file may be a link:
+        # nothing outside DST is read.
+        if os.path.dirname(os.path.realpath(f)) != root:
+            raise DatasetError(f"{path}: shard {info.name} is a link to {os.path.realpath(f)}, outside the "
+                               f"dataset folder; copy the dataset with its files (cp -rL) or re-pack it")
         entries = len(reader)
         if entries != info.records:
             raise DatasetError(f"{path}: shard {info.name} holds {entries} records but the manifest "

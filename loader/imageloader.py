@@ -26,7 +26,7 @@ import torch
 
 from loader.buffers import BatchBuffers
 from loader.dataset import open_dataset
-from loader.errors import LoaderError
+from loader.errors import DatasetError, LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import CpuFinisher, build_pipeline
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
@@ -346,6 +346,9 @@ class ImageLoader:
         except RecordRejected as e:   # from the feed: DALI never saw the record
             self._release_pipeline()
             raise self._culprit(e.index, e.reason) from None
+        except DatasetError:          # from the feed: a record missing from its shard (names it)
+            self._release_pipeline()
+            raise
         except RuntimeError as e:
             error = self._decode_error(e)
             # DALI pipelines are not reusable after an error: the next iter() builds a new one.

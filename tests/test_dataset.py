@@ -249,3 +249,40 @@ def test_a_reader_finalized_while_a_shard_opens_does_not_deadlock(packed, tmp_pa
     again = open_dataset(packed)                        # and the file opens again
     assert again.read(0)
     again.close()
+
+
+# Hostile values at open: each a one-line DatasetError naming the manifest, nothing read outside DST.
+@pytest.mark.parametrize("change", [
+    {"heights": [float("nan")] * 9},                   # json writes NaN, and Python's json reads it
+    {"heights": [float("inf")] * 9},
+    {"widths": [10**30] * 9},                           # past int64
+    {"heights": [-5] * 9},
+    {"widths": [0] * 9},
+    {"heights": [True] * 9},                            # bool is an int in Python, not in the format
+    {"labels": [1.0] * 9},
+    {"num_records": "9"},
+    {"num_records": -1},
+    {"num_records": 10**30},
+    {"classes": "abc"},
+    {"checksums": [None] * 9},
+    {"sources": [7] * 9},
+    {"shards": {"name": "shard-00000.lmdb"}},
+    {"shards": lambda o: o["shards"][0].update(records=-4)},
+    {"shards": lambda o: o["shards"][0].update(first=float("nan"))},
+    {"shards": lambda o: o["shards"][0].update(name=None)},
+])
+def test_hostile_manifest_values_are_one_line_errors(packed, change):
+    edit_manifest(packed, **change)
+    with pytest.raises(DatasetError) as e:
+        open_dataset(packed)
+    msg = str(e.value)
+    assert "\n" not in msg and str(packed) in msg, msg
+
+
+def test_shard_symlinked_outside_the_dataset_is_refused(packed, tmp_path):
+    outside = tmp_path / "elsewhere.lmdb"
+    (packed / "shard-00001.lmdb").rename(outside)
+    (packed / "shard-00001.lmdb").symlink_to(outside)
+    with pytest.raises(DatasetError, match="outside the dataset folder") as e:
+        open_dataset(packed)
+    assert "\n" not in str(e.value)
