@@ -404,12 +404,11 @@ class ImageLoader:
                               num_threads=self.num_threads).check(self.dataset, records)
         except Exception:  # noqa: BLE001 - the search must not hide DALI's own error
             bad = []
-        verify = f"run `loader verify {self.dataset.path}`"
         if bad:
             return self._culprit(*bad[0])
         first = str(err).strip().splitlines()
         return DecodeError(f"DALI failed on a batch of {self.dataset.path}: "
-                           f"{first[0] if first else err}; {verify}")
+                           f"{first[0] if first else err}; run `loader verify {self.dataset.path}`")
 
     def _culprit(self, i: int, reason: str) -> DecodeError:
         shard, key = self.dataset.locate(i)

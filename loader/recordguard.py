@@ -112,7 +112,6 @@ class RecordGuard:
 
     def bad_positions(self, records: np.ndarray, arrays) -> list[int]:
         """Positions in ``records`` of bad records (checking those not checked before)."""
-        out = []
         for k in np.flatnonzero(~self._checked[records]).tolist():
             i = int(records[k])
             reason = self._reason(i, arrays[k])
@@ -120,9 +119,7 @@ class RecordGuard:
                 self._checked[i] = True
             else:
                 self.bad.setdefault(i, reason)
-        if self.bad:
-            out = [k for k, i in enumerate(records.tolist()) if i in self.bad]
-        return out
+        return [k for k, i in enumerate(records.tolist()) if i in self.bad] if self.bad else []
 
     def good(self, i: int) -> bool:
         """Whether record ``i`` passes (reading it if it was not checked yet)."""

@@ -40,6 +40,22 @@ def image_tree(tmp_path: Path) -> Path:
     return src
 
 
+def pack_small_images(root: Path, classes: int, per_class: int, base: tuple[int, int]) -> Path:
+    """Pack ``classes x per_class`` small solid JPEGs, each of its own size (``base`` + (i, class)),
+    into ``root/packed``; return it."""
+    from PIL import Image
+
+    import loader
+
+    for c in range(classes):
+        d = root / "src" / f"c{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (base[0] + i, base[1] + c), (15 * i % 256, 80 * c % 256, 90)).save(d / f"{i}.jpg")
+    loader.pack(root / "src", root / "packed", workers=1, progress=False)
+    return root / "packed"
+
+
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m loader ARGS`` in a subprocess (from the repo root)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -7,9 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-import loader
+from tests.conftest import pack_small_images
 
 WORKER = textwrap.dedent("""
     import json, sys, datetime
@@ -39,14 +38,8 @@ WORKER = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist")
-    for c in range(2):
-        d = root / "src" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(13):                        # 26 records: not a multiple of 2 * 3
-            Image.new("RGB", (40 + i, 30 + c), (20 * i, 100, 50 * c)).save(d / f"{i}.jpg")
-    loader.pack(root / "src", root / "packed", workers=1, progress=False)
-    return root / "packed"
+    # 26 records: not a multiple of 2 * 3
+    return pack_small_images(tmp_path_factory.mktemp("dist"), classes=2, per_class=13, base=(40, 30))
 
 
 @pytest.mark.parametrize("train", [True, False])

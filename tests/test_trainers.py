@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 import loader
+from tests.conftest import pack_small_images
 
 # Lightning and accelerate are test tools (scripts/setup.sh installs them), not dependencies.
 HERE = Path(__file__).resolve().parent
@@ -28,14 +28,8 @@ B = 4
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainers")
-    for c in range(3):
-        d = root / "src" / f"c{c}"
-        d.mkdir(parents=True)
-        for i in range(15):                        # 45 records: 34 training, 11 validation
-            Image.new("RGB", (24 + i, 20 + c), (15 * i, 80 * c, 90)).save(d / f"{i}.jpg")
-    loader.pack(root / "src", root / "packed", workers=1, progress=False)
-    return root / "packed"
+    # 45 records: 34 training, 11 validation
+    return pack_small_images(tmp_path_factory.mktemp("trainers"), classes=3, per_class=15, base=(24, 20))
 
 
 def _run(cmd: list[str], cwd: Path) -> None:

@@ -71,12 +71,6 @@ class Contender:
         self._it = None
 
     @property
-    def device(self):
-        import torch
-
-        return torch.device(self.spec.device)
-
-    @property
     def queue_depth(self) -> int:
         """Batches it may prepare ahead while another contender runs (warm-up covers them)."""
         return self.spec.prefetch + 1
