@@ -21,6 +21,7 @@ from loader.version import __version__  # noqa: E402,F401
 # DaliMissingError (an ImportError and a LoaderError) saying what to install.
 _EXPORTS = {
     "ImageLoader": "loader.imageloader",
+    "advise": "loader.advisor",
 }
 # Pure constants (no DALI): loader.recipe.
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402

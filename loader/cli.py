@@ -1,4 +1,4 @@
-"""Command line: ``loader pack | info | verify | bench``.
+"""Command line: ``loader pack | info | verify | bench | advise | doctor``.
 
 User errors (bad input, bad dataset, bad option values) print one line,
 ``error: <message>``, and exit with status 2 -- no traceback. ``verify`` exits
@@ -63,10 +63,13 @@ def dataset_info(dst: str) -> dict:
         "version": m.version,
         "num_records": m.num_records,
         "num_skipped": m.skipped,
-        "num_converted": sum(c is not None for c in m.converted),
+        "num_converted": m.num_converted(),
         "classes": [{"label": i, "name": c, "count": counts[i]} for i, c in enumerate(m.classes)],
-        "shards": [{"name": s.name, "first": s.first, "records": s.records, "bytes": s.bytes,
-                    "file_bytes": os.path.getsize(ds.path / s.name)} for s in m.shards],
+        "shards": [{"name": s.name, "first": s.first, "records": s.records, "values": s.entries,
+                    "bytes": s.bytes, "file_bytes": os.path.getsize(ds.path / s.name)} for s in m.shards],
+        # The index (manifest, columns, sources) and skipped.tsv: everything but the shards.
+        "index_bytes": sum(p.stat().st_size for p in ds.path.iterdir()
+                           if p.is_file() and p.name not in {s.name for s in m.shards}),
         "pack_params": m.pack_params,
     }
 
@@ -87,6 +90,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for s in info["shards"]:
         print(f"  {s['name']}  {s['records']} records from #{s['first']}, "
               f"{s['bytes'] / MB:.1f} MB of images, {s['file_bytes'] / MB:.1f} MB on disk")
+    print(f"index     {info['index_bytes'] / MB:.1f} MB (manifest version {info['version']})")
     params = " ".join(f"{k}={v}" for k, v in info["pack_params"].items())
     print(f"packed    {params}")
     return 0
@@ -250,6 +254,128 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_bench)
 
 
+def _cmd_advise(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loader.advisor import AdviseInterrupted, AdviseSettings, advise, print_result
+
+    settings = AdviseSettings(
+        batch_sizes=None if args.batch_sizes is None else parse_sizes(args.batch_sizes, "--batch-sizes"),
+        max_batch_size=args.max_batch_size, image_sizes=parse_sizes(args.image_size, "--image-size"),
+        device=args.device, optimizer=args.optimizer, amp=args.amp, memory_budget_mb=args.memory_budget,
+        safety_margin=args.safety_margin, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+        trial_images=args.trial, validation_split=args.validation_split, base_batch_size=args.base_batch_size,
+        base_lr=args.base_lr, threads=args.threads, prefetch=args.prefetch, seed=args.seed)
+    for path in (args.json, args.plot):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise LoaderError(f"cannot write {path}: folder {Path(path).parent} does not exist")
+    try:
+        result = advise(args.dst, model=args.model, settings=settings, progress=not args.quiet)
+    except AdviseInterrupted as e:
+        print("interrupted: results so far", file=sys.stderr)
+        print_result(e.result, json_path=args.json, plot_path=args.plot)
+        return 130
+    print_result(result, json_path=args.json, plot_path=args.plot)
+    return 0
+
+
+def _add_advise(sub: argparse._SubParsersAction) -> None:
+    from loader.units import available_cores
+
+    p = sub.add_parser(
+        "advise", help="choose a batch size with your model in the loop (memory, speed, input-bound, trial)",
+        description="For each batch size (and image size): the model's train step on one reused batch, "
+                    "ImageLoader alone, the training loop fed by ImageLoader (images/s, share of time "
+                    "waiting for data) and peak memory; out of memory or over the budget is reported as "
+                    "a row (oom / over-budget) and ends that image size's sweep. Then: the largest batch "
+                    "that fits, the recommended one (the smallest within 5% of the best end-to-end "
+                    "images/s), whether training is input-bound and what to try, and the linearly scaled "
+                    "learning rate. Guide: docs/advise.md.")
+    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`)")
+    p.add_argument("--model", required=True, metavar="MODULE:CALLABLE", help="the model factory, imported "
+                   "like a console-script entry point (MODULE from the current directory or PYTHONPATH); "
+                   "called with num_classes=<classes of DST> if it takes that keyword; must return a "
+                   "torch.nn.Module whose output is [batch, num_classes]")
+    p.add_argument("--batch-sizes", metavar="LIST", help="comma-separated batch sizes (default: powers of two "
+                   "from 8 to --max-batch-size); an image size's sweep stops at the first that fails")
+    p.add_argument("--max-batch-size", type=int, default=1024, metavar="N",
+                   help="largest default batch size (default: 1024)")
+    p.add_argument("--image-size", default="224", metavar="LIST", help="comma-separated image sizes in "
+                   "pixels (>= 8), e.g. 128,160,224: one row per (batch size, image size) (default: 224)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N: where the model trains and "
+                   "ImageLoader decodes (default: auto = CUDA if available)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="sgd (momentum 0.9) or adamw; its state counts in memory (default: sgd)")
+    p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU; bf16 on CUDA where "
+                   "supported, else fp16 with a gradient scaler (default: off)")
+    p.add_argument("--memory-budget", type=float, metavar="MB", help="memory a row may use, in MB (10^6 "
+                   "bytes), before the safety margin (default: the device's free memory on CUDA; none on CPU)")
+    p.add_argument("--safety-margin", type=float, default=0.1, metavar="F", help="fraction of the budget "
+                   "kept free: a row fits if its peak is within budget x (1 - F) (default: 0.1)")
+    p.add_argument("--steps", type=int, default=10, metavar="N",
+                   help="timed steps per measurement (model, loader, end to end) (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, metavar="N",
+                   help="untimed steps before each measurement (default: 2)")
+    p.add_argument("--repeats", type=int, default=3, metavar="N", help="rounds of the three measurements, "
+                   "round-robin; the median is reported (default: 3)")
+    p.add_argument("--trial", type=int, metavar="IMAGES", help="for each batch size that fits, train a fresh "
+                   "copy of the model (same initial weights) on IMAGES training images, then report train "
+                   "loss, validation loss and top-1 on the held-back split")
+    p.add_argument("--validation-split", type=float, default=0.2, metavar="F", help="fraction of DST held "
+                   "back for validation (ImageLoader's validation_split); every measurement and trial uses "
+                   "only the rest (default: 0.2)")
+    p.add_argument("--base-batch-size", type=int, metavar="B0", help="with --base-lr: the batch size that "
+                   "--base-lr is known to work for")
+    p.add_argument("--base-lr", type=float, metavar="LR", help="with --base-batch-size: learning rate at B0; "
+                   "batch B gets LR x B / B0 (linear scaling, Goyal et al. 2017) in the advice and the trial "
+                   "(default without it: 0.05 for sgd, 0.001 for adamw, for every batch size)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help=f"DALI threads (default: usable CPU cores, {available_cores()})")
+    p.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="ImageLoader's prefetch depth in batches, >= 1 (default: 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's initial weights, the split, the "
+                   "shuffle and the augmentation, >= 0 (default: 0)")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON (schema: loader.advisor.results)")
+    p.add_argument("--plot", metavar="FILE.png", help="plot images/s, memory and validation top-1 against "
+                   "batch size (PNG; needs matplotlib: pip install 'loader[bench]')")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.set_defaults(func=_cmd_advise)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from loader.doctor import run_doctor
+
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise LoaderError(f"cannot write {args.json}: folder {Path(args.json).parent} does not exist")
+    try:
+        report = run_doctor(args.dst, batch_size=args.batch_size, image_size=args.image_size,
+                            max_batches=args.batches)
+    except ValueError as e:          # a bad option value: the one-line user error
+        raise LoaderError(str(e)) from None
+    print("\n".join(report.lines()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0 if report.ok else 1
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    import loader.doctor as doctor_doc
+
+    p = sub.add_parser("doctor", help="report the environment and self-check the CPU and GPU paths",
+                       description=(doctor_doc.__doc__ or "").strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dst", metavar="DST", nargs="?", help="a packed dataset to self-check the loader on "
+                   "(default: report the environment only)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="batch size of the self-check (default: 32)")
+    p.add_argument("--image-size", type=int, default=224, metavar="PX", help="output size of the self-check "
+                   "(default: 224)")
+    p.add_argument("--batches", type=int, default=8, metavar="N", help="eval batches per path, at most (default: 8)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (loader.doctor.DoctorReport.to_dict)")
+    p.set_defaults(func=_cmd_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``loader`` argument parser."""
     from loader.version import __version__
@@ -263,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_verify(sub)
     _add_bench(sub)
+    _add_advise(sub)
+    _add_doctor(sub)
     return parser
 
 

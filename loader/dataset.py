@@ -39,6 +39,8 @@ class PackedDataset:
         self.labels: np.ndarray = manifest.labels
         self.heights: np.ndarray = manifest.heights
         self.widths: np.ndarray = manifest.widths
+        # Where each record is (version 3): the value's key, and the slice of it.
+        self._keys, self._offsets, self._lengths = manifest.keys, manifest.offsets, manifest.lengths
         self._firsts = np.array([s.first for s in manifest.shards], dtype=np.int64)
         self._readers = [ShardReader(self.path / s.name) for s in manifest.shards]
 
@@ -56,14 +58,15 @@ class PackedDataset:
         return i
 
     def locate(self, i: int) -> tuple[str, int]:
-        """``(shard file name, local key)`` of record ``i``.
+        """``(shard file name, key number)`` of the LMDB value holding record ``i``.
 
         >>> ds.locate(1234)                                 # doctest: +SKIP
-        ('shard-00001.lmdb', 234)
+        ('shard-00001.lmdb', 58)
         """
         i = self._check_index(i)
         s = int(np.searchsorted(self._firsts, i, side="right")) - 1
-        return self.manifest.shards[s].name, i - int(self._firsts[s])
+        key = i - int(self._firsts[s]) if self._keys is None else int(self._keys[i])
+        return self.manifest.shards[s].name, key
 
     def read(self, i: int) -> bytes:
         """Stored encoded bytes of record ``i`` (JPEG or PNG).
@@ -73,7 +76,9 @@ class PackedDataset:
         """
         i = self._check_index(i)
         s = int(np.searchsorted(self._firsts, i, side="right")) - 1
-        return self._readers[s].read(i - int(self._firsts[s]))
+        if self._keys is None:
+            return self._readers[s].read(i - int(self._firsts[s]))
+        return self._readers[s].read(int(self._keys[i]), int(self._offsets[i]), int(self._lengths[i]))
 
     def read_batch(self, indices: Iterable[int]) -> list[np.ndarray]:
         """Records ``indices`` as uint8 1-D arrays (the loader's fast path).
@@ -86,23 +91,35 @@ class PackedDataset:
             bad = int(idx[(idx < 0) | (idx >= len(self))][0])
             raise IndexError(f"record index {bad} out of range for {len(self)} records in {self.path}")
         shard = np.searchsorted(self._firsts, idx, side="right") - 1
-        local = idx - self._firsts[shard]
         shard_list = shard.tolist()
         gets = {s: self._readers[s].txn().get for s in set(shard_list)}  # opens only shards in use
-        values = [gets[s](b"%010d" % k) for s, k in zip(shard_list, local.tolist())]
-        if None in values:
-            i = int(idx[values.index(None)])
-            raise DatasetError(f"{self.path}: record {i} ({self.locate(i)[0]} key "
-                               f"{record_key(self.locate(i)[1]).decode()}) is missing; re-pack the dataset")
-        return [np.frombuffer(v, dtype=np.uint8) for v in values]
+        if self._keys is None:
+            keys = (idx - self._firsts[shard]).tolist()
+            starts = [0] * len(keys)
+            ends = [None] * len(keys)
+        else:
+            keys = self._keys[idx].tolist()
+            starts = self._offsets[idx].astype(np.int64)
+            ends = (starts + self._lengths[idx]).tolist()
+            starts = starts.tolist()
+        out = []
+        for k, (s, key) in enumerate(zip(shard_list, keys)):
+            value = gets[s](b"%010d" % key)   # a view into the map: copy only the record's slice
+            if value is None or (ends[k] is not None and ends[k] > len(value)):
+                i = int(idx[k])
+                what = "is missing" if value is None else "is cut short"
+                raise DatasetError(f"{self.path}: record {i} ({self.locate(i)[0]} key "
+                                   f"{record_key(self.locate(i)[1]).decode()}) {what}; re-pack the dataset")
+            out.append(np.frombuffer(value[starts[k]:ends[k]], dtype=np.uint8).copy())
+        return out
 
     def source(self, i: int) -> str:
         """Path of record ``i``'s source file, relative to the SRC it was packed from."""
-        return self.manifest.sources[self._check_index(i)]
+        return self.manifest.source(self._check_index(i))
 
     def checksum(self, i: int) -> str:
         """Manifest checksum of record ``i``'s bytes (CRC-32 hex; blake2b-64 in version 1 manifests)."""
-        return self.manifest.checksums[self._check_index(i)]
+        return self.manifest.checksum(self._check_index(i))
 
     def close(self) -> None:
         """Close the shard files opened by this process (reopened on next use)."""
@@ -110,11 +127,12 @@ class PackedDataset:
             r.close()
 
     def __getstate__(self) -> dict:
-        # ShardReader pickles without its open environment: each process reopens.
-        return {"path": self.path, "manifest": self.manifest}
+        # ShardReader pickles without its open environment: each process reopens. A version 3
+        # index is mapped again (a pickle of the maps would copy them); older ones travel.
+        return {"path": self.path, "manifest": None if self.manifest.keys is not None else self.manifest}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["path"], state["manifest"])
+        self.__init__(state["path"], state["manifest"] or read_manifest(state["path"]))
 
 
 def _check_shards(path: Path, ds: PackedDataset) -> None:
@@ -130,9 +148,9 @@ def _check_shards(path: Path, ds: PackedDataset) -> None:
             raise DatasetError(f"{path}: shard {info.name} is a link to {os.path.realpath(f)}, outside the "
                                f"dataset folder; copy the dataset with its files (cp -rL) or re-pack it")
         entries = len(reader)
-        if entries != info.records:
-            raise DatasetError(f"{path}: shard {info.name} holds {entries} records but the manifest "
-                               f"says {info.records}; re-pack with `loader pack SRC DST --overwrite`")
+        if entries != info.entries:
+            raise DatasetError(f"{path}: shard {info.name} holds {entries} values but the manifest "
+                               f"says {info.entries}; re-pack with `loader pack SRC DST --overwrite`")
 
 
 def open_dataset(dst: str | os.PathLike) -> PackedDataset:

@@ -28,10 +28,10 @@ from loader.buffers import BatchBuffers
 from loader.dataset import open_dataset
 from loader.errors import DatasetError, LoaderError
 from loader.feed import EpochFeed, EpochPlan
-from loader.pipeline import CpuFinisher, build_pipeline
+from loader.pipeline import CpuFinisher, GpuDecode, build_pipeline, resolve_gpu_decode
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.recordguard import RecordGuard, RecordRejected
-from loader.sampler import epoch_order, num_batches, rank_share, share_size, split_indices
+from loader.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
 from loader.units import available_cores
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
@@ -85,6 +85,8 @@ def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.dev
             raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto'")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % torch.cuda.device_count())
+        elif dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return dev
@@ -114,6 +116,11 @@ class ImageLoader:
             or a header whose size is not the manifest's; see :mod:`loader.recordguard`):
             "raise" (default) a :class:`DecodeError` naming it; "replace" its slot with the next
             good record of this rank's epoch order, warn once, and list it in ``bad_records``.
+        gpu_decode: how the GPU path decodes (ignored on the CPU): "roi" decodes only the crop
+            window (nvJPEG region decode); "full" decodes the whole image (hardware JPEG decoder
+            included) and crops it on the GPU; "auto" (default) is "full" while the installed
+            nvImageCodec is 0.9.x, whose region decode NVIDIA/nvImageCodec#55 reports crashing
+            on H100, else "roi". Same pixels either way; see docs/gpu.md.
 
     Example:
         >>> loader = ImageLoader("photos.packed", batch_size=256)     # doctest: +SKIP
@@ -128,7 +135,7 @@ class ImageLoader:
                  mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
                  validation_split: float | None = None, subset: str | None = None,
                  rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
-                 on_error: Literal["raise", "replace"] = "raise"):
+                 on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto"):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(image_size, int) or image_size < 8:
@@ -141,6 +148,7 @@ class ImageLoader:
             raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.uint8, got {dtype!r}")
         if on_error not in ("raise", "replace"):
             raise ValueError(f"on_error must be 'raise' or 'replace', got {on_error!r}")
+        self.gpu_decode = resolve_gpu_decode(gpu_decode)    # validates; "auto" resolved once, here
         if (mean is None) != (std is None):
             raise ValueError("mean and std must both be given or both be None")
         if dtype == torch.uint8 and mean is not None:
@@ -157,8 +165,12 @@ class ImageLoader:
         rank, world_size, local_rank = self._distribution()
 
         self.dataset = open_dataset(path)
-        self._subset = split_indices(len(self.dataset), validation_split, subset, seed)
-        if len(self._subset) == 0:
+        # The records this loader draws from: None is all of them (no O(records) index array
+        # per rank); a validation split keeps its subset, int32 below 2**31 records.
+        self._subset = (None if validation_split is None and subset is None
+                        else split_indices(len(self.dataset), validation_split, subset, seed))
+        self._n = len(self.dataset) if self._subset is None else len(self._subset)
+        if self._n == 0:
             raise ValueError(f"subset {subset!r} of {path} is empty "
                              f"(validation_split={validation_split}, {len(self.dataset)} records)")
 
@@ -204,11 +216,11 @@ class ImageLoader:
 
     def _share(self, world_size: int) -> int:
         """Samples each rank gets per epoch with ``world_size`` ranks."""
-        share = share_size(len(self._subset), world_size, self.batch_size, self.drop_last)
+        share = share_size(self._n, world_size, self.batch_size, self.drop_last)
         if share == 0:
             raise ValueError(
                 f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.path} "
-                f"({len(self._subset) // world_size} of {len(self._subset)} records over {world_size} "
+                f"({self._n // world_size} of {self._n} records over {world_size} "
                 f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False")
         return share
 
@@ -254,9 +266,13 @@ class ImageLoader:
     def epoch_plan(self, epoch: int, start_batch: int = 0) -> EpochPlan:
         """The records this rank yields in ``epoch`` (global indices, in order)."""
         rank, world_size, _ = self._distribution()
-        order = epoch_order(len(self._subset), self.seed, epoch, self.shuffle)
-        positions = rank_share(np.arange(len(order)), rank, world_size, self.batch_size, self.drop_last)
-        return EpochPlan(epoch=epoch, records=self._subset[order[positions]], positions=positions,
+        # Per rank, only the share's arrays outlive this call (the epoch's permutation is
+        # needed whole, as on every rank, to agree on the order).
+        positions = rank_positions(self._n, rank, world_size, self.batch_size, self.drop_last)
+        records = epoch_order(self._n, self.seed, epoch, self.shuffle)[positions]
+        if self._subset is not None:
+            records = self._subset[records]
+        return EpochPlan(epoch=epoch, records=records.astype(np.int64), positions=positions,
                          batch_size=self.batch_size, start_batch=start_batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -293,7 +309,7 @@ class ImageLoader:
                 device_id=self.device.index if self.device.type == "cuda" else None,
                 prefetch=self.prefetch, seed=self.seed, image_size=self.image_size,
                 dtype=_DTYPES[self.dtype], layout="HWC" if self.channels_last else "CHW",
-                mean=self._mean, std=self._std)
+                mean=self._mean, std=self._std, gpu_decode=self.gpu_decode, **self._largest_image())
             return
         # Finish the previous epoch (it may have been abandoned mid-way): DALI
         # has batches in flight; drain them, then reset, which re-iterates the feed.
@@ -309,6 +325,13 @@ class ImageLoader:
             raise RuntimeError("DALI did not end the abandoned epoch (internal error)")
         self._feed.start(plan)
         self._pipe.reset()
+
+    def _largest_image(self) -> dict:
+        """The nvJPEG preallocation hints (GPU only): a scan of two columns, which on the CPU
+        would fault in 80 MB of a 10M-record index for nothing."""
+        if self.device.type != "cuda":
+            return {"max_height": 0, "max_width": 0}
+        return {"max_height": int(self.dataset.heights.max()), "max_width": int(self.dataset.widths.max())}
 
     def _batches(self, epoch: int, start: int, plan: EpochPlan):
         world_size = self.world_size
@@ -363,15 +386,17 @@ class ImageLoader:
         b = len(indices)
         s = self.image_size
         shape = (b, s, s, 3) if self.channels_last else (b, 3, s, s)
-        out = self._buffers.take(shape, self.dtype, self.device)
-        if self.channels_last:
-            out = out.permute(0, 3, 1, 2)   # NCHW view of NHWC memory = channels_last, no copy
+        base = self._buffers.take(shape, self.dtype, self.device)
+        # NCHW view of NHWC memory = channels_last, no copy.
+        out = base.permute(0, 3, 1, 2) if self.channels_last else base
         lab = torch.empty((b,), dtype=torch.int64, device=self.device)
         if self.device.type == "cuda":
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             stream = torch.cuda.current_stream(self.device)
-            feed_ndarray(images.as_tensor(), out, cuda_stream=stream)
+            # Into `base`, whose shape is DALI's (NHWC with channels_last): feed_ndarray checks
+            # the shapes and copies raw bytes; the permuted view would fail that check.
+            feed_ndarray(images.as_tensor(), base, cuda_stream=stream)
             feed_ndarray(labels.as_tensor(), lab, cuda_stream=stream)
         else:
             # The CPU graph yields the decoded crops (numpy views of DALI's

@@ -1,64 +1,92 @@
-"""The manifest: ``DST/manifest.json``, the index of a packed dataset.
+"""The index of a packed dataset: ``DST/manifest.json`` plus per-record columns beside it.
 
-JSON only -- nothing in the format is pickled, so opening a dataset from an
-untrusted source cannot run code. One line per top-level key keeps it readable
-with ``head``; per-record data are arrays in global record order:
+Version 3 (written since loader 0.2): ``manifest.json`` is a small JSON header
+(format, version, classes, shards, counts, pack parameters); per-record data
+are ``.npy`` columns in global record order, memory-mapped and validated with
+numpy (:mod:`loader.columns`), so a dataset of any size opens in about the
+same time and every process on a machine shares one copy:
 
-* ``labels``, ``heights``, ``widths`` (of the stored, upright image),
-* ``checksums``: CRC-32 of the stored bytes, 8 hex digits (version 1 manifests:
-  blake2b with an 8-byte digest, 16 hex digits; both are read),
-* ``sources``: path relative to SRC, ``/`` separators,
-* ``converted``: what ``pack`` did to the image (None: stored byte-for-byte).
+==================== ======= ==================================================
+file                 dtype   per record
+==================== ======= ==================================================
+``labels.npy``       int32   class index
+``heights.npy``      int32   height of the stored, upright image
+``widths.npy``       int32   width
+``checksums.npy``    uint32  CRC-32 of the record's bytes
+``keys.npy``         int32   LMDB key number (in its shard) of the value holding it
+``offsets.npy``      uint32  where the record starts in that value
+``lengths.npy``      uint32  its length in bytes
+``converted.npy``    uint8   0: stored byte-for-byte; k: ``conversions[k-1]``
+``source_offsets.npy`` int64 ``n + 1`` offsets into ``sources.bin``
+==================== ======= ==================================================
 
-``shards`` lists each shard file with the global index of its first record
-(``first``), its record count and payload bytes. Record ``i`` lives in the
-shard with the largest ``first <= i`` under key ``b"%010d" % (i - first)``.
+``sources.bin`` holds the source paths (relative to SRC, ``/`` separators,
+UTF-8 with surrogate escapes) end to end; it is read only when a path is
+asked for (:meth:`Manifest.source`: ``verify``, error messages).
+
+Several small records share one LMDB value (:mod:`loader.shards`), so a
+record is ``value[offset:offset + length]`` of the value stored under key
+``keys[i]`` in the shard with the largest ``first <= i``.
+
+Nothing is pickled: ``np.load(..., allow_pickle=False)``. Versions 1 and 2
+(one JSON file holding every list, one record per LMDB value) are still read,
+as before (:mod:`loader.manifest_legacy`); re-pack to get version 3.
 
 >>> m = read_manifest("photos.packed")                  # doctest: +SKIP
->>> m.num_records, m.classes, m.shards[0].name  # doctest: +SKIP
-(3000, ('cat', 'dog'), 'shard-00000.lmdb')
+>>> m.num_records, m.classes, m.shards[0].name, m.source(0)  # doctest: +SKIP
+(3000, ('cat', 'dog'), 'shard-00000.lmdb', 'cat/001.jpg')
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from loader.columns import read_column, scan_column, write_column
 from loader.errors import DatasetError
+from loader.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
     "FORMAT",
     "MANIFEST_NAME",
     "SKIPPED_NAME",
     "VERSION",
+    "IndexWriter",
     "Manifest",
     "ShardInfo",
     "check_shard_name",
     "read_manifest",
     "record_checksum",
-    "write_manifest",
 ]
 
 FORMAT = "loader.lmdb-shards"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)    # 1: blake2b-64 checksums; 2: CRC-32 (pack hashes ~5x faster)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.tsv"
-
-_RECORD_FIELDS = ("labels", "heights", "widths", "checksums", "sources", "converted")
-_FIELDS = ("format", "version", "classes", "shards", "num_records") + _RECORD_FIELDS + (
-    "pack_params", "skipped")
+SOURCES_NAME = "sources.bin"
+# Column name -> (file, dtype). One home for the version 3 layout.
+COLUMNS: dict[str, tuple[str, np.dtype]] = {
+    name: (f"{name}.npy", np.dtype(dt)) for name, dt in (
+        ("labels", "<i4"), ("heights", "<i4"), ("widths", "<i4"), ("checksums", "<u4"),
+        ("keys", "<i4"), ("offsets", "<u4"), ("lengths", "<u4"), ("converted", "u1"),
+        ("source_offsets", "<i8"))
+}
+_HEADER_KEYS = ("format", "version", "classes", "shards", "num_records", "conversions",
+                "pack_params", "skipped")
+_INT32_MAX = 2**31 - 1
+_REPACK = "re-pack with `loader pack SRC DST --overwrite`"
 
 
 def record_checksum(data: bytes, version: int = VERSION) -> str:
-    """Checksum stored in a manifest of ``version`` for a record's bytes.
+    """Checksum a manifest of ``version`` keeps for a record's bytes, as hex.
 
     CRC-32 since version 2: it guards against corruption (bit rot, torn or
     truncated writes), not tampering, and costs ~15 us for a 65 KB JPEG where
@@ -70,26 +98,87 @@ def record_checksum(data: bytes, version: int = VERSION) -> str:
     'd8bb14d833d59559'
     """
     if version == 1:
+        import hashlib
+
         return hashlib.blake2b(data, digest_size=8).hexdigest()
     return f"{zlib.crc32(data):08x}"
 
 
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard file: ``records`` records from global index ``first`` on."""
+class _LegacyRecords:
+    """Checksums, sources and conversions of a version 1/2 manifest (parsed JSON lists)."""
 
-    name: str
-    first: int
-    records: int
-    bytes: int
+    def __init__(self, version: int, checksums: tuple, sources: tuple, converted: tuple):
+        self.checksums, self.sources, self.converted_list = checksums, sources, converted
+        self._version = version
+        self._crc: np.ndarray | None = None
+
+    @property
+    def crc32(self) -> np.ndarray | None:
+        if self._version == 1:
+            return None
+        if self._crc is None:
+            self._crc = np.array([int(c, 16) for c in self.checksums], dtype=np.uint32)
+        return self._crc
+
+    def checksum(self, i: int) -> str:
+        return self.checksums[i]
+
+    def source(self, i: int) -> str:
+        return self.sources[i]
+
+    def converted(self, i: int) -> str | None:
+        return self.converted_list[i]
+
+    def num_converted(self) -> int:
+        return sum(c is not None for c in self.converted_list)
+
+
+class _ColumnRecords:
+    """The same for version 3: columns mapped on first use; ``sources.bin`` only when asked."""
+
+    def __init__(self, path: Path, n: int, conversions: tuple[str, ...], converted: np.ndarray):
+        self._path, self._n, self._conversions, self._converted = path, n, conversions, converted
+        self._crc: np.ndarray | None = None
+        self._offsets: np.ndarray | None = None
+        self._blob: np.ndarray | None = None
+
+    @property
+    def crc32(self) -> np.ndarray:
+        if self._crc is None:
+            self._crc = np.asarray(read_column(self._path / COLUMNS["checksums"][0], "checksums",
+                                               COLUMNS["checksums"][1], self._n, validate=False))
+        return self._crc
+
+    def checksum(self, i: int) -> str:
+        return f"{int(self.crc32[i]):08x}"
+
+    def source(self, i: int) -> str:
+        if self._blob is None:
+            self._offsets = np.asarray(read_column(self._path / COLUMNS["source_offsets"][0],
+                                                   "source_offsets", COLUMNS["source_offsets"][1],
+                                                   self._n + 1, validate=False))
+            size = int(self._offsets[-1])
+            self._blob = (np.memmap(self._path / SOURCES_NAME, dtype=np.uint8, mode="r", shape=(size,))
+                          if size else np.zeros(0, dtype=np.uint8))
+        a, b = int(self._offsets[i]), int(self._offsets[i + 1])
+        return bytes(self._blob[a:b]).decode("utf-8", "surrogateescape")
+
+    def converted(self, i: int) -> str | None:
+        code = int(self._converted[i])
+        return None if code == 0 else self._conversions[code - 1]
+
+    def num_converted(self) -> int:
+        return int(np.count_nonzero(self._converted))
 
 
 @dataclass(frozen=True, eq=False)
 class Manifest:
-    """Everything about a packed dataset except the image bytes.
+    """Everything about a packed dataset except the image bytes (see the module docstring).
 
-    Equality compares the JSON form (the numpy fields make field-wise ``==``
-    ambiguous).
+    ``labels``, ``heights``, ``widths`` (and, in version 3, ``keys``,
+    ``offsets``, ``lengths``) are read-only arrays, memory-mapped in version 3.
+    Checksums, sources and conversions are read per record with
+    :meth:`checksum`, :meth:`source` and :meth:`converted`.
     """
 
     format: str
@@ -97,86 +186,136 @@ class Manifest:
     classes: tuple[str, ...]
     shards: tuple[ShardInfo, ...]
     num_records: int
-    labels: np.ndarray    # int64
-    heights: np.ndarray   # int32
-    widths: np.ndarray    # int32
-    checksums: tuple[str, ...]
-    sources: tuple[str, ...]
-    converted: tuple[str | None, ...]
+    labels: np.ndarray
+    heights: np.ndarray
+    widths: np.ndarray
+    keys: np.ndarray | None          # None before version 3: record k of a shard is value k, whole
+    offsets: np.ndarray | None
+    lengths: np.ndarray | None
     pack_params: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
+    _records: Any = field(default=None, repr=False)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Manifest) and self.to_json() == other.to_json()
+    def checksum(self, i: int) -> str:
+        """Checksum of record ``i``'s bytes, as :func:`record_checksum` writes it."""
+        return self._records.checksum(i)
 
-    __hash__ = None  # mutable numpy arrays inside
+    @property
+    def crc32(self) -> np.ndarray | None:
+        """CRC-32 of every record (uint32 array), or None for version 1 (blake2b) manifests."""
+        return self._records.crc32
 
-    def to_json(self) -> str:
-        """Deterministic JSON text: same dataset, same bytes."""
-        obj = _to_plain(self)
-        lines = (f"{json.dumps(k)}: {json.dumps(obj[k], separators=(',', ':'))}" for k in _FIELDS)
-        return "{\n" + ",\n".join(lines) + "\n}\n"
+    def source(self, i: int) -> str:
+        """Path of record ``i``'s source file, relative to the SRC it was packed from."""
+        return self._records.source(i)
 
-    @classmethod
-    def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
-        """Parse and validate; raises :class:`DatasetError` naming ``where``."""
-        try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatasetError(f"{where} is not valid JSON ({e}); re-create the dataset with "
-                               f"`loader pack SRC DST --overwrite`") from None
-        return _from_plain(obj, where)
+    def converted(self, i: int) -> str | None:
+        """What pack did to record ``i`` (e.g. ``"exif-rotate"``), or None if stored as-is."""
+        return self._records.converted(i)
 
+    def num_converted(self) -> int:
+        """Records pack converted rather than stored byte-for-byte."""
+        return self._records.num_converted()
 
-def _to_plain(m: Manifest) -> dict[str, Any]:
-    return {
-        "format": m.format,
-        "version": m.version,
-        "classes": list(m.classes),
-        "shards": [{"name": s.name, "first": s.first, "records": s.records, "bytes": s.bytes}
-                   for s in m.shards],
-        "num_records": m.num_records,
-        "labels": np.asarray(m.labels).tolist(),
-        "heights": np.asarray(m.heights).tolist(),
-        "widths": np.asarray(m.widths).tolist(),
-        "checksums": list(m.checksums),
-        "sources": list(m.sources),
-        "converted": list(m.converted),
-        "pack_params": m.pack_params,
-        "skipped": m.skipped,
-    }
+    def header(self) -> dict[str, Any]:
+        """The JSON header's content (version 3 layout), e.g. for ``loader info``."""
+        return {"format": self.format, "version": self.version, "classes": list(self.classes),
+                "shards": [_shard_plain(s) for s in self.shards], "num_records": self.num_records,
+                "pack_params": self.pack_params, "skipped": self.skipped}
 
 
-def check_shard_name(name: object, where: str = "manifest") -> str:
-    """Return ``name`` if it is a plain file name (no folders, no ``..``).
+def _shard_plain(s: ShardInfo) -> dict[str, Any]:
+    d = {"name": s.name, "first": s.first, "records": s.records, "bytes": s.bytes}
+    if s.values is not None:
+        d["values"] = s.values
+    return d
 
-    A manifest must not make a reader open files outside its dataset folder.
 
-    >>> check_shard_name("shard-00000.lmdb")
-    'shard-00000.lmdb'
+# ---------------------------------------------------------------- writing
+
+
+class IndexWriter:
+    """Builds a version 3 index record by record in numpy arrays (no per-record Python objects),
+    then writes the columns and, last, ``manifest.json``.
+
+    >>> w = IndexWriter("DST", capacity=2)                      # doctest: +SKIP
+    >>> w.add(label=0, height=48, width=64, crc=0x352441c2, key=0, offset=0, length=3,
+    ...       converted=None, source="cat/1.jpg")                # doctest: +SKIP
     """
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
-            or "\\" in name or "\0" in name or os.path.isabs(name) or ":" in name):
-        raise DatasetError(f"{where}: unsafe shard name {name!r}: shard names must be plain file "
-                           f"names inside the dataset folder; the manifest was tampered with or "
-                           f"corrupted, re-create it with `loader pack SRC DST --overwrite`")
-    return name
+
+    def __init__(self, dst: str | os.PathLike, capacity: int):
+        self.dst = Path(dst)
+        self.count = 0
+        self._cols = {name: np.zeros(capacity if name != "source_offsets" else capacity + 1, dtype=dt)
+                      for name, (_, dt) in COLUMNS.items()}
+        self._codes: dict[str, int] = {}
+        self._sources = open(self.dst / SOURCES_NAME, "wb")
+        self._source_bytes = 0
+
+    def add(self, *, label: int, height: int, width: int, crc: int, key: int, offset: int,
+            length: int, converted: str | None, source: str) -> int:
+        """Append one record; return its global index."""
+        k = self.count
+        c = self._cols
+        c["labels"][k], c["heights"][k], c["widths"][k], c["checksums"][k] = label, height, width, crc
+        c["keys"][k], c["offsets"][k], c["lengths"][k] = key, offset, length
+        if converted is not None:
+            code = self._codes.setdefault(converted, len(self._codes) + 1)
+            if code > 255:
+                raise ValueError("more than 255 distinct conversions")
+            c["converted"][k] = code
+        raw = source.encode("utf-8", "surrogateescape")
+        self._sources.write(raw)
+        self._source_bytes += len(raw)
+        c["source_offsets"][k + 1] = self._source_bytes
+        self.count = k + 1
+        return k
+
+    def extend(self, *, labels, heights, widths, crcs, keys, offsets, lengths, sources: bytes,
+               source_ends) -> None:
+        """Append many records at once from arrays (``source_ends``: each path's end offset in
+        ``sources``, relative to it). For synthetic indexes and bulk writers; records are stored
+        as-is (``converted`` 0)."""
+        k, m = self.count, len(labels)
+        c = self._cols
+        for name, values in (("labels", labels), ("heights", heights), ("widths", widths),
+                             ("checksums", crcs), ("keys", keys), ("offsets", offsets),
+                             ("lengths", lengths)):
+            c[name][k:k + m] = values
+        c["source_offsets"][k + 1:k + m + 1] = self._source_bytes + np.asarray(source_ends, dtype=np.int64)
+        self._sources.write(sources)
+        self._source_bytes += len(sources)
+        self.count = k + m
+
+    def close(self) -> None:
+        """Close the sources file without writing the index (an aborted pack)."""
+        if not self._sources.closed:
+            self._sources.close()
+
+    def finish(self, *, classes: Sequence[str], shards: Sequence[ShardInfo], pack_params: dict,
+               skipped: int) -> Path:
+        """Write every column and ``manifest.json`` (all flushed); return the manifest's path."""
+        self._sources.flush()
+        os.fsync(self._sources.fileno())
+        self.close()
+        n = self.count
+        for name, (fname, _) in COLUMNS.items():
+            write_column(self.dst / fname, self._cols[name][: n + (name == "source_offsets")])
+        conversions = sorted(self._codes, key=self._codes.get)
+        header = {"format": FORMAT, "version": VERSION, "classes": list(classes),
+                  "shards": [_shard_plain(s) for s in shards], "num_records": n,
+                  "conversions": conversions, "pack_params": pack_params, "skipped": skipped}
+        text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(header[k], separators=(',', ':'))}"
+                                  for k in _HEADER_KEYS) + "\n}\n"
+        path = self.dst / MANIFEST_NAME
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
 
 
-def _int_array(values: object, key: str, dtype: type, where: str) -> np.ndarray:
-    if not isinstance(values, list) or not all(type(v) is int for v in values):
-        raise DatasetError(f"{where}: {key!r} must be a list of integers")
-    try:
-        return np.asarray(values, dtype=dtype).reshape(-1)
-    except OverflowError:
-        raise DatasetError(f"{where}: {key!r} has out-of-range values") from None
-
-
-def _str_tuple(values: object, key: str, where: str, allow_none: bool = False) -> tuple:
-    ok = (str, type(None)) if allow_none else str
-    if not isinstance(values, list) or not all(isinstance(v, ok) for v in values):
-        raise DatasetError(f"{where}: {key!r} must be a list of strings")
-    return tuple(values)
+# ---------------------------------------------------------------- reading
 
 
 def _check_header(obj: object, where: str) -> dict[str, Any]:
@@ -189,83 +328,93 @@ def _check_header(obj: object, where: str) -> dict[str, Any]:
                            f"versions {', '.join(map(str, READABLE_VERSIONS))}); "
                            f"re-pack with `loader pack SRC DST --overwrite` "
                            f"or use a matching loader release")
-    missing = [k for k in _FIELDS if k not in obj]
-    if missing:
-        raise DatasetError(f"{where}: missing keys {', '.join(missing)}")
     return obj
 
 
-def _parse_shards(raw: object, where: str) -> tuple[ShardInfo, ...]:
-    if not isinstance(raw, list):
-        raise DatasetError(f"{where}: 'shards' must be a list")
-    shards = []
-    for s in raw:
-        if not isinstance(s, dict) or not all(type(s.get(k)) is int for k in ("first", "records", "bytes")):
-            raise DatasetError(f"{where}: bad shard entry {s!r}")
-        shards.append(ShardInfo(check_shard_name(s.get("name"), where), s["first"], s["records"], s["bytes"]))
-    return tuple(shards)
+def _keys_in_shards(shards: tuple[ShardInfo, ...]):
+    def check(chunk: np.ndarray, first: int) -> str | None:
+        end = first + len(chunk)
+        for s in shards:     # the shards this chunk of records overlaps
+            a, b = max(s.first, first), min(s.first + s.records, end)
+            if a >= b:
+                continue
+            part = chunk[a - first:b - first]
+            if part.min() < 0 or part.max() >= s.entries:
+                k = int(np.flatnonzero((part < 0) | (part >= s.entries))[0])
+                return (f"record {a + k} has key {int(part[k])}, outside shard {s.name}'s "
+                        f"{s.entries} values")
+        return None
+    return check
 
 
-def _from_plain(obj: object, where: str) -> Manifest:
-    obj = _check_header(obj, where)
-    classes = _str_tuple(obj["classes"], "classes", where)
-    m = Manifest(
-        format=obj["format"], version=obj["version"], classes=classes,
-        shards=_parse_shards(obj["shards"], where), num_records=obj["num_records"],
-        labels=_int_array(obj["labels"], "labels", np.int64, where),
-        heights=_int_array(obj["heights"], "heights", np.int32, where),
-        widths=_int_array(obj["widths"], "widths", np.int32, where),
-        checksums=_str_tuple(obj["checksums"], "checksums", where),
-        sources=_str_tuple(obj["sources"], "sources", where),
-        converted=_str_tuple(obj["converted"], "converted", where, allow_none=True),
-        pack_params=obj["pack_params"], skipped=obj["skipped"])
-    validate(m, where)
-    return m
+def _monotone_from_zero(last: int):
+    prev = [0]
+
+    def check(chunk: np.ndarray, first: int) -> str | None:
+        if first == 0 and chunk[0] != 0:
+            return "source_offsets must start at 0"
+        steps = np.diff(chunk, prepend=prev[0])
+        if (steps < 0).any():
+            return f"source_offsets decrease at record {first + int(np.flatnonzero(steps < 0)[0]) - 1}"
+        prev[0] = int(chunk[-1])
+        return None
+    return check, prev
 
 
-def validate(m: Manifest, where: str = "manifest") -> None:
-    """Raise :class:`DatasetError` unless ``m`` is internally consistent."""
-    n = m.num_records
-    if type(n) is not int or n < 0:
+def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
+    missing = [k for k in _HEADER_KEYS if k not in obj]
+    if missing:
+        raise DatasetError(f"{where}: missing keys {', '.join(missing)}")
+    n = obj["num_records"]
+    if type(n) is not int or not 0 <= n <= _INT32_MAX:
         raise DatasetError(f"{where}: bad num_records {n!r}")
-    for key in _RECORD_FIELDS:
-        if len(getattr(m, key)) != n:
-            raise DatasetError(f"{where}: {key!r} has {len(getattr(m, key))} entries but "
-                               f"num_records is {n}; the manifest is corrupt, re-pack the dataset")
-    if len(set(m.classes)) != len(m.classes):
+    classes = obj["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise DatasetError(f"{where}: 'classes' must be a list of strings")
+    if len(set(classes)) != len(classes):
         raise DatasetError(f"{where}: duplicate class names")
-    if n and (m.labels.min() < 0 or m.labels.max() >= len(m.classes)):
-        bad = int(np.flatnonzero((m.labels < 0) | (m.labels >= len(m.classes)))[0])
-        raise DatasetError(f"{where}: record {bad} has label {int(m.labels[bad])}, outside the "
-                           f"{len(m.classes)} classes")
-    if n and (m.heights.min() < 1 or m.widths.min() < 1):
-        raise DatasetError(f"{where}: heights and widths must be >= 1")
-    if not m.shards:
-        raise DatasetError(f"{where}: no shards listed")
-    _check_shard_layout(m.shards, n, where)
-    if not isinstance(m.pack_params, dict) or type(m.skipped) is not int or m.skipped < 0:
+    conversions = obj["conversions"]
+    if (not isinstance(conversions, list) or not all(isinstance(c, str) for c in conversions)
+            or len(conversions) > 255):
+        raise DatasetError(f"{where}: 'conversions' must be a list of at most 255 strings")
+    if not isinstance(obj["pack_params"], dict) or type(obj["skipped"]) is not int or obj["skipped"] < 0:
         raise DatasetError(f"{where}: bad 'pack_params' or 'skipped'")
+    shards = parse_shards(obj["shards"], where, with_values=True)
+    held = sum(s.records for s in shards)
+    if held != n:
+        raise DatasetError(f"{where}: shards hold {held} records in all but num_records is {n}")
 
+    def col(name: str, **kw) -> np.ndarray:
+        fname, dt = COLUMNS[name]
+        return np.asarray(read_column(path / fname, name, dt, n, **kw))
 
-def _check_shard_layout(shards: tuple[ShardInfo, ...], n: int, where: str) -> None:
-    names = [s.name for s in shards]
-    if len(set(names)) != len(names):
-        raise DatasetError(f"{where}: shard names repeat")
-    expected_first = 0
-    for s in shards:
-        if s.records < 0 or s.bytes < 0:
-            raise DatasetError(f"{where}: shard {s.name} has a negative record count or size")
-        if s.first != expected_first:
-            raise DatasetError(f"{where}: shard {s.name} starts at record {s.first}, expected "
-                               f"{expected_first} (shards must be contiguous)")
-        expected_first += s.records
-    if expected_first != n:
-        raise DatasetError(f"{where}: shards hold {expected_first} records in all but "
-                           f"num_records is {n}")
+    labels = col("labels", lo=0, hi=len(classes) - 1)
+    heights = col("heights", lo=1)
+    widths = col("widths", lo=1)
+    scan_column(path / COLUMNS["keys"][0], "keys", COLUMNS["keys"][1], n, _keys_in_shards(shards))
+    keys = col("keys", validate=False)
+    offsets = col("offsets", validate=False)
+    lengths = col("lengths", lo=1)
+    converted = col("converted", hi=len(conversions))
+    col("checksums", validate=False)         # present, right dtype and length; mapped when used
+    check, last = _monotone_from_zero(0)
+    scan_column(path / COLUMNS["source_offsets"][0], "source_offsets", COLUMNS["source_offsets"][1],
+                n + 1, check)
+    blob = path / SOURCES_NAME
+    try:
+        blob_size = blob.stat().st_size
+    except OSError:
+        raise DatasetError(f"{blob} is missing (the source paths of the index); {_REPACK}") from None
+    if last[0] != blob_size:
+        raise DatasetError(f"{blob} is {blob_size} bytes but source_offsets end at {last[0]}; {_REPACK}")
+    return Manifest(format=FORMAT, version=3, classes=tuple(classes), shards=shards, num_records=n,
+                    labels=labels, heights=heights, widths=widths, keys=keys, offsets=offsets,
+                    lengths=lengths, pack_params=obj["pack_params"], skipped=obj["skipped"],
+                    _records=_ColumnRecords(path, n, tuple(conversions), converted))
 
 
 def read_manifest(dst: str | os.PathLike) -> Manifest:
-    """Read and validate ``dst/manifest.json``.
+    """Read and validate the index of the packed dataset at ``dst`` (any readable version).
 
     >>> read_manifest("photos.packed").num_records       # doctest: +SKIP
     3000
@@ -278,14 +427,19 @@ def read_manifest(dst: str | os.PathLike) -> Manifest:
                            f"`loader pack SRC DST`") from None
     except OSError as e:
         raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-    return Manifest.from_json(text, where=str(path))
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); re-create the dataset with "
+                           f"`loader pack SRC DST --overwrite`") from None
+    obj = _check_header(obj, str(path))
+    if obj["version"] == 3:
+        return _read_v3(Path(dst), obj, str(path))
+    from loader.manifest_legacy import parse_legacy
 
-
-def write_manifest(dst: str | os.PathLike, manifest: Manifest) -> Path:
-    """Write ``dst/manifest.json`` (flushed to disk) and return its path."""
-    path = Path(dst) / MANIFEST_NAME
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(manifest.to_json())
-        f.flush()
-        os.fsync(f.fileno())
-    return path
+    f = parse_legacy(obj, str(path))
+    return Manifest(format=FORMAT, version=obj["version"], classes=f["classes"], shards=f["shards"],
+                    num_records=f["num_records"], labels=f["labels"], heights=f["heights"],
+                    widths=f["widths"], keys=None, offsets=None, lengths=None,
+                    pack_params=f["pack_params"], skipped=f["skipped"],
+                    _records=_LegacyRecords(obj["version"], f["checksums"], f["sources"], f["converted"]))

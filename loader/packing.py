@@ -33,6 +33,7 @@ import shutil
 import signal
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -44,18 +45,9 @@ from tqdm import tqdm
 
 from loader.errors import PackError
 from loader.imagecheck import BadImage, CheckedImage, check_bytes
-from loader.manifest import (
-    FORMAT,
-    MANIFEST_NAME,
-    SKIPPED_NAME,
-    VERSION,
-    Manifest,
-    ShardInfo,
-    record_checksum,
-    write_manifest,
-)
-from loader.scan import scan
-from loader.shards import ShardWriter, shard_name
+from loader.manifest import MANIFEST_NAME, SKIPPED_NAME, IndexWriter
+from loader.scan import Items, scan
+from loader.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
 from loader.units import MB, available_cores
 
 __all__ = ["PackReport", "pack", "plan_shards", "shard_ranges"]
@@ -255,8 +247,8 @@ def _result(c: CheckedImage, sig: tuple | None) -> tuple:
         # Stored as-is: the parent reads the file itself (from the page cache)
         # instead of receiving it through a pipe -- that transfer would cost
         # the parent more CPU than all its other work together.
-        return _KEEP, c.height, c.width, record_checksum(c.data), sig
-    return _DATA, c.data, c.height, c.width, c.converted, record_checksum(c.data)
+        return _KEEP, c.height, c.width, zlib.crc32(c.data), sig
+    return _DATA, c.data, c.height, c.width, c.converted, zlib.crc32(c.data)
 
 
 def _process(path: str, max_side: int | None, quality: int) -> tuple:
@@ -308,76 +300,67 @@ def _pool_context() -> mp.context.BaseContext:
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _results(paths: list[str], workers: int, max_side: int | None, quality: int,
+def _results(paths: Iterator[str], n: int, workers: int, max_side: int | None, quality: int,
              stack: list) -> Iterator[tuple]:
     fn = partial(_process, max_side=max_side, quality=quality)
-    if workers == 1 or len(paths) == 1:
+    if workers == 1 or n == 1:
         return map(fn, paths)
-    pool = _pool_context().Pool(min(workers, len(paths)), initializer=_init_worker)
+    pool = _pool_context().Pool(min(workers, n), initializer=_init_worker)
     stack.append(pool)
-    chunksize = max(1, min(_CHUNKSIZE, len(paths) // (workers * _TASKS_PER_WORKER)))
+    chunksize = max(1, min(_CHUNKSIZE, n // (workers * _TASKS_PER_WORKER)))
     return pool.imap(fn, paths, chunksize=chunksize)
 
 
 # ---------------------------------------------------------------- writing
 
 
-@dataclass
-class _Records:
-    labels: list
-    heights: list
-    widths: list
-    checksums: list
-    sources: list
-    converted: list
-    shards: list
-    skipped: list
-
-
-def _write_shards(src: Path, partial: Path, items: list[tuple[str, int]], sizes: list[int],
+def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
                   num_shards: int, workers: int, max_side: int | None, quality: int,
-                  strict: bool, progress: bool) -> _Records:
-    rec = _Records([], [], [], [], [], [], [], [])
-    paths = [os.path.join(src, rel) for rel, _ in items]
+                  strict: bool, progress: bool) -> tuple[IndexWriter, list[ShardInfo], list]:
+    index = IndexWriter(partial, capacity=len(items))
+    shards: list[ShardInfo] = []
+    skipped: list[tuple[str, str]] = []
+    prefix = os.path.join(src, "")   # paths are built when used: no list of 1.281M strings
     pools: list = []
     bar = None
     try:
-        results = _results(paths, workers, max_side, quality, pools)
+        results = _results((prefix + rel for rel, _ in items), len(items), workers, max_side,
+                           quality, pools)
         bar = tqdm(total=len(items), unit="img", desc="pack", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
         for s, (lo, hi) in enumerate(shard_ranges(len(items), num_shards)):
             name = shard_name(s)
-            first = len(rec.labels)
-            with ShardWriter(partial / name, map_size=int(sum(sizes[lo:hi]) * 1.2) + 64 * 2**20) as w:
+            first = index.count
+            with ShardWriter(partial / name, map_size=int(sizes[lo:hi].sum() * 1.2) + 64 * 2**20,
+                             block_bytes=BLOCK_BYTES) as w:
                 for j in range(lo, hi):
                     r = next(results)
                     bar.update(1)
                     rel, label = items[j]
                     if r[0] == _KEEP:
-                        r = _load_kept(paths[j], r, max_side, quality)
+                        r = _load_kept(prefix + rel, r, max_side, quality)
                     if r[0] == _BAD:
                         if strict:
                             raise PackError(f"bad image {src / rel}: {r[1]} (--strict stops at the first "
                                             f"bad file; without it bad files are skipped and listed in "
                                             f"DST/{SKIPPED_NAME})")
-                        rec.skipped.append((rel, r[1]))
+                        skipped.append((rel, r[1]))
                         continue
-                    _, data, height, width, converted, checksum = r
-                    w.append(data)
-                    rec.labels.append(label)
-                    rec.heights.append(height)
-                    rec.widths.append(width)
-                    rec.converted.append(converted)
-                    rec.checksums.append(checksum)
-                    rec.sources.append(rel)
-            rec.shards.append(ShardInfo(name, first, w.count, w.payload_bytes))
+                    _, data, height, width, converted, crc = r
+                    key, offset = w.append(data)
+                    index.add(label=label, height=height, width=width, crc=crc, key=key, offset=offset,
+                              length=len(data), converted=converted, source=rel)
+            shards.append(ShardInfo(name, first, w.count, w.payload_bytes, w.values))
+    except BaseException:
+        index.close()
+        raise
     finally:
         if bar is not None:
             bar.close()
         for pool in pools:
             pool.terminate()
             pool.join()
-    return rec
+    return index, shards, skipped
 
 
 def _tsv_field(s: str) -> str:
@@ -430,21 +413,23 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     classes, items = scan(src)
     _check_dst(src, dst, overwrite)
     _remove_stale(dst)
-    sizes = [_file_size(os.path.join(src, rel)) for rel, _ in items]
-    num_shards = plan_shards(sum(sizes), len(items), shards, shard_size_mb)
+    prefix = os.path.join(src, "")
+    sizes = np.fromiter((_file_size(prefix + rel) for rel, _ in items), dtype=np.int64, count=len(items))
+    num_shards = plan_shards(int(sizes.sum()), len(items), shards, shard_size_mb)
 
     partial_dir = _make_partial(dst)
     try:
         try:
-            rec = _write_shards(src, partial_dir, items, sizes, num_shards, workers, max_side,
-                                quality, strict, progress)
-            if not rec.labels:
-                rel, reason = rec.skipped[0]
+            index, shard_infos, skipped = _write_shards(src, partial_dir, items, sizes, num_shards,
+                                                        workers, max_side, quality, strict, progress)
+            if not index.count:
+                index.close()
+                rel, reason = skipped[0]
                 raise PackError(f"no usable images in {src}: all {len(items)} files are bad "
                                 f"(first: {rel}: {reason}); check the input folder")
-            write_manifest(partial_dir, _manifest(classes, rec, shards, shard_size_mb, max_side,
-                                                  quality, strict))
-            _write_skipped(partial_dir, rec.skipped)
+            index.finish(classes=classes, shards=shard_infos, skipped=len(skipped),
+                         pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict))
+            _write_skipped(partial_dir, skipped)
             output_bytes = _folder_bytes(partial_dir)
             _install(partial_dir, dst, overwrite)
         except (OSError, lmdb.Error) as e:  # disk full, quota, ...: the user's to fix, not a bug
@@ -454,25 +439,19 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
         raise
 
     seconds = max(time.perf_counter() - t0, 1e-9)
-    input_bytes = sum(sizes)
+    input_bytes = int(sizes.sum())
     return PackReport(
-        dst=str(dst), num_records=len(rec.labels), num_skipped=len(rec.skipped),
-        skipped=tuple(rec.skipped), classes=tuple(classes), shards=num_shards, seconds=seconds,
+        dst=str(dst), num_records=index.count, num_skipped=len(skipped),
+        skipped=tuple(skipped), classes=tuple(classes), shards=num_shards, seconds=seconds,
         images_per_sec=len(items) / seconds, mb_per_sec=input_bytes / MB / seconds,
         input_bytes=input_bytes, output_bytes=output_bytes)
 
 
-def _manifest(classes: list[str], rec: _Records, shards: int | None, shard_size_mb: float,
-              max_side: int | None, quality: int, strict: bool) -> Manifest:
+def _pack_params(shards: int | None, shard_size_mb: float, max_side: int | None, quality: int,
+                 strict: bool) -> dict:
     from loader.version import __version__
 
-    return Manifest(
-        format=FORMAT, version=VERSION, classes=tuple(classes), shards=tuple(rec.shards),
-        num_records=len(rec.labels), labels=np.asarray(rec.labels, dtype=np.int64),
-        heights=np.asarray(rec.heights, dtype=np.int32), widths=np.asarray(rec.widths, dtype=np.int32),
-        checksums=tuple(rec.checksums), sources=tuple(rec.sources), converted=tuple(rec.converted),
-        # No `workers` (nor timings): the manifest must not depend on them.
-        pack_params={"shards": shards, "shard_size_mb": shard_size_mb if shards is None else None,
-                     "max_side": max_side, "quality": quality, "strict": strict,
-                     "loader_version": __version__},
-        skipped=len(rec.skipped))
+    # No `workers` (nor timings): the index must not depend on them.
+    return {"shards": shards, "shard_size_mb": shard_size_mb if shards is None else None,
+            "max_side": max_side, "quality": quality, "strict": strict,
+            "block_bytes": BLOCK_BYTES, "loader_version": __version__}

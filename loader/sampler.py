@@ -21,7 +21,8 @@ import numpy as np
 
 from loader.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
-__all__ = ["split_indices", "epoch_order", "rank_share", "share_size", "num_batches", "crop_windows"]
+__all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_size", "num_batches",
+           "crop_windows"]
 
 
 def split_indices(n: int, validation_split: float | None, subset: str | None, seed: int) -> np.ndarray:
@@ -47,7 +48,12 @@ def split_indices(n: int, validation_split: float | None, subset: str | None, se
     perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
     n_val = int(validation_split * n)
     chosen = perm[n - n_val:] if subset == "validation" else perm[: n - n_val]
-    return np.sort(chosen).astype(np.int64)
+    return np.sort(chosen).astype(_index_dtype(n))
+
+
+def _index_dtype(n: int) -> type:
+    """The narrowest integer type for indices below ``n``: int32 below 2**31 records."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -85,6 +91,17 @@ def rank_share(order: np.ndarray, rank: int, world_size: int, batch_size: int,
         if pad:
             order = np.concatenate([order, np.resize(order, pad)])
     return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+def rank_positions(n: int, rank: int, world_size: int, batch_size: int, drop_last: bool) -> np.ndarray:
+    """Epoch positions of this rank's share: ``rank_share(np.arange(n), ...)`` without the
+    O(n) array (int32 below 2**31 records).
+
+    >>> rank_positions(5, rank=1, world_size=2, batch_size=2, drop_last=False).tolist()
+    [3, 4, 0]
+    """
+    per_rank = share_size(n, world_size, batch_size, drop_last)
+    return (np.arange(rank * per_rank, (rank + 1) * per_rank, dtype=np.int64) % max(n, 1)).astype(_index_dtype(n))
 
 
 def share_size(n: int, world_size: int, batch_size: int, drop_last: bool) -> int:

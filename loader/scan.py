@@ -16,18 +16,74 @@ order, and so the label of each class, is the sorted order of the folder names.
 >>> classes, items = scan("photos/")                     # doctest: +SKIP
 >>> classes  # doctest: +SKIP
 ['cat', 'dog']
->>> items[:2]  # doctest: +SKIP
-[('cat/001.jpg', 0), ('cat/nested/002.jpg', 0)]
+>>> items[0], len(items)  # doctest: +SKIP
+(('cat/001.jpg', 0), 3000)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from loader.errors import PackError
 
-__all__ = ["scan"]
+__all__ = ["Items", "scan"]
+
+
+class Items(Sequence):
+    """``(relpath, label)`` pairs, compact: the paths as one UTF-8 blob (surrogate escapes for
+    undecodable names) with end offsets, the labels as an int32 array.
+
+    A list of tuples cost pack's parent ~165 MB at 1.281M files, held for the whole pack;
+    this is ~25 MB of paths plus 12 bytes per file.
+
+    >>> items = Items.build([("a/1.jpg", 0), ("b/2.jpg", 1)])
+    >>> items[1], len(items), list(items) == [("a/1.jpg", 0), ("b/2.jpg", 1)]
+    (('b/2.jpg', 1), 2, True)
+    """
+
+    def __init__(self, blob: bytes, ends: np.ndarray, labels: np.ndarray):
+        self._blob, self._ends, self.labels = blob, ends, labels
+
+    @classmethod
+    def build(cls, pairs) -> Items:
+        """From an iterable of ``(relpath, label)``."""
+        blob, ends, labels = bytearray(), [], []
+        for rel, label in pairs:
+            blob += rel.encode("utf-8", "surrogateescape")
+            ends.append(len(blob))
+            labels.append(label)
+        return cls(bytes(blob), np.array(ends, dtype=np.int64), np.array(labels, dtype=np.int32))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def relpath(self, j: int) -> str:
+        """The ``j``-th relative path."""
+        a = int(self._ends[j - 1]) if j else 0
+        return self._blob[a:int(self._ends[j])].decode("utf-8", "surrogateescape")
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        if not -len(self) <= j < len(self):
+            raise IndexError(j)
+        j %= len(self)
+        return self.relpath(j), int(self.labels[j])
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        a = 0
+        for end, label in zip(self._ends.tolist(), self.labels.tolist()):
+            yield self._blob[a:end].decode("utf-8", "surrogateescape"), label
+            a = end
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Sequence, Items)) and list(self) == list(other)
+
+    __hash__ = None
 
 
 def _is_hidden(name: str) -> bool:
@@ -68,11 +124,11 @@ def class_folders(src: str | os.PathLike) -> list[str]:
         return sorted(e.name for e in it if not _is_hidden(e.name) and e.is_dir())
 
 
-def scan(src: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
+def scan(src: str | os.PathLike) -> tuple[list[str], Items]:
     """Return ``(classes, items)`` for the image folder ``src``.
 
-    ``items`` holds ``(relpath, label)`` with ``relpath`` relative to ``src``
-    using ``/`` separators, sorted by ``(label, relpath)``.
+    ``items`` (:class:`Items`) holds ``(relpath, label)`` with ``relpath`` relative
+    to ``src`` using ``/`` separators, sorted by ``(label, relpath)``.
 
     Raises :class:`PackError` if ``src`` is missing, not a folder, has no class
     folders, or its class folders hold no files at all.
@@ -89,14 +145,16 @@ def scan(src: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
     if not classes:
         raise PackError(f"{path} has no class folders; put each class's images in its own "
                         f"sub-folder, e.g. {path}/cat/001.jpg")
-    items: list[tuple[str, int]] = []
-    for label, name in enumerate(classes):
-        try:
-            files = _walk_files(os.path.join(path, name), name, set())
-        except OSError as e:
-            raise PackError(f"cannot list {path / name}: {e.strerror or e}") from None
-        items.extend((f, label) for f in sorted(files))
-    if not items:
+    def pairs():
+        for label, name in enumerate(classes):   # one class's file list at a time
+            try:
+                files = _walk_files(os.path.join(path, name), name, set())
+            except OSError as e:
+                raise PackError(f"cannot list {path / name}: {e.strerror or e}") from None
+            yield from ((f, label) for f in sorted(files))
+
+    items = Items.build(pairs())
+    if not len(items):
         raise PackError(f"{path} has class folders ({', '.join(classes[:5])}"
                         f"{', ...' if len(classes) > 5 else ''}) but no files in them; "
                         f"put the images inside the class folders")

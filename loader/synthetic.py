@@ -30,7 +30,7 @@ from PIL import Image
 
 from loader.units import MB, available_cores
 
-__all__ = ["make_dataset", "photo_like_image"]
+__all__ = ["make_dataset", "make_tiny_dataset", "photo_like_image"]
 
 
 def _pink_field(rng: np.random.Generator, h: int, w: int, alpha: float, angle: float,
@@ -148,6 +148,39 @@ def make_dataset(dst: str | os.PathLike, classes: int = 10, per_class: int = 100
             with ProcessPoolExecutor(workers) as ex:
                 list(ex.map(_write_one, jobs, chunksize=16))
     return paths
+
+
+def make_tiny_dataset(dst: str | os.PathLike, num_images: int, classes: int = 1000, *,
+                      distinct: int = 2000, side: int = 68, quality: int = 90) -> int:
+    """Write ``num_images`` small photo-like JPEGs (~2.7 KB at ``side`` 68) under
+    ``dst/cNNNN/``, ``classes`` folders filled in turn; return the bytes written.
+
+    For scale tests (ImageNet-sized counts on a laptop): ``distinct`` images are
+    encoded once and their bytes cycled, so writing costs file creation, not
+    encoding. Every file still decodes like a photo. Deterministic; files that
+    exist are left alone.
+
+    >>> make_tiny_dataset("/tmp/tiny", 1_281_000)            # doctest: +SKIP
+    """
+    import io
+
+    dst = Path(dst)
+    pool = []
+    for k in range(min(distinct, num_images)):
+        buf = io.BytesIO()
+        photo_like_image(k, k % classes, classes, size=(side, side)).save(buf, "JPEG", quality=quality)
+        pool.append(buf.getvalue())
+    total = 0
+    for c in range(classes):
+        (dst / f"c{c:04d}").mkdir(parents=True, exist_ok=True)
+    for i in range(num_images):
+        c = i % classes
+        p = dst / f"c{c:04d}" / f"{i // classes:07d}.jpg"
+        data = pool[i % len(pool)]
+        total += len(data)
+        if not p.exists():
+            p.write_bytes(data)
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,3 +73,44 @@ def make_jpeg():
 def loader_cli():
     """``loader_cli(*args) -> CompletedProcess`` running ``python -m loader``."""
     return run_cli
+
+
+def edit_columns(dst: Path, **changes) -> None:
+    """Rewrite per-record columns of the version 3 index at ``dst``: ``name=fn(values) -> values``
+    (the damage a test needs: a lying size, a blessed checksum)."""
+    import numpy as np
+
+    from loader.manifest import COLUMNS
+
+    for name, fn in changes.items():
+        path = dst / COLUMNS[name][0]
+        np.save(path, np.asarray(fn(np.load(path).copy()), dtype=COLUMNS[name][1]))
+
+
+def replace_records(dst: Path, new: dict[int, bytes]) -> None:
+    """Store ``new[i]`` as record ``i``'s bytes inside its LMDB value (a block of records),
+    keeping the index's offsets and lengths true; checksums are left as they were."""
+    import lmdb
+    import numpy as np
+
+    import loader
+    from loader.shards import record_key
+
+    ds = loader.open_dataset(dst)
+    m = ds.manifest
+    keys, offsets, lengths = m.keys.copy(), m.offsets.astype(np.int64), m.lengths.astype(np.int64)
+    shard_of = {i: ds.locate(i)[0] for i in new}
+    ds.close()
+    firsts = np.array([s.first for s in m.shards])
+    shard_idx = np.searchsorted(firsts, np.arange(len(keys)), side="right") - 1
+    for i in sorted(new, reverse=True):      # later records first: earlier offsets stay valid
+        env = lmdb.open(str(dst / shard_of[i]), subdir=False, lock=False)
+        with env.begin(write=True) as txn:
+            value = txn.get(record_key(int(keys[i])))
+            a, b = int(offsets[i]), int(offsets[i] + lengths[i])
+            txn.put(record_key(int(keys[i])), value[:a] + new[i] + value[b:])
+        env.close()
+        same = (shard_idx == shard_idx[i]) & (keys == keys[i]) & (offsets > offsets[i])
+        offsets[same] += len(new[i]) - lengths[i]
+        lengths[i] = len(new[i])
+    edit_columns(dst, offsets=lambda _: offsets, lengths=lambda _: lengths)

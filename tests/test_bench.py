@@ -74,6 +74,7 @@ def _check_rows(rows, *, pipelines, train=True, image_size=64):
         assert r["images_per_sec_runs"] == [r["images_per_sec"]]
         assert r["first_batch_ms"] > 0 and r["create_s"] >= 0 and r["peak_rss_mb"] > 0
         assert r["device"] == "cpu"
+        assert r["gpu_mem_mb"] is None and r["gpu_peak_memory_mb"] is None     # no GPU, no figure
         ratio = r["ratio_vs_dataloader"]
         if "dataloader" in pipelines:
             assert math.isclose(ratio, r["images_per_sec"] / rows[pipelines.index("dataloader")]["images_per_sec"])
@@ -271,17 +272,18 @@ def test_bench_module_help_runs():
 
 # ------------------------------------------------------------------ pieces: rows, timing, contenders
 
-# The JSON schema of `loader bench --json`, key for key, as it was before bench became a package.
+# The JSON schema of `loader bench --json`, key for key: as it was before bench became a package,
+# plus `gpu_peak_memory_mb` (issue 14: each contender's own GPU memory; null on the CPU).
 SCHEMA = ["pipeline", "batch_size", "image_size", "images_per_sec", "workers", "threads", "images_per_sec_runs",
           "images", "seconds", "repeats", "first_batch_ms", "create_s", "peak_rss_mb", "workers_rss_mb",
           "gpu_mem_mb", "ratio_vs_dataloader", "ratio_vs_dataloader_lmdb", "pct_of_decode_limit", "device",
-          "train", "warmup", "pack_s"]
+          "train", "warmup", "pack_s", "gpu_peak_memory_mb"]
 
 
 def test_row_json_schema_and_round_trip():
     row = BenchRow("loader", 64, 224, 1234.5, images_per_sec_runs=(1200.0, 1234.5, 1300.0), images=640)
     d = row.to_dict()
-    assert sorted(d) == sorted(SCHEMA) and len(d) == len(SCHEMA) == 22
+    assert list(d) == SCHEMA and len(SCHEMA) == 23 and d["gpu_peak_memory_mb"] is None
     assert d["images_per_sec_runs"] == [1200.0, 1234.5, 1300.0]
     assert json.loads(json.dumps(d)) == d
     assert BenchRow.from_dict(d) == row
@@ -320,3 +322,27 @@ def test_dataloader_contender_close_stops_its_workers(tiny):
     assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
     c.close()
     assert not any(os.path.exists(f"/proc/{p}") for p in pids)   # joined, not left to the GC
+
+
+@pytest.mark.parametrize("device, pinned", [("cpu", False), ("cuda:0", True)])
+def test_the_dataloader_baseline_pins_memory_only_for_a_gpu(tiny, device, pinned):
+    """On the CPU nothing changes (no pinning); on CUDA the baseline pins, as a careful GPU user's does."""
+    src, packed = tiny
+    for name in ("dataloader", "dataloader-lmdb"):
+        c = make_contender(ContenderSpec(name, packed=packed, folder=src, batch_size=BATCH, image_size=64,
+                                         workers=0, device=device))
+        c.create()                                 # builds the DataLoader; no batch, no device needed
+        assert c.obj.pin_memory is pinned, (name, device)
+        c.close()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available: the GPU rows run instead")
+def test_a_gpu_bench_without_cuda_is_a_one_line_error(tiny, capsys):
+    with pytest.raises(LoaderError, match="--device: device='cuda' but CUDA is not available"):
+        run_bench(tiny[0], tiny[1], device="cuda")
+    from loader.cli import main
+
+    assert main(["bench", str(tiny[0]), "--packed", str(tiny[1]), "--batch-sizes", "8", "--quiet",
+                 "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --device: device='cuda:0' but CUDA is not available") and err.count("\n") == 1

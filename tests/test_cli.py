@@ -9,6 +9,7 @@ import loader
 from loader import cli, open_dataset, pack
 from loader.manifest import record_checksum
 from loader.verify import verify
+from tests.conftest import edit_columns
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,14 +151,15 @@ def test_info_json(packed, capsys):
     assert rc == 0
     info = json.loads(out)
     assert info["num_records"] == 9 and info["num_skipped"] == 0 and info["num_converted"] == 0
-    assert info["format"] == "loader.lmdb-shards" and info["version"] == 2
+    assert info["format"] == "loader.lmdb-shards" and info["version"] == 3
     assert info["path"] == str(packed)
     assert info["classes"] == [{"label": 0, "name": "a_bird", "count": 3},
                                {"label": 1, "name": "b_dog", "count": 3},
                                {"label": 2, "name": "c_cat", "count": 3}]
     (shard,) = info["shards"]
-    assert {k: shard[k] for k in ("name", "first", "records")} == {
-        "name": "shard-00000.lmdb", "first": 0, "records": 9}
+    assert {k: shard[k] for k in ("name", "first", "records", "values")} == {
+        "name": "shard-00000.lmdb", "first": 0, "records": 9, "values": 1}   # one block of 2 KB records
+    assert info["index_bytes"] == sum(p.stat().st_size for p in packed.iterdir() if p.suffix != ".lmdb")
     assert shard["bytes"] == sum(len(open_dataset(packed).read(i)) for i in range(9))
     assert shard["file_bytes"] == (packed / "shard-00000.lmdb").stat().st_size
     assert info["pack_params"]["quality"] == 95 and "workers" not in info["pack_params"]
@@ -171,7 +173,8 @@ def test_info_text(packed, capsys):
                          "classes   3"]
     assert [line.split() for line in lines[3:6]] == [["0", "a_bird", "3"], ["1", "b_dog", "3"], ["2", "c_cat", "3"]]
     assert lines[6] == "shards    1" and lines[7].startswith("  shard-00000.lmdb  9 records from #0, ")
-    assert lines[8].startswith("packed    shards=None shard_size_mb=512 max_side=None quality=95 strict=False")
+    assert lines[8].startswith("index     0.0 MB (manifest version 3)")
+    assert lines[9].startswith("packed    shards=None shard_size_mb=512 max_side=None quality=95 strict=False")
 
 
 # ------------------------------------------------------------------ verify
@@ -205,7 +208,7 @@ def test_verify_finds_flipped_byte(packed, capsys):
     assert rc == 1
     lines = out.splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("record 4 (shard-00000.lmdb key 0000000004, source b_dog/img_0.jpg): "
+    assert lines[0].startswith("record 4 (shard-00000.lmdb key 0000000000, source b_dog/img_0.jpg): "
                                "checksum mismatch")
     assert lines[1] == f"verified 9 records in {packed}: 1 bad"
 
@@ -216,18 +219,24 @@ def test_verify_reports_undecodable_and_wrong_size(packed, loader_cli):
     ds.close()
     garbage = b"\x00" * 16 + bad_record[16:]  # no JPEG header any more: DALI must fail
     overwrite_in_shard(packed / "shard-00000.lmdb", bad_record, garbage)
-    obj = json.loads((packed / "manifest.json").read_text())
-    obj["checksums"][2] = record_checksum(garbage)  # checksum fine: only decoding can tell
-    obj["heights"][7] += 1
-    (packed / "manifest.json").write_text(json.dumps(obj))
+
+    def bless(crc):                       # checksum fine: only decoding can tell
+        crc[2] = int(record_checksum(garbage), 16)
+        return crc
+
+    def one_more(h):
+        h[7] += 1
+        return h
+
+    edit_columns(packed, checksums=bless, heights=one_more)
     # DALI meets undecodable bytes here: in a child process, so a crash is a failed return code.
     proc = loader_cli("verify", str(packed), "--quiet")
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 3, proc.stdout
-    assert lines[0].startswith("record 2 (shard-00000.lmdb key 0000000002, source a_bird/img_2.jpg): "
+    assert lines[0].startswith("record 2 (shard-00000.lmdb key 0000000000, source a_bird/img_2.jpg): "
                                "DALI cannot decode it")
-    assert lines[1] == ("record 7 (shard-00000.lmdb key 0000000007, source c_cat/img_1.jpg): "
+    assert lines[1] == ("record 7 (shard-00000.lmdb key 0000000000, source c_cat/img_1.jpg): "
                         "decodes to 48x64 but the manifest says 49x64 (height x width)")
     assert lines[2] == f"verified 9 records in {packed}: 2 bad"
     assert verify(packed, decode=False, progress=False) == []  # checksums alone are fine

@@ -19,6 +19,7 @@ from loader import ImageLoader
 from loader.errors import DatasetError
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.sampler import crop_windows
+from tests.conftest import edit_columns, replace_records
 
 COLOURS = [(200, 30, 30), (30, 180, 40), (40, 50, 210)]     # class c -> RGB
 SIZES = [(64, 48), (48, 64), (100, 75), (75, 100), (57, 57), (120, 40), (40, 120), (90, 66)]
@@ -439,35 +440,22 @@ def damaged_copy(src, dst, *, zero_header=(), doubled_size=(), truncate=(), bles
 
     shutil.copytree(src, dst)
     ds = loader.open_dataset(dst)
-    for victim in zero_header:
-        data = ds.read(victim)
-        shard, _ = ds.locate(victim)
-        blob = (dst / shard).read_bytes()
-        at = blob.find(data)
-        assert at >= 0 and blob.find(data, at + 1) == -1
-        (dst / shard).write_bytes(blob[:at] + b"\0" * 64 + blob[at + 64:])
-    for victim in truncate:
-        import lmdb
-
-        from loader.shards import record_key
-
-        shard, local = ds.locate(victim)
-        short = ds.read(victim)[: len(ds.read(victim)) // 3]
-        ds.close()
-        env = lmdb.open(str(dst / shard), subdir=False, lock=False)
-        with env.begin(write=True) as txn:
-            txn.put(record_key(local), short)
-        env.close()
-        ds = loader.open_dataset(dst)
-    blessed = {v: record_checksum(ds.read(v)) for v in (*zero_header, *truncate)} if bless else {}
+    new = {v: b"\0" * 64 + ds.read(v)[64:] for v in zero_header}
+    new.update({v: ds.read(v)[: len(ds.read(v)) // 3] for v in truncate})
     ds.close()
-    m = json.loads((dst / "manifest.json").read_text())
-    for victim, digest in blessed.items():
-        m["checksums"][victim] = digest
-    for victim in doubled_size:
-        m["heights"][victim] *= 2
-        m["widths"][victim] *= 2
-    (dst / "manifest.json").write_text(json.dumps(m))
+    replace_records(dst, new)
+    blessed = {v: int(record_checksum(data), 16) for v, data in new.items()} if bless else {}
+
+    def bless_them(crc):
+        for victim, digest in blessed.items():
+            crc[victim] = digest
+        return crc
+
+    def double(a):
+        a[list(doubled_size)] *= 2
+        return a
+
+    edit_columns(dst, checksums=bless_them, heights=double, widths=double)
     return dst
 
 
@@ -685,19 +673,17 @@ def _damage(src, dst, kind):
     """The four damages of issue 12's table; returns the records that must be named (None: any)."""
     import shutil
 
-    import lmdb
-
-    from loader.shards import record_key
 
     shutil.copytree(src, dst)
-    m = json.loads((dst / "manifest.json").read_text())
     ds = loader.open_dataset(dst)
     if kind == "heights-x3":
-        m["heights"] = [3 * h for h in m["heights"]]
+        edit_columns(dst, heights=lambda h: 3 * h)
         named = None
     elif kind == "one-size-doubled":
-        m["heights"][17] *= 2
-        m["widths"][17] *= 2
+        def double(a):
+            a[17] *= 2
+            return a
+        edit_columns(dst, heights=double, widths=double)
         named = {17}
     else:
         victims = [3, 50, 97] if kind == "three-truncated" else [40]
@@ -705,16 +691,10 @@ def _damage(src, dst, kind):
         for v in victims:
             data = ds.read(v)
             new[v] = data[: len(data) // 3] if kind == "three-truncated" else b"\0\0\0\0" + data[4:]
-        shard, _ = ds.locate(victims[0])
         ds.close()
-        env = lmdb.open(str(dst / shard), subdir=False, lock=False)
-        with env.begin(write=True) as txn:
-            for v, data in new.items():
-                txn.put(record_key(ds.locate(v)[1]), data)
-        env.close()
+        replace_records(dst, new)
         named = set(victims)
     ds.close()
-    (dst / "manifest.json").write_text(json.dumps(m))
     return named
 
 

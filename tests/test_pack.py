@@ -16,6 +16,7 @@ from loader.errors import PackError
 from loader.manifest import record_checksum
 from loader.packing import plan_shards, shard_ranges
 from loader.synthetic import photo_like_image
+from tests.conftest import write
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def test_round_trip_bytes_labels_sources(image_tree, tmp_path):
     assert report.dst == str(tmp_path / "out")
     ds = open_dataset(tmp_path / "out")
     assert len(ds) == 9 and ds.classes == ("a_bird", "b_dog", "c_cat")
-    assert ds.labels.dtype == np.int64 and ds.heights.dtype == np.int32
+    assert ds.labels.dtype == np.int32 and ds.heights.dtype == np.int32
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert [ds.source(i) for i in range(9)] == [
         "a_bird/img_0.jpg", "a_bird/img_1.jpg", "a_bird/img_2.jpg",
@@ -62,10 +63,12 @@ def test_round_trip_bytes_labels_sources(image_tree, tmp_path):
         assert ds.read(i) == original  # stored byte-for-byte
         assert ds.checksum(i) == record_checksum(original)
         assert (int(ds.heights[i]), int(ds.widths[i])) == (48, 64)
-    assert ds.manifest.converted == (None,) * 9
+    assert [ds.manifest.converted(i) for i in range(9)] == [None] * 9
     assert (tmp_path / "out" / "skipped.tsv").read_text() == "source\treason\n"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "manifest.json", "shard-00000.lmdb", "skipped.tsv"]  # no -lock file left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [  # no -lock file left
+        "checksums.npy", "converted.npy", "heights.npy", "keys.npy", "labels.npy", "lengths.npy",
+        "manifest.json", "offsets.npy", "shard-00000.lmdb", "skipped.tsv", "source_offsets.npy",
+        "sources.bin", "widths.npy"]
     assert not list(tmp_path.glob("out.partial-*"))
 
 
@@ -73,7 +76,7 @@ def test_max_side_downscales_and_keeps_aspect(image_tree, tmp_path):
     report = quiet_pack(image_tree, tmp_path / "out", max_side=32, quality=90)
     ds = open_dataset(tmp_path / "out")
     assert report.num_records == 9
-    assert ds.manifest.converted == ("max-side",) * 9
+    assert [ds.manifest.converted(i) for i in range(9)] == ["max-side"] * 9
     assert ds.heights.tolist() == [24] * 9 and ds.widths.tolist() == [32] * 9
     assert ds.manifest.pack_params["max_side"] == 32 and ds.manifest.pack_params["quality"] == 90
     for i in range(9):
@@ -121,7 +124,9 @@ def test_bad_files_skipped_inside_their_shard(image_tree, tmp_path, make_jpeg):
     assert [(s.name, s.first, s.records) for s in shards] == [
         ("shard-00000.lmdb", 0, 4), ("shard-00001.lmdb", 4, 4)]
     assert report.num_records == 8 and report.skipped == (("b_dog/img_1.jpg", "empty file (0 bytes)"),)
-    assert ds.locate(3) == ("shard-00000.lmdb", 3)
+    # Small records share a block: shard 0's four records are its value 0, end to end.
+    assert ds.locate(3) == ("shard-00000.lmdb", 0) and [s.entries for s in shards] == [1, 1]
+    assert ds.manifest.offsets[3] == sum(int(ds.manifest.lengths[i]) for i in range(3))
     assert ds.locate(4) == ("shard-00001.lmdb", 0)
     assert ds.source(4) == "b_dog/img_0.jpg" and ds.source(5) == "c_cat/img_0.jpg"
     assert shards[0].bytes == sum(len(ds.read(i)) for i in range(4))
@@ -146,8 +151,10 @@ def test_output_identical_for_any_worker_count(image_tree, tmp_path, make_jpeg):
         outs[w] = (report, open_dataset(tmp_path / f"w{w}"))
     (r1, ds1), (r4, ds4) = outs[1], outs[4]
     assert r1.shards == r4.shards >= 3  # shard count never depends on workers
-    assert (tmp_path / "w1" / "manifest.json").read_bytes() == (tmp_path / "w4" / "manifest.json").read_bytes()
-    assert (tmp_path / "w1" / "skipped.tsv").read_bytes() == (tmp_path / "w4" / "skipped.tsv").read_bytes()
+    index_files = [p.name for p in (tmp_path / "w1").iterdir() if not p.name.endswith(".lmdb")]
+    assert len(index_files) == 12   # manifest, skipped.tsv, 9 columns, sources.bin
+    for name in index_files:
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w4" / name).read_bytes(), name
     assert len(ds1) == len(ds4) == 10
     assert all(ds1.read(i) == ds4.read(i) for i in range(len(ds1)))
     assert "workers" not in ds1.manifest.pack_params
@@ -336,6 +343,62 @@ def test_file_changed_after_check_is_checked_again(tmp_path, make_jpeg):
     assert _load_kept(str(p), checked, None, 95) == (_DATA, p.read_bytes(), 48, 64, None, checked[3])
     new = make_jpeg(seed=2, size=(30, 20))
     p.write_bytes(new)
-    assert _load_kept(str(p), checked, None, 95) == (_DATA, new, 20, 30, None, record_checksum(new))
+    assert _load_kept(str(p), checked, None, 95) == (_DATA, new, 20, 30, None, int(record_checksum(new), 16))
     p.write_bytes(b"")
     assert _load_kept(str(p), checked, None, 95) == (_BAD, "empty file (0 bytes)")
+
+
+def _jpeg_of_size(base: bytes, size: int) -> bytes:
+    """``base`` (a JPEG) grown to exactly ``size`` bytes with comment (COM) segments after SOI."""
+    pad = size - len(base)
+    segments = []
+    while pad > 0:
+        body = min(pad - 4, 65533) if pad > 4 else 0
+        body = max(body, 0)
+        segments.append(b"\xff\xfe" + (body + 2).to_bytes(2, "big") + b"c" * body)
+        pad -= 4 + body
+    out = base[:2] + b"".join(segments) + base[2:]
+    assert len(out) == size, (len(out), size)
+    return out
+
+
+@pytest.mark.parametrize("size", [1024, 2_700, 4_097, 32_769, 40_000, 65_537, 200_000])
+def test_storage_within_15_percent_of_the_images_for_any_record_size(tmp_path, make_jpeg, size):
+    """LMDB gives a value over ~2 KB whole 4 KB pages; blocks of small records keep the shard
+    within 1.15x of the image bytes at every size >= 1 KB (worst case: one ~32 KB record per block)."""
+    base = make_jpeg(seed=3, size=(16, 16), quality=50)
+    n = max(40, 2_000_000 // size)
+    for i in range(n):
+        write(tmp_path / "src" / "c" / f"{i:05d}.jpg", _jpeg_of_size(base[:2] + bytes([0xFF, 0xFE, 0, 4]) +
+                                                                     i.to_bytes(2, "big") + base[2:], size))
+    report = pack(tmp_path / "src", tmp_path / "dst", workers=1, progress=False)
+    assert report.num_records == n and report.num_skipped == 0
+    ds = open_dataset(tmp_path / "dst")
+    assert all(len(ds.read(i)) == size for i in (0, n // 2, n - 1))
+    shard_bytes = (tmp_path / "dst" / "shard-00000.lmdb").stat().st_size
+    assert ds.manifest.shards[0].bytes == n * size
+    assert shard_bytes / (n * size) <= 1.15, shard_bytes / (n * size)
+
+
+def test_verify_catches_one_flipped_byte_in_a_small_or_a_large_record(tmp_path, make_jpeg):
+    from loader.verify import verify
+
+    base = make_jpeg(seed=5, size=(16, 16), quality=50)
+    sizes = [1_500, 90_000, 1_500, 3_000, 90_000, 2_000]      # blocks and records of their own
+    for i, size in enumerate(sizes):
+        write(tmp_path / "src" / "c" / f"{i}.jpg",
+              _jpeg_of_size(base[:2] + bytes([0xFF, 0xFE, 0, 3, i]) + base[2:], size))
+    pack(tmp_path / "src", tmp_path / "dst", workers=1, progress=False)
+    ds = open_dataset(tmp_path / "dst")
+    assert [ds.locate(i)[1] for i in range(6)] == [0, 1, 2, 2, 3, 4]   # 2 and 3 share a block
+    records = [ds.read(i) for i in range(6)]
+    ds.close()
+    shard = tmp_path / "dst" / "shard-00000.lmdb"
+    for victim in (3, 4):                          # a small record in a block, a large one alone
+        blob = bytearray(shard.read_bytes())
+        at = blob.find(records[victim])              # each record's first bytes are its own
+        assert at > 0 and blob.find(records[victim], at + 1) == -1
+        blob[at + len(records[victim]) // 2] ^= 0x01
+        shard.write_bytes(bytes(blob))
+        bad = [b[0] for b in verify(tmp_path / "dst", decode=False, progress=False)]
+        assert bad == ([3] if victim == 3 else [3, 4])

@@ -113,3 +113,16 @@ def test_eval_window_is_the_centre_crop_of_resize_then_crop():
     assert anchor[0].tolist() == [(600 - 350) // 2, (400 - 350) // 2]
     assert shape[2].tolist() == [1.0, 1.0] and anchor[2].tolist() == [0.0, 0.0]
     assert flip.tolist() == [0, 0, 0]
+
+
+def test_rank_positions_equal_rank_share_of_a_range_without_the_range():
+    from loader.sampler import rank_positions
+
+    for n in (1, 5, 17, 64):
+        for world in (1, 2, 3, 8):
+            for bs in (1, 4):
+                for drop in (True, False):
+                    for rank in range(world):
+                        got = rank_positions(n, rank, world, bs, drop)
+                        assert got.dtype == np.int32
+                        assert got.tolist() == rank_share(np.arange(n), rank, world, bs, drop).tolist()

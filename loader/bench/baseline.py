@@ -259,12 +259,14 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def baseline_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, workers: int = 2,
-                    train: bool = True, seed: int = 0,
-                    prefetch_factor: int | None = None) -> torch.utils.data.DataLoader:
+                    train: bool = True, seed: int = 0, prefetch_factor: int | None = None,
+                    pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """The standard ``DataLoader`` over ``dataset``, configured as in a typical training script.
 
     ``shuffle=train``, ``drop_last=train``, ``persistent_workers=workers > 0``,
-    ``pin_memory=False``, a generator seeded with ``seed``; each worker seeds its
+    ``pin_memory`` (False by default: on the CPU there is no device to copy to; ``loader
+    bench`` passes True on CUDA, as a careful GPU user does, so that the batches go to the
+    GPU with ``non_blocking=True`` copies), a generator seeded with ``seed``; each worker seeds its
     augmentation RNG from the loader's per-worker seed (``seed`` with
     ``workers=0``).
     """
@@ -281,5 +283,5 @@ def baseline_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, worke
         kwargs["prefetch_factor"] = prefetch_factor
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-        persistent_workers=workers > 0, pin_memory=False, generator=g,
+        persistent_workers=workers > 0, pin_memory=bool(pin_memory), generator=g,
         worker_init_fn=_seed_worker if workers > 0 else None, **kwargs)

@@ -6,7 +6,13 @@
 * ``dataloader-lmdb`` -- the same DataLoader reading the packed shards instead of files
                          (separates the storage format from the decoder);
 * ``decode-limit``    -- DALI region-of-interest decode and nothing else
-                         (:mod:`loader.bench.decode_limit`): the ceiling.
+                         (:mod:`loader.bench.decode_limit`): the ceiling; on CUDA the
+                         nvJPEG decode of the loader's GPU graph alone.
+
+On CUDA the DataLoader baselines run the way a careful GPU user runs them:
+``pin_memory=True`` and ``.to(device, non_blocking=True)``; :meth:`Contender.sync`
+synchronizes the device before every clock read, so the copies are inside the
+timed span.
 
 A contender is created once per (batch size, image size) and stepped batch by
 batch; :meth:`Contender.step` rolls over into the next epoch by itself, so a
@@ -148,13 +154,16 @@ class _DataLoaderContender(Contender):
             ds = ImageFolderDataset(s.folder, s.image_size, s.train, s.seed)
         else:
             ds = PackedFileDataset(s.packed, s.image_size, s.train, s.seed)
-        self.obj = baseline_loader(ds, s.batch_size, workers=s.workers, train=s.train, seed=s.seed)
+        self.obj = baseline_loader(ds, s.batch_size, workers=s.workers, train=s.train, seed=s.seed,
+                                   pin_memory=s.device.startswith("cuda"))
 
     def step(self) -> int:
         images, labels = self._next_batch()
         if self.spec.device.startswith("cuda"):   # deliver where the model is, as loader does
-            images = images.to(self.spec.device)
-            labels = labels.to(self.spec.device)
+            # From pinned memory, asynchronous: the copy overlaps the next batch's fetch;
+            # sync() before each clock read keeps it inside the measurement.
+            images = images.to(self.spec.device, non_blocking=True)
+            labels = labels.to(self.spec.device, non_blocking=True)
         return int(labels.shape[0])
 
     def close(self) -> None:

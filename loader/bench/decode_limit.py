@@ -2,6 +2,14 @@
 
 ``loader bench`` reports :class:`loader.ImageLoader` as a share of this: what
 the same DALI decoder does on the same records when it is all there is.
+
+On CUDA (``device_id`` set) it is the GPU row: the loader's own GPU decode and
+nothing after it -- nvJPEG region decode (``decoders.image_slice`` on "mixed")
+of numpy-drawn windows, or, where ``ImageLoader``'s ``gpu_decode="auto"`` picks
+"full" (nvImageCodec 0.9.x, NVIDIA/nvImageCodec#55), the full decode and the
+GPU crop the loader then runs -- with the same nvJPEG arguments
+(:func:`loader.pipeline.nvjpeg_arguments`). ``decoders.image_random_crop`` on
+"mixed" is the very call #55 reports crashing, so the GPU row never uses it.
 """
 
 from __future__ import annotations
@@ -36,13 +44,17 @@ class DecodeLimit:
         self._dataset = dataset
         self._batch = batch_size
         self._train = train
+        self._gpu = device_id is not None
+        self._rng = np.random.default_rng([seed, 0xD1])
         self._order = np.random.default_rng([seed, 0xD0]).permutation(len(dataset))
         self._pos = 0
         self._pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                               prefetch_queue_depth=prefetch, seed=seed)
         decoder_device = "cpu" if device_id is None else "mixed"
         with self._pipe:
-            if train:
+            if self._gpu:
+                self._pipe.set_outputs(self._gpu_decode())
+            elif train:
                 jpegs = fn.external_source(source=self._next_records, batch=True, dtype=types.UINT8)
                 images = fn.decoders.image_random_crop(
                     jpegs, device=decoder_device, output_type=types.RGB,
@@ -54,17 +66,33 @@ class DecodeLimit:
                 images = fn.decoders.image_slice(
                     jpegs, anchor, shape, device=decoder_device, output_type=types.RGB,
                     normalized_anchor=False, normalized_shape=False, axis_names="WH")
-            self._pipe.set_outputs(images)
+            if not self._gpu:
+                self._pipe.set_outputs(images)
         self._pipe.build()
+
+    def _gpu_decode(self):
+        from loader.pipeline import nvjpeg_arguments, resolve_gpu_decode
+
+        jpegs, anchor, shape = fn.external_source(source=self._next_records, num_outputs=3, batch=True,
+                                                  dtype=[types.UINT8, types.FLOAT, types.FLOAT])
+        nvjpeg = nvjpeg_arguments(int(self._dataset.heights.max()), int(self._dataset.widths.max()))
+        if resolve_gpu_decode("auto") == "roi":
+            return fn.decoders.image_slice(jpegs, anchor, shape, device="mixed", output_type=types.RGB,
+                                           normalized_anchor=False, normalized_shape=False, axis_names="WH",
+                                           **nvjpeg)
+        images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, **nvjpeg)
+        return fn.slice(images, anchor, shape, normalized_anchor=False, normalized_shape=False, axis_names="WH",
+                        out_of_bounds_policy="error")
 
     def _next_records(self):
         n = len(self._order)
         take = self._order[np.arange(self._pos, self._pos + self._batch) % n]
         self._pos = (self._pos + self._batch) % n
         data = self._dataset.read_batch(take)
-        if self._train:
+        if self._train and not self._gpu:
             return data
-        anchor, shape, _ = crop_windows(self._dataset.heights[take], self._dataset.widths[take], None)
+        anchor, shape, _ = crop_windows(self._dataset.heights[take], self._dataset.widths[take],
+                                        self._rng if self._train else None)
         return data, anchor, shape
 
     def __iter__(self):

@@ -12,6 +12,13 @@
   and after it the process tree is left to go idle (:func:`loader.bench.procstat.settle`),
   so a contender's background prefetching never runs inside another's
   measurement. Images are counted from the labels of every batch consumed.
+
+GPU memory on CUDA: ``gpu_mem_mb`` is the device's peak used memory (every
+contender of the configuration is alive at once, so it is the sum), and
+``gpu_peak_memory_mb`` the contender's own: what the device gained from just
+before its creation to the end of its first batch, plus the largest growth
+during one of its measurements (the others are idle then). Device-wide figures
+(``cudaMemGetInfo``) count DALI's pools, which torch's allocator statistics do not.
 """
 
 from __future__ import annotations
@@ -179,6 +186,12 @@ class _Stats:
         self.peak_rss = 0
         self.peak_workers_rss = 0
         self.peak_gpu: int | None = None
+        self.gpu_created: int | None = None   # device memory gained by create() + the first batch
+        self.gpu_growth = 0                   # the largest growth during one measurement
+        self._gpu_start: int | None = None
+
+    def measure_starts(self, c: Contender) -> None:
+        self._gpu_start = _gpu_used(c.spec.device)
 
     def sample_memory(self, c: Contender) -> None:
         """Main RSS + the contender's worker processes; the GPU's used memory."""
@@ -190,6 +203,11 @@ class _Stats:
 
             free, total = torch.cuda.mem_get_info(c.spec.device)
             self.peak_gpu = max(self.peak_gpu or 0, total - free)
+            if self._gpu_start is not None:
+                self.gpu_growth = max(self.gpu_growth, total - free - self._gpu_start)
+
+    def gpu_own(self) -> int | None:
+        return None if self.gpu_created is None else max(self.gpu_created, 0) + self.gpu_growth
 
     def row(self, c: Contender, s: BenchSettings, pack_s: float | None) -> BenchRow:
         return BenchRow(
@@ -200,7 +218,19 @@ class _Stats:
             first_batch_ms=self.first_batch_ms, create_s=self.create_s,
             peak_rss_mb=self.peak_rss / MB, workers_rss_mb=self.peak_workers_rss / MB,
             gpu_mem_mb=None if self.peak_gpu is None else self.peak_gpu / MB,
-            device=c.spec.device, train=s.train, warmup=s.warmup, pack_s=pack_s)
+            device=c.spec.device, train=s.train, warmup=s.warmup, pack_s=pack_s,
+            gpu_peak_memory_mb=None if self.gpu_own() is None else self.gpu_own() / MB)
+
+
+def _gpu_used(device: str) -> int | None:
+    """The device's used memory in bytes now (None on the CPU), after its queued work is done."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    torch.cuda.synchronize(device)
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
 
 
 def _measure(c: Contender, st: _Stats, s: BenchSettings) -> Timing:
@@ -212,6 +242,7 @@ def _measure(c: Contender, st: _Stats, s: BenchSettings) -> Timing:
             last[0] = now
             st.sample_memory(c)
 
+    st.measure_starts(c)
     t = time_steps(c.step, warmup=max(s.warmup, c.queue_depth), batches=s.batches, seconds=s.seconds,
                    sync=c.sync, tick=tick)
     st.sample_memory(c)
@@ -311,6 +342,7 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
             try:
                 for name in order:
                     c, st = make_contender(specs[name]), stats[name]
+                    before = _gpu_used(device)
                     t0 = time.perf_counter()
                     c.create()
                     st.create_s = time.perf_counter() - t0
@@ -319,6 +351,8 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
                     c.first()
                     c.sync()
                     st.first_batch_ms = 1e3 * (time.perf_counter() - t0)
+                    if before is not None:
+                        st.gpu_created = _gpu_used(device) - before
                     log(f"{name} batch={b} size={size} {mode}: created in {st.create_s:.2f} s, "
                         f"first batch in {st.first_batch_ms:.0f} ms")
                     if s.settle:

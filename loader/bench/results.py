@@ -19,7 +19,10 @@ class BenchRow:
 
     Memory figures are in MB (10^6 bytes, :data:`loader.units.MB`): the main
     process's peak RSS plus the contender's worker processes (``peak_rss_mb``),
-    the workers alone, and the GPU's used memory. ``ratio_vs_*`` divide this
+    the workers alone, and the GPU's used memory: ``gpu_mem_mb`` is the whole device's
+    peak (every contender alive in the process, DALI's pools included),
+    ``gpu_peak_memory_mb`` this contender's own share (see
+    :mod:`loader.bench.harness`); both None on the CPU. ``ratio_vs_*`` divide this
     row's rate by the named baseline's at the same configuration;
     ``pct_of_decode_limit`` is set on ``loader`` rows.
     """
@@ -46,6 +49,7 @@ class BenchRow:
     train: bool = True
     warmup: int = 0
     pack_s: float | None = None                  # the one-off pack of SRC, when this run did it
+    gpu_peak_memory_mb: float | None = None      # this contender's own GPU memory (None on the CPU)
 
     def to_dict(self) -> dict:
         """The JSON object (lists for tuples)."""

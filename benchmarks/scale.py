@@ -1,0 +1,173 @@
+"""Scale: does a record cost the same at 1.281M records (or 10M) as at 128k?
+
+For each image count N it generates N tiny photo-like JPEGs (~3 KB, 68x68, in
+1,000 class folders; :func:`loader.synthetic.make_tiny_dataset`), packs them
+and measures, each in a fresh process:
+
+* pack: images/s (whole ``loader pack``, every core) and the parent's peak RSS;
+* disk: bytes of DST per byte of input images;
+* ``open_dataset()``: seconds and RSS growth (warm page cache);
+* ``ImageLoader(...)``: seconds, its own open included (torch and DALI already imported),
+  and the first epoch's plan (shuffle and this rank's share).
+
+``--index N`` also writes a synthetic N-record index (the index files alone,
+through :class:`loader.manifest.IndexWriter`, with one small shard) and
+measures its open time and RSS growth: a 10M row measured, not extrapolated.
+
+    python benchmarks/scale.py --images 128100 1281000 --index 10000000 --json scale.json
+
+Data go to ``.cache/scale/`` (or ``--cache``); generated folders are reused.
+``benchmarks/test_bench_scale.py`` runs it small in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_PACK = """
+import json, resource, sys
+from loader import pack
+r = pack(sys.argv[1], sys.argv[2], progress=False, overwrite=True)
+print(json.dumps({"images_per_sec": r.images_per_sec, "seconds": r.seconds, "records": r.num_records,
+                  "input_bytes": r.input_bytes, "output_bytes": r.output_bytes,
+                  "parent_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}))
+"""
+
+_OPEN = """
+import json, sys, time
+import torch, nvidia.dali  # imported before the clocks: the loader's own cost is measured
+from loader.bench.procstat import rss_bytes
+from loader import ImageLoader, open_dataset
+before = rss_bytes(); t0 = time.perf_counter()
+ds = open_dataset(sys.argv[1])
+t1 = time.perf_counter(); grew = rss_bytes() - before
+out = {"records": len(ds), "open_s": t1 - t0, "open_rss_mb": grew / 1e6}
+if sys.argv[2] == "loader":
+    t2 = time.perf_counter()
+    ld = ImageLoader(sys.argv[1], batch_size=256, device="cpu", image_size=64)
+    out["imageloader_s"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    plan = ld.epoch_plan(0)                 # what an epoch's start costs per record (shuffle, share)
+    out["epoch_plan_s"] = time.perf_counter() - t3
+    out["imageloader_rss_mb"] = (rss_bytes() - before) / 1e6 - out["open_rss_mb"]
+    ld.close()
+print(json.dumps(out))
+"""
+
+
+def _run(code: str, *args: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                       env=env, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"scale step failed (rc {r.returncode}): {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _warm(src: Path) -> None:
+    for d in sorted(src.iterdir()):
+        for f in d.iterdir():
+            f.read_bytes()
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def measure_images(n: int, cache: Path, *, keep: bool = True) -> dict:
+    """Pack N generated tiny JPEGs and measure (see the module docstring)."""
+    from loader.synthetic import make_tiny_dataset
+
+    src = cache / f"tiny-{n}"
+    make_tiny_dataset(src, n)
+    _warm(src)                           # every size packs from the page cache, as 128k always does
+    dst = cache / f"tiny-{n}.packed"
+    shutil.rmtree(dst, ignore_errors=True)
+    row = {"records": n, **_run(_PACK, src, dst)}
+    row["disk_per_input_byte"] = _dir_bytes(dst) / row["input_bytes"]
+    _run(_OPEN, dst, "open")             # warm the page cache
+    row.update(_run(_OPEN, dst, "loader"))
+    if not keep:
+        shutil.rmtree(dst, ignore_errors=True)
+    return row
+
+
+def write_synthetic_index(dst: Path, n: int) -> Path:
+    """An N-record index through the pack's own writer, all records in one small shard."""
+    import numpy as np
+
+    from loader.manifest import IndexWriter
+    from loader.shards import ShardInfo, ShardWriter
+
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir(parents=True)
+    values = 64
+    with ShardWriter(dst / "shard-00000.lmdb") as w:
+        for _ in range(values):
+            w.append(bytes(64 * 1024))
+    index = IndexWriter(dst, capacity=n)
+    chunk = 1 << 20
+    for lo in range(0, n, chunk):
+        i = np.arange(lo, min(lo + chunk, n), dtype=np.int64)
+        names = "".join(f"c{k % 1000:04d}/{k // 1000:07d}.jpg" for k in i.tolist()).encode()
+        index.extend(labels=(i % 1000).astype(np.int32), heights=np.full(len(i), 68, np.int32),
+                     widths=np.full(len(i), 68, np.int32), crcs=(i * 2654435761 % 2**32).astype(np.uint32),
+                     keys=(i % values).astype(np.int32), offsets=((i // values) % 16 * 4096).astype(np.uint32),
+                     lengths=np.full(len(i), 3000, np.uint32), sources=names,
+                     source_ends=np.arange(1, len(i) + 1, dtype=np.int64) * 17)
+    index.finish(classes=[f"c{k:04d}" for k in range(1000)],
+                 shards=[ShardInfo("shard-00000.lmdb", 0, n, 3000 * n, values)], pack_params={}, skipped=0)
+    return dst
+
+
+def measure_index(n: int, cache: Path) -> dict:
+    """Open time and RSS of a synthetic N-record index (fresh process, warm page cache)."""
+    dst = write_synthetic_index(cache / f"index-{n}", n)
+    _run(_OPEN, dst, "open")
+    row = {"records": n, "synthetic_index": True, **_run(_OPEN, dst, "loader")}
+    row["index_bytes"] = _dir_bytes(dst) - (dst / "shard-00000.lmdb").stat().st_size
+    shutil.rmtree(dst, ignore_errors=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    """The README's Scale table (markdown)."""
+    head = ("| records | pack images/s | pack parent peak RSS | disk / input bytes | `open_dataset()` "
+            "| RSS after open | `ImageLoader()` (opens it too) | first epoch plan |\n|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        pack = "synthetic index" if r.get("synthetic_index") else f"{r['images_per_sec']:,.0f}"
+        rss = "" if r.get("synthetic_index") else f"{r['parent_peak_rss_mb']:.0f} MB"
+        disk = "" if r.get("synthetic_index") else f"{r['disk_per_input_byte']:.3f}"
+        lines.append(f"| {r['records']:,} | {pack} | {rss} | {disk} | {r['open_s']:.3f} s "
+                     f"| +{r['open_rss_mb']:.1f} MB | {r['imageloader_s']:.3f} s | {r['epoch_plan_s']:.3f} s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, nargs="*", default=[128_100],
+                    help="image counts to generate, pack and open (default 128100)")
+    ap.add_argument("--index", type=int, nargs="*", default=[],
+                    help="record counts of synthetic indexes to open (e.g. 10000000)")
+    ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "scale", help="data folder")
+    ap.add_argument("--json", type=Path, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    rows = [measure_images(n, args.cache) for n in args.images] + [measure_index(n, args.cache) for n in args.index]
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``--model MODULE:CALLABLE``: import the user's model factory and check what it builds.
+
+The spec is read like a console-script entry point: ``MODULE`` is imported
+(from the current directory or ``PYTHONPATH``), ``CALLABLE`` is an attribute
+path in it (``pkg.mod:Factory.build`` works). The callable gets
+``num_classes=`` when it accepts that keyword, and must return a
+``torch.nn.Module`` whose output for a ``[B, 3, H, W]`` batch is ``[B, num_classes]``.
+Every way this can go wrong is a :class:`ModelSpecError`: one line naming the
+spec and what to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+
+from loader.errors import LoaderError
+
+__all__ = ["ModelSpecError", "build_model", "check_output", "load_factory"]
+
+
+class ModelSpecError(LoaderError, ValueError):
+    """``--model`` names nothing usable, or what it builds is not a classifier for this dataset."""
+
+
+def load_factory(spec: str) -> Callable:
+    """The callable that ``"MODULE:CALLABLE"`` names.
+
+    >>> load_factory("collections:OrderedDict").__name__
+    'OrderedDict'
+    """
+    if not isinstance(spec, str) or spec.count(":") != 1:
+        raise ModelSpecError(f"--model must be MODULE:CALLABLE (e.g. torchvision.models:resnet50), got {spec!r}")
+    module_name, attr = (p.strip() for p in spec.split(":"))
+    if not module_name or not attr:
+        raise ModelSpecError(f"--model must be MODULE:CALLABLE (e.g. torchvision.models:resnet50), got {spec!r}")
+    # The console script does not put the current directory on sys.path (python -m does);
+    # entry-point semantics say it should be there while the module is imported. Restored after.
+    cwd_added = os.getcwd() not in sys.path and "" not in sys.path
+    if cwd_added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ModelSpecError(f"--model {spec}: cannot import {module_name!r} ({e}); is it on PYTHONPATH "
+                             f"or in the current directory?") from None
+    except Exception as e:  # noqa: BLE001 - any error inside the user's module is a spec problem
+        raise ModelSpecError(f"--model {spec}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+    finally:
+        if cwd_added and os.getcwd() in sys.path:
+            sys.path.remove(os.getcwd())
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ModelSpecError(f"--model {spec}: {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ModelSpecError(f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a callable")
+    return obj
+
+
+def _takes_num_classes(factory: Callable) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):   # some builtins have no signature: call without the keyword
+        return False
+    return any(p.name == "num_classes" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or
+               p.kind == p.VAR_KEYWORD for p in params)
+
+
+def build_model(factory: Callable, num_classes: int, *, spec: str = "the model"):
+    """``factory(num_classes=num_classes)`` (or ``factory()`` if it takes no such keyword), checked to be a Module."""
+    import torch
+
+    try:
+        model = factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
+    except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
+        raise ModelSpecError(f"--model {spec}: calling it failed: {type(e).__name__}: {e}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(f"--model {spec}: returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def check_output(model, num_classes: int, image_size: int, device, *, spec: str = "the model") -> None:
+    """One forward pass of a ``[2, 3, image_size, image_size]`` batch must give ``[2, num_classes]``.
+
+    Runs in eval mode without gradients (BatchNorm's running stats are left as
+    they were) and puts the model back in its previous mode.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, image_size, image_size, device=device))
+    except Exception as e:  # noqa: BLE001
+        raise ModelSpecError(f"--model {spec}: a forward pass of a [2, 3, {image_size}, {image_size}] batch "
+                             f"failed: {type(e).__name__}: {' '.join(str(e).split())}") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != (2, num_classes):
+        got = f"shape {list(shape)}" if shape is not None else f"a {type(out).__name__}"
+        raise ModelSpecError(f"--model {spec}: output must be [batch, num_classes] = [2, {num_classes}] for "
+                             f"this dataset's {num_classes} classes, got {got}")

@@ -1,0 +1,347 @@
+"""``loader advise``: the JSON schema, figures from real counts and timers, oom / over-budget rows, trial, bad specs.
+
+CPU only: a 60-record packed dataset of 40x32 px images, 16 px crops and
+models of a few hundred parameters, so each run takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from loader.advisor import AdviseInterrupted, AdviseSettings, ModelSpecError, advise
+from loader.advisor.modelspec import load_factory
+from loader.advisor.training import seeded, state_digest
+from loader.advisor.trial import trial_budget
+from loader.bench.recommend import batch_bytes
+from loader.errors import LoaderError
+from loader.sampler import split_indices
+from loader.units import MB
+from tests.conftest import REPO, pack_small_images
+
+FAST = dict(image_sizes=(16,), steps=2, warmup=1, repeats=2, threads=1, device="cpu")
+CLASSES, PER_CLASS = 3, 20          # 60 records: 48 training, 12 validation at validation_split 0.2
+
+# The models the CLI imports (written next to the dataset, found through PYTHONPATH).
+MODELS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    def tiny(num_classes):
+        return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(4, num_classes))
+
+    class OomAbove(nn.Module):
+        """Behaves like a GPU that holds at most 8 images: a larger batch raises CUDA's OutOfMemoryError."""
+        def __init__(self, num_classes, limit=8):
+            super().__init__()
+            self.net, self.limit = tiny(num_classes), limit
+        def forward(self, x):
+            if x.shape[0] > self.limit:
+                raise torch.cuda.OutOfMemoryError(f"CUDA out of memory: tried a batch of {x.shape[0]}")
+            return self.net(x)
+
+    def not_a_module(num_classes):
+        return 42
+
+    def wrong_shape(num_classes):
+        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes + 1))
+
+    def no_classes():   # takes no num_classes: called without it
+        return tiny(5)
+
+    not_callable = 3
+''')
+
+
+class Recording(nn.Module):
+    """A tiny model that records a digest of its weights at its first training-mode forward pass."""
+
+    seen: list[str] = []
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+        self.started = False
+
+    def forward(self, x):
+        if self.training and not self.started:
+            self.started = True
+            Recording.seen.append(state_digest(self))
+        return self.net(x)
+
+
+def tiny(num_classes: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, num_classes))
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("advise")
+    dst = pack_small_images(root, CLASSES, PER_CLASS, (40, 32))
+    (root / "advise_models.py").write_text(MODELS)
+    return dst
+
+
+def advise_cli(packed: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m loader advise DST --quiet <fast options> ARGS``, the test models importable."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(packed.parent)]))
+    cmd = [sys.executable, "-m", "loader", "advise", str(packed), "--quiet", "--image-size", "16", "--steps", "2",
+           "--warmup", "1", "--repeats", "1", "--threads", "1", "--device", "cpu", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, env=env, timeout=300)
+
+
+def test_cli_json_schema_oom_rows_and_exit_0(packed, tmp_path):
+    out = tmp_path / "advise.json"
+    r = advise_cli(packed, "--model", "advise_models:OomAbove", "--batch-sizes", "4,8,16,32",
+                   "--trial", "24", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert list(d) == ["device", "model", "image_size", "rows", "recommendation"]
+    assert (d["device"], d["model"], d["image_size"]) == ("cpu", "advise_models:OomAbove", 16)
+    row_keys = ["batch_size", "image_size", "status", "step_ms", "model_images_per_sec", "loader_images_per_sec",
+                "end_to_end_images_per_sec", "data_wait_fraction", "peak_memory_mb", "bound", "trial"]
+    assert all(list(row) == row_keys for row in d["rows"])
+    # 16 raises CUDA's OutOfMemoryError: an `oom` row, and 32 is never tried
+    assert [(row["batch_size"], row["status"]) for row in d["rows"]] == [(4, "ok"), (8, "ok"), (16, "oom")]
+    oom = d["rows"][2]
+    assert all(oom[k] is None for k in row_keys[3:])
+    for row in d["rows"][:2]:
+        assert list(row["trial"]) == ["images", "steps", "train_loss", "val_loss", "val_accuracy"]
+        assert row["trial"]["images"] == 24 and row["trial"]["steps"] == 24 // row["batch_size"]
+        assert row["bound"] in ("input", "compute") and 0 <= row["data_wait_fraction"] <= 1
+    rec = d["recommendation"]
+    assert list(rec) == ["batch_size", "largest_fitting", "input_bound", "lr", "text"]
+    assert rec["largest_fitting"] == 8 and rec["batch_size"] in (4, 8) and rec["lr"] is None
+    assert "batch 16 is oom" in rec["text"]
+    assert "oom" in r.stdout and "recommendation:" in r.stdout
+
+
+def test_figures_come_from_counts_and_timers(packed):
+    s = AdviseSettings(batch_sizes=(4, 8), prefetch=2, **FAST)
+    res = advise(packed, model=tiny, settings=s, progress=False)
+    assert [r.status for r in res.rows] == ["ok", "ok"]
+    for r in res.rows:
+        b = r.batch_size
+        for ts in (r.model_timings, r.loader_timings, r.end_to_end_timings):
+            assert [(t.steps, t.count) for t in ts] == [(s.steps, s.steps * b)] * s.repeats
+        assert r.model_images_per_sec == statistics.median(t.count / t.seconds for t in r.model_timings)
+        assert r.step_ms == 1e3 * statistics.median(t.seconds / t.steps for t in r.model_timings)
+        assert r.loader_images_per_sec == statistics.median(t.rate for t in r.loader_timings)
+        assert r.end_to_end_images_per_sec == statistics.median(t.rate for t in r.end_to_end_timings)
+        assert r.data_wait_fraction == sum(r.data_wait_s) / sum(t.seconds for t in r.end_to_end_timings)
+        assert 0 < r.data_wait_fraction < 1
+        assert r.loader_memory_mb == 3 * batch_bytes(b, 16) / MB      # prefetch 2 + the batch in use
+        assert r.peak_memory_mb == r.step_memory_mb + r.loader_memory_mb
+        input_bound = r.loader_images_per_sec < r.model_images_per_sec or r.data_wait_fraction > 0.1
+        assert r.bound == ("input" if input_bound else "compute")
+    rec = res.recommendation
+    best = max(r.end_to_end_images_per_sec for r in res.rows)
+    within = [r.batch_size for r in res.rows if r.end_to_end_images_per_sec >= 0.95 * best]
+    assert rec.batch_size == min(within) and rec.largest_fitting == 8
+    assert rec.input_bound == (next(r for r in res.rows if r.batch_size == rec.batch_size).bound == "input")
+    assert "no memory budget on cpu" in rec.text
+
+
+def test_over_budget_row_gives_largest_fitting_below_it(packed):
+    # At 128 px the loader's 3 batches in flight alone are 2.4 MB at batch 4 and 9.4 MB at 16:
+    # with 8 MB less 10% (7.2 MB usable), 4 fits (its train step grows RSS by well under 4.8 MB) and 16 cannot.
+    opts = dict(FAST, image_sizes=(128,))
+    res = advise(packed, model=tiny, batch_sizes=(4, 16, 32), memory_budget_mb=8.0, progress=False, **opts)
+    assert [(r.batch_size, r.status) for r in res.rows] == [(4, "ok"), (16, "over-budget")]
+    assert res.rows[1].loader_memory_mb == 3 * batch_bytes(16, 128) / MB > 7.2
+    rec = res.recommendation
+    assert (rec.batch_size, rec.largest_fitting) == (4, 4)
+    assert "of 7 MB usable: the 8 MB budget less a 10% safety margin" in rec.text
+    assert "batch 16 is over-budget" in rec.text
+
+
+def test_nothing_fits_in_a_tiny_budget(packed):
+    res = advise(packed, model=tiny, batch_sizes=(4, 8), memory_budget_mb=0.01, progress=False, **FAST)
+    (row,) = res.rows
+    assert row.status == "over-budget" and row.peak_memory_mb > 0.01 * 0.9
+    assert row.model_images_per_sec is not None and row.loader_images_per_sec is None and row.bound is None
+    assert res.recommendation.batch_size is None and res.recommendation.largest_fitting is None
+    assert "nothing fit: batch 4 at 16 px is over-budget" in res.recommendation.text
+
+
+def test_trial_same_budget_same_initial_weights_validation_only(packed):
+    Recording.seen = []
+    res = advise(packed, model=Recording, batch_sizes=(4, 8), trial_images=40, base_batch_size=4, base_lr=0.1,
+                 progress=False, **FAST)
+    trials = [r.trial for r in res.rows]
+    assert [r.batch_size for r in res.rows] == [4, 8] and None not in trials
+    assert [(t.images, t.steps) for t in trials] == [(40, 10), (40, 5)]
+    assert [t.lr for t in trials] == [0.1, 0.2]
+    assert res.recommendation.lr == 0.1 * res.recommendation.batch_size / 4
+    with seeded(0, torch.device("cpu")):
+        expected = state_digest(Recording(CLASSES))
+    # every copy (the warm-up step, 2 rows, 2 trials) started from the weights the seed gives
+    assert Recording.seen == [expected] * 5
+    assert {t.initial_digest for t in trials} == {expected}
+    n = CLASSES * PER_CLASS
+    val = split_indices(n, 0.2, "validation", 0)
+    train = split_indices(n, 0.2, "training", 0)
+    for t in trials:
+        assert np.array_equal(t.val_records, val) and t.val_images == len(val) == 12
+        assert np.intersect1d(t.train_records, t.val_records).size == 0
+        assert np.isin(t.train_records, train).all() and len(t.train_records) == 40   # 40 of 48: one epoch
+        assert 0 <= t.val_accuracy <= 1 and t.val_loss > 0 and t.train_loss > 0
+    assert "Trial (40 training images each)" in res.recommendation.text
+
+
+def test_trial_budget_is_a_multiple_of_every_batch_size_when_possible():
+    assert trial_budget(100, [4, 8, 16]) == 96
+    assert trial_budget(10, [16]) == 10          # no multiple fits: the last step takes part of a batch
+
+
+BAD_SPECS = {
+    "no-colon": "scripts.example_model",
+    "two-colons": "a:b:c",
+    "no-module": "no_such_module_xyz:model",
+    "no-attribute": "advise_models:missing",
+    "not-callable": "advise_models:not_callable",
+    "not-a-module": "advise_models:not_a_module",
+    "wrong-shape": "advise_models:wrong_shape",
+    "wrong-classes": "advise_models:no_classes",
+}
+
+
+def test_bad_model_specs_give_one_line_and_exit_2(packed):
+    with ThreadPoolExecutor(2) as pool:
+        runs = pool.map(lambda spec: advise_cli(packed, "--model", spec, "--batch-sizes", "4"), BAD_SPECS.values())
+        results = dict(zip(BAD_SPECS, runs))
+    for name, r in results.items():
+        lines = r.stderr.splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: --model"), (name, r.stderr)
+        assert r.stdout == "", name
+    assert "MODULE:CALLABLE" in results["no-colon"].stderr
+    assert "cannot import 'no_such_module_xyz'" in results["no-module"].stderr
+    assert "no attribute 'missing'" in results["no-attribute"].stderr
+    assert "returned a int, not a torch.nn.Module" in results["not-a-module"].stderr
+    assert "got shape [2, 4]" in results["wrong-shape"].stderr
+    assert "got shape [2, 5]" in results["wrong-classes"].stderr
+
+
+def test_load_factory_restores_sys_path_and_raises_model_spec_error():
+    before = list(sys.path)
+    with pytest.raises(ModelSpecError, match="cannot import"):
+        load_factory("no_such_module_xyz:f")
+    assert sys.path == before
+    assert load_factory("torch.nn:Linear") is nn.Linear
+
+
+def test_ctrl_c_returns_what_was_measured(packed):
+    def progress(line):
+        if line.startswith("batch=8"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(AdviseInterrupted) as e:
+        advise(packed, model=tiny, batch_sizes=(4, 8, 16), progress=progress, **FAST)
+    res = e.value.result
+    assert res.interrupted and [(r.batch_size, r.status) for r in res.rows] == [(4, "ok")]
+    assert res.recommendation.batch_size == 4
+
+
+def test_cli_ctrl_c_prints_the_rows_so_far(packed, monkeypatch, capsys):
+    import loader.advisor
+    from loader import cli
+
+    partial = advise(packed, model=tiny, batch_sizes=(4,), progress=False, **FAST)
+
+    def interrupted(*a, **k):
+        raise AdviseInterrupted(partial)
+
+    monkeypatch.setattr(loader.advisor, "advise", interrupted)
+    rc = cli.main(["advise", str(packed), "--model", "advise_models:tiny", "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 130 and err == "interrupted: results so far\n"
+    assert out.splitlines()[2].split()[:3] == ["4", "16", "ok"] and "recommendation: " in out
+
+
+def test_host_globals_untouched(packed):
+    import loader
+
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
+    result = loader.advise(packed, model=tiny, batch_sizes=(4,), progress=False, **FAST)
+    assert result.rows[0].status == "ok"
+    assert torch.get_num_threads() == threads and torch.equal(torch.random.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("options, msg", [
+    (dict(base_lr=0.1), "--base-batch-size and --base-lr go together"),
+    (dict(batch_sizes=(0, 8)), "--batch-sizes must be"),
+    (dict(image_sizes=(4,)), "--image-size must be"),
+    (dict(optimizer="lamb"), "--optimizer must be one of sgd, adamw"),
+    (dict(safety_margin=1.5), "--safety-margin must be a fraction"),
+    (dict(memory_budget_mb=-1.0), "--memory-budget must be a positive number"),
+])
+def test_settings_are_validated(options, msg):
+    with pytest.raises(LoaderError, match=msg):
+        AdviseSettings(**options)
+
+
+def test_lr_scaling_and_default_batch_sizes():
+    s = AdviseSettings(base_batch_size=256, base_lr=0.1, max_batch_size=100)
+    assert s.batch_sizes == (8, 16, 32, 64) and s.lr_for(512) == 0.2
+
+
+def test_every_advise_flag_has_help():
+    import argparse
+
+    from loader.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = [a for a in sub.choices["advise"]._actions if not isinstance(a, argparse._HelpAction)]
+    assert len(actions) >= 20 and all(a.help and len(a.help) > 15 for a in actions), \
+        [a.dest for a in actions if not a.help or len(a.help) <= 15]
+    fields = set(AdviseSettings.__dataclass_fields__) - {"tolerance"}   # the 5% rule is an API-only knob
+    flags = {a.dest for a in actions}
+    renamed = {"image_sizes": "image_size", "memory_budget_mb": "memory_budget", "trial_images": "trial"}
+    assert {renamed.get(f, f) for f in fields} <= flags
+
+
+def _row(b, size, e2e, *, loader=1000.0, model=2000.0, wait=0.2, acc=None):
+    from loader.advisor.results import AdviseRow, TrialResult
+
+    trial = None if acc is None else TrialResult(images=64, steps=64 // b, train_loss=1.0, val_loss=1.0 - acc,
+                                                 val_accuracy=acc)
+    bound = "input" if loader < model or wait > 0.1 else "compute"
+    return AdviseRow(b, size, "ok", step_ms=1.0, model_images_per_sec=model, loader_images_per_sec=loader,
+                     end_to_end_images_per_sec=e2e, data_wait_fraction=wait, peak_memory_mb=float(b), bound=bound,
+                     trial=trial)
+
+
+def test_recommend_rules_on_given_rows():
+    from loader.advisor.recommend import recommend
+    from loader.advisor.results import AdviseRow
+
+    s = AdviseSettings(base_batch_size=32, base_lr=0.1)
+    rows = [_row(16, 128, 900.0), _row(32, 128, 960.0), _row(64, 128, 1000.0),
+            _row(16, 224, 400.0), _row(32, 224, 500.0), _row(64, 224, 505.0, loader=3000.0, wait=0.05),
+            AdviseRow(128, 224, "oom", error="CUDA out of memory")]
+    rec = recommend(rows, s, memory_budget_mb=1000.0, device="cpu", cores=2)
+    # no trial: the largest image size decides; 32 is within 5% of 505 (>= 479.75), 16 is not
+    assert (rec.image_size, rec.batch_size, rec.largest_fitting) == (224, 32, 64)
+    assert rec.input_bound is True and rec.lr == 0.1
+    assert rec.suggestions[0].startswith("decode on the GPU") and "at 128 px" in rec.suggestions[1]
+    assert "batch 128 is oom" in rec.text and "batch 32 at 128 px (960 images/s)" in rec.text
+    # with a trial, its best image size decides
+    trial_rows = [_row(16, 128, 900.0, acc=0.8), _row(16, 224, 400.0, acc=0.7), _row(32, 224, 500.0, acc=0.6)]
+    rec = recommend(trial_rows, s, memory_budget_mb=None, device="cuda:0", cores=2)
+    assert (rec.image_size, rec.batch_size, rec.lr) == (128, 16, 0.05)
+    assert "best validation top-1 80.0% at batch 16, 128 px" in rec.text
+    assert not any("GPU" in t for t in rec.suggestions)
