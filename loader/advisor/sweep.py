@@ -21,7 +21,7 @@ from loader.advisor.results import AdviseResult, AdviseRow
 from loader.advisor.settings import AdviseSettings
 from loader.advisor.training import DEFAULT_LR, TrainStep, fresh_copy, seeded
 from loader.advisor.trial import run_trial, trial_budget
-from loader.errors import LoaderError, import_dali
+from loader.errors import LoaderError
 from loader.units import MB, available_cores
 
 __all__ = ["AdviseInterrupted", "advise"]
@@ -36,19 +36,13 @@ class AdviseInterrupted(KeyboardInterrupt):
 
 
 def _resolve_device(device: str):
-    import_dali("loader advise")   # a one-line error, not a traceback, when DALI is missing
     import torch
 
-    from loader.imageloader import resolve_device
+    from loader.bench.harness import resolve_run_device
 
-    try:
-        dev = resolve_device(device)
-    except ValueError as e:
-        raise LoaderError(f"--device: {e}") from None
-    if dev.type == "cuda":
-        torch.cuda.init()
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve_run_device(device, "loader advise")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -265,8 +265,11 @@ def _close_all(contenders: dict[str, Contender]) -> None:
 # ------------------------------------------------------------------ the race
 
 
-def _resolve_device(device: str) -> str:
-    import_dali("loader bench")   # a one-line error, not a traceback, when DALI is missing
+def resolve_run_device(device: str, needed_by: str):
+    """``--device`` of a measuring command (``loader bench``, ``loader advise``) as a
+    ``torch.device``, CUDA initialised; a one-line :class:`LoaderError` when DALI is missing
+    or the device is bad, not a traceback."""
+    import_dali(needed_by)
     from loader.imageloader import resolve_device
 
     try:
@@ -277,7 +280,11 @@ def _resolve_device(device: str) -> str:
         import torch
 
         torch.cuda.init()
-    return str(dev)
+    return dev
+
+
+def _resolve_device(device: str) -> str:
+    return str(resolve_run_device(device, "loader bench"))
 
 
 def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str | Path | None = None,
