@@ -6,19 +6,19 @@ are ``.npy`` columns in global record order, memory-mapped and validated with
 numpy (:mod:`loader.columns`), so a dataset of any size opens in about the
 same time and every process on a machine shares one copy:
 
-==================== ======= ==================================================
-file                 dtype   per record
-==================== ======= ==================================================
-``labels.npy``       int32   class index
-``heights.npy``      int32   height of the stored, upright image
-``widths.npy``       int32   width
-``checksums.npy``    uint32  CRC-32 of the record's bytes
-``keys.npy``         int32   LMDB key number (in its shard) of the value holding it
-``offsets.npy``      uint32  where the record starts in that value
-``lengths.npy``      uint32  its length in bytes
-``converted.npy``    uint8   0: stored byte-for-byte; k: ``conversions[k-1]``
-``source_offsets.npy`` int64 ``n + 1`` offsets into ``sources.bin``
-==================== ======= ==================================================
+====================== ======= ================================================
+file                   dtype   per record
+====================== ======= ================================================
+``labels.npy``         int32   class index
+``heights.npy``        int32   height of the stored, upright image
+``widths.npy``         int32   width
+``checksums.npy``      uint32  CRC-32 of the record's bytes
+``keys.npy``           int32   LMDB key number (in its shard) of its value
+``offsets.npy``        uint32  where the record starts in that value
+``lengths.npy``        uint32  its length in bytes
+``converted.npy``      uint8   0: stored byte-for-byte; k: ``conversions[k-1]``
+``source_offsets.npy`` int64   ``n + 1`` offsets into ``sources.bin``
+====================== ======= ================================================
 
 ``sources.bin`` holds the source paths (relative to SRC, ``/`` separators,
 UTF-8 with surrogate escapes) end to end; it is read only when a path is
