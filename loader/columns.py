@@ -108,11 +108,14 @@ def scan_column(path: str | os.PathLike, name: str, dtype, n: int,
 
 
 def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | None = None,
-                hi: int | None = None, validate: bool = True) -> np.ndarray:
+                hi: int | None = None, check: Callable[[np.ndarray, int], str | None] | None = None
+                ) -> np.ndarray:
     """Column ``name`` of ``n`` values of ``dtype`` from ``path``, memory-mapped read-only.
 
-    With ``validate`` every value must lie in ``[lo, hi]`` (either bound may be
-    None); the first one that does not is named in the :class:`DatasetError`.
+    The header (dtype, shape, file size) is always checked. Values are checked
+    by ``check`` (see :func:`scan_column`) or, given ``lo``/``hi``, must lie in
+    ``[lo, hi]`` (either bound may be None); the first bad one is named in the
+    :class:`DatasetError`. With neither, values are not read.
     """
     path, dtype = Path(path), np.dtype(dtype)
 
@@ -128,8 +131,10 @@ def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | 
                     f"[{'' if lo is None else lo}, {'' if hi is None else hi}]")
         return None
 
-    if validate and (lo is not None or hi is not None):
-        scan_column(path, name, dtype, n, in_range)
+    if check is None and (lo is not None or hi is not None):
+        check = in_range
+    if check is not None:
+        scan_column(path, name, dtype, n, check)
     else:
         _open_checked(path, name, dtype, n).close()
     if n == 0:

@@ -146,7 +146,7 @@ class _ColumnRecords:
     def crc32(self) -> np.ndarray:
         if self._crc is None:
             self._crc = np.asarray(read_column(self._path / COLUMNS["checksums"][0], "checksums",
-                                               COLUMNS["checksums"][1], self._n, validate=False))
+                                               COLUMNS["checksums"][1], self._n))
         return self._crc
 
     def checksum(self, i: int) -> str:
@@ -156,7 +156,7 @@ class _ColumnRecords:
         if self._blob is None:
             self._offsets = np.asarray(read_column(self._path / COLUMNS["source_offsets"][0],
                                                    "source_offsets", COLUMNS["source_offsets"][1],
-                                                   self._n + 1, validate=False))
+                                                   self._n + 1))
             size = int(self._offsets[-1])
             self._blob = (np.memmap(self._path / SOURCES_NAME, dtype=np.uint8, mode="r", shape=(size,))
                           if size else np.zeros(0, dtype=np.uint8))
@@ -216,12 +216,6 @@ class Manifest:
     def num_converted(self) -> int:
         """Records pack converted rather than stored byte-for-byte."""
         return self._records.num_converted()
-
-    def header(self) -> dict[str, Any]:
-        """The JSON header's content (version 3 layout), e.g. for ``loader info``."""
-        return {"format": self.format, "version": self.version, "classes": list(self.classes),
-                "shards": [_shard_plain(s) for s in self.shards], "num_records": self.num_records,
-                "pack_params": self.pack_params, "skipped": self.skipped}
 
 
 def _shard_plain(s: ShardInfo) -> dict[str, Any]:
@@ -347,7 +341,7 @@ def _keys_in_shards(shards: tuple[ShardInfo, ...]):
     return check
 
 
-def _monotone_from_zero(last: int):
+def _monotone_from_zero():
     prev = [0]
 
     def check(chunk: np.ndarray, first: int) -> str | None:
@@ -391,13 +385,12 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
     labels = col("labels", lo=0, hi=len(classes) - 1)
     heights = col("heights", lo=1)
     widths = col("widths", lo=1)
-    scan_column(path / COLUMNS["keys"][0], "keys", COLUMNS["keys"][1], n, _keys_in_shards(shards))
-    keys = col("keys", validate=False)
-    offsets = col("offsets", validate=False)
+    keys = col("keys", check=_keys_in_shards(shards))
+    offsets = col("offsets")                 # checked against the values when read
     lengths = col("lengths", lo=1)
     converted = col("converted", hi=len(conversions))
-    col("checksums", validate=False)         # present, right dtype and length; mapped when used
-    check, last = _monotone_from_zero(0)
+    col("checksums")                         # present, right dtype and length; mapped when used
+    check, last = _monotone_from_zero()
     scan_column(path / COLUMNS["source_offsets"][0], "source_offsets", COLUMNS["source_offsets"][1],
                 n + 1, check)
     blob = path / SOURCES_NAME

@@ -56,6 +56,17 @@ def pack_small_images(root: Path, classes: int, per_class: int, base: tuple[int,
     return root / "packed"
 
 
+def pack_photo_dataset(root: Path, *, classes: int, per_class: int, seed: int, workers: int) -> Path:
+    """Generate ``classes x per_class`` photo-like JPEGs under ``root/src``, pack them into
+    ``root/packed`` and return it."""
+    import loader
+    from loader.synthetic import make_dataset
+
+    make_dataset(root / "src", classes=classes, per_class=per_class, seed=seed, workers=workers)
+    loader.pack(root / "src", root / "packed", workers=workers, progress=False)
+    return root / "packed"
+
+
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """``python -m loader ARGS`` in a subprocess (from the repo root)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -27,6 +27,7 @@ import loader
 from loader import ImageLoader
 from loader.doctor import GPU_CPU_MEAN_ABS_BOUND, GPU_CPU_P99_ABS_BOUND
 from loader.pipeline import GPU_DECODES, image_graph, nvjpeg_arguments, resolve_gpu_decode
+from tests.conftest import pack_photo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,12 +59,7 @@ def decode_param():
 
 @pytest.fixture(scope="module")
 def photo_ds(tmp_path_factory):
-    from loader.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("photo")
-    make_dataset(root / "src", classes=3, per_class=14, seed=1, workers=1)
-    loader.pack(root / "src", root / "packed", workers=1, progress=False)
-    return root / "packed"
+    return pack_photo_dataset(tmp_path_factory.mktemp("photo"), classes=3, per_class=14, seed=1, workers=1)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from loader import ImageLoader
 from loader.errors import DatasetError
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.sampler import crop_windows
-from tests.conftest import edit_columns, replace_records
+from tests.conftest import edit_columns, pack_photo_dataset, replace_records
 
 COLOURS = [(200, 30, 30), (30, 180, 40), (40, 50, 210)]     # class c -> RGB
 SIZES = [(64, 48), (48, 64), (100, 75), (75, 100), (57, 57), (120, 40), (40, 120), (90, 66)]
@@ -661,12 +661,7 @@ SEEDS_IN_A_CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def photo120(tmp_path_factory):
-    from loader.synthetic import make_dataset
-
-    root = tmp_path_factory.mktemp("photo120")
-    make_dataset(root / "src", classes=4, per_class=30, seed=2, workers=2)
-    loader.pack(root / "src", root / "packed", workers=2, progress=False)
-    return root / "packed"
+    return pack_photo_dataset(tmp_path_factory.mktemp("photo120"), classes=4, per_class=30, seed=2, workers=2)
 
 
 def _damage(src, dst, kind):
