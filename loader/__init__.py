@@ -23,18 +23,21 @@ _EXPORTS = {
     "ImageLoader": "loader.imageloader",
     "advise": "loader.advisor",
 }
+# Imported on first use too, needing torch but not DALI.
+_TORCH_EXPORTS = {"ColorJitter": "loader.augment.jitter"}
 # Pure constants (no DALI): loader.recipe.
 from loader.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def __getattr__(name):
-    if name in _EXPORTS:
+    if name in _EXPORTS or name in _TORCH_EXPORTS:
         import importlib
 
-        import_dali(f"loader.{name}")
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        if name in _EXPORTS:
+            import_dali(f"loader.{name}")
+        return getattr(importlib.import_module({**_EXPORTS, **_TORCH_EXPORTS}[name]), name)
     raise AttributeError(f"module 'loader' has no attribute {name!r}")
 
 
 __all__ = ["pack", "PackReport", "open_dataset", "PackedDataset", "IMAGENET_MEAN", "IMAGENET_STD", *_EXPORTS,
-           "__version__"]
+           *_TORCH_EXPORTS, "__version__"]

@@ -32,10 +32,13 @@ def _epilog_pack() -> str:
 def _cmd_pack(args: argparse.Namespace) -> int:
     from loader.packing import pack
 
+    classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     report = pack(args.src, args.dst, shards=args.shards,
                   shard_size_mb=512 if args.shard_size_mb is None else args.shard_size_mb,
                   workers=args.workers, max_side=args.max_side, quality=args.quality,
-                  overwrite=args.overwrite, strict=args.strict, progress=not args.quiet)
+                  overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
+                  labels=args.labels, unlabeled=args.unlabeled, classes=classes,
+                  classes_from=args.classes_from)
     print(report.summary())
     if report.num_skipped:
         from loader.manifest import SKIPPED_NAME
@@ -56,7 +59,14 @@ def dataset_info(dst: str) -> dict:
 
     ds = open_dataset(dst)
     m = ds.manifest
-    counts = np.bincount(m.labels, minlength=len(m.classes)).tolist()
+    # Per class: its records; multi-label: the records having it (a record's classes are unique).
+    if m.multi_label:
+        counts = np.bincount(m.label_values, minlength=len(m.classes)).tolist()
+    elif m.classes:
+        counts = np.bincount(m.labels, minlength=len(m.classes)).tolist()
+    else:
+        counts = []
+    ds.close()
     return {
         "path": str(ds.path),
         "format": m.format,
@@ -64,6 +74,9 @@ def dataset_info(dst: str) -> dict:
         "num_records": m.num_records,
         "num_skipped": m.skipped,
         "num_converted": m.num_converted(),
+        "label_source": m.label_source,
+        "multi_label": m.multi_label,
+        "num_unlisted": m.unlisted,
         "classes": [{"label": i, "name": c, "count": counts[i]} for i, c in enumerate(m.classes)],
         "shards": [{"name": s.name, "first": s.first, "records": s.records, "values": s.entries,
                     "bytes": s.bytes, "file_bytes": os.path.getsize(ds.path / s.name)} for s in m.shards],
@@ -82,8 +95,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"dataset   {info['path']}")
     print(f"records   {info['num_records']} (converted at pack time: {info['num_converted']}, "
           f"skipped files: {info['num_skipped']})")
-    print(f"classes   {len(info['classes'])}")
-    width = max(len(c["name"]) for c in info["classes"])
+    source = {"folders": "class folders", "file": "labels file", "none": "none (unlabeled)"}
+    kind = "" if info["label_source"] == "none" else (
+        ", multi-label" if info["multi_label"] else ", single-label")
+    unlisted = (f", {info['num_unlisted']} files in SRC not listed (not packed)"
+                if info["label_source"] == "file" else "")
+    print(f"labels    {source.get(info['label_source'], info['label_source'])}{kind}{unlisted}")
+    print(f"classes   {len(info['classes'])}" +
+          (" (counts: records having the class)" if info["multi_label"] else ""))
+    width = max((len(c["name"]) for c in info["classes"]), default=0)
     for c in info["classes"]:
         print(f"  {c['label']:>5}  {c['name']:<{width}}  {c['count']}")
     print(f"shards    {len(info['shards'])}")
@@ -118,7 +138,7 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
         epilog=_epilog_pack(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="image folder with one sub-folder per class; class "
                    "labels follow the sorted folder names; files in nested folders count for their "
-                   "class; hidden files are ignored")
+                   "class; hidden files are ignored (with --labels or --unlabeled: any folder of images)")
     p.add_argument("dst", metavar="DST", help="folder to create for the packed dataset (must not "
                    "exist unless --overwrite)")
     g = p.add_mutually_exclusive_group()
@@ -136,13 +156,30 @@ def _add_pack(sub: argparse._SubParsersAction) -> None:
                    "packed dataset (atomically: the old one stays until the new one is complete)")
     p.add_argument("--strict", action="store_true", help="stop with an error at the first bad "
                    "file instead of skipping it (nothing is written to DST)")
+    p.add_argument("--labels", metavar="FILE", help="take the labels from FILE instead of the class "
+                   "folders: .csv with a header row path,label (a label of digits is a class index; "
+                   "cat|dog is a list) or .jsonl/.json-lines, one {\"path\": ..., \"label\": ...} per "
+                   "line (a label: class name, index or a list of them); paths relative to SRC, '/' "
+                   "separators; records follow the file's rows; a list makes the dataset multi-label; "
+                   "files of SRC not listed are not packed (counted as unlisted)")
+    p.add_argument("--unlabeled", action="store_true", help="no labels: pack every file under SRC "
+                   "(recursively, files directly in SRC included), sorted by path; not with --labels, "
+                   "--classes or --classes-from")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--classes", metavar="NAME,NAME,...", help="the class list, in label order, for "
+                   "the class folders or --labels: a folder or label not in it is an error; a class "
+                   "without images is kept (count 0)")
+    g.add_argument("--classes-from", metavar="OTHER_DST", help="take the class list from the packed "
+                   "dataset OTHER_DST (e.g. pack val with train's classes: same label indices)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pack)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="describe a packed dataset",
-                       description="Show record and class counts, shards and pack parameters.")
+                       description="Show record counts, where the labels came from (class folders, "
+                                   "labels file, none; multi-label or not; unlisted files), class "
+                                   "counts, shards and pack parameters.")
     p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.set_defaults(func=_cmd_info)
@@ -184,6 +221,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batch_sizes=parse_sizes(args.batch_sizes, "--batch-sizes"),
         image_sizes=parse_sizes(args.image_sizes, "--image-sizes"),
         workers=args.workers, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+        eval_mode=args.eval_mode, color_jitter=args.color_jitter,
         batches=args.batches, seconds=args.seconds, train=not args.eval, device=args.device,
         prefetch=args.prefetch, seed=args.seed, memory_budget_mb=args.memory_budget,
         pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()))
@@ -236,6 +274,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="seconds per measurement (default: 4 unless --batches)")
     p.add_argument("--eval", action="store_true", help="measure the eval pipelines (resize + "
                    "centre crop, in order) instead of train")
+    p.add_argument("--eval-mode", choices=("fast", "torchvision"), default="fast",
+                   help="the loader row's eval (ImageLoader's eval_mode): the centre window resized, or "
+                   "torchvision's Resize + CenterCrop pixels exactly (default: fast)")
+    p.add_argument("--color-jitter", type=float, default=0.0, metavar="J",
+                   help="the loader row's training colour jitter, brightness = contrast = saturation = J "
+                   "(ImageLoader's color_jitter; the other rows run without; default: 0, off)")
     p.add_argument("--pipelines", default=",".join(CONTENDERS), metavar="LIST",
                    help=f"contenders to run (default: {','.join(CONTENDERS)})")
     p.add_argument("--device", default="auto", help="loader's device: auto, cpu, cuda, cuda:N "

@@ -1,4 +1,4 @@
-"""Per-record columns of a version 3 index: ``.npy`` files beside the manifest, memory-mapped.
+"""Per-record columns of a version 3/4 index: ``.npy`` files beside the manifest, memory-mapped.
 
 Why files and not JSON lists: at 1.281M records, parsing the version 2
 manifest's lists and checking them element by element took 0.7-1.8 s and
@@ -60,8 +60,9 @@ def _header(f, where: str) -> tuple[tuple, bool, np.dtype]:
         raise DatasetError(f"{where} is not a valid .npy column ({e}); {_REPACK}") from None
 
 
-def _open_checked(path: Path, name: str, dtype: np.dtype, n: int):
-    """Open ``path`` and check its header: ``dtype`` exactly, shape ``(n,)``, exact file size."""
+def _open_checked(path: Path, name: str, dtype: np.dtype, n: int, promise: str | None = None):
+    """Open ``path`` and check its header: ``dtype`` exactly, shape ``(n,)``, exact file size.
+    ``promise``: where ``n`` comes from, for the message (default: the manifest's record count)."""
     where = str(path)
     if path.is_symlink() and os.path.dirname(os.path.realpath(path)) != os.path.realpath(path.parent):
         raise DatasetError(f"{where}: column {name!r} is a link to {os.path.realpath(path)}, outside the "
@@ -78,8 +79,9 @@ def _open_checked(path: Path, name: str, dtype: np.dtype, n: int):
             raise DatasetError(f"{where}: column {name!r} has dtype {found}, expected {dtype}; "
                                f"the index is corrupt or was tampered with, {_REPACK}")
         if shape != (n,):
-            raise DatasetError(f"{where}: column {name!r} has shape {shape} but the manifest promises "
-                               f"{n} records; the index is corrupt, {_REPACK}")
+            raise DatasetError(f"{where}: column {name!r} has shape {shape} but "
+                               f"{promise or f'the manifest promises {n} records'}; the index is corrupt, "
+                               f"{_REPACK}")
         size = os.fstat(f.fileno()).st_size
         if size != f.tell() + n * dtype.itemsize:
             raise DatasetError(f"{where}: column {name!r} is {size} bytes, expected "
@@ -91,11 +93,12 @@ def _open_checked(path: Path, name: str, dtype: np.dtype, n: int):
 
 
 def scan_column(path: str | os.PathLike, name: str, dtype, n: int,
-                check: Callable[[np.ndarray, int], str | None]) -> None:
+                check: Callable[[np.ndarray, int], str | None], promise: str | None = None) -> None:
     """Check every value of a column in chunks: ``check(chunk, first_index)`` returns why a
-    chunk is bad (or None); raises :class:`DatasetError` naming the file and the reason."""
+    chunk is bad (or None); raises :class:`DatasetError` naming the file and the reason.
+    ``promise``: where the length ``n`` comes from, for the message (default: the record count)."""
     path, dtype = Path(path), np.dtype(dtype)
-    with _open_checked(path, name, dtype, n) as f:
+    with _open_checked(path, name, dtype, n, promise) as f:
         per_chunk = max(1, _CHUNK_BYTES // dtype.itemsize)
         buf = np.empty(per_chunk, dtype=dtype)
         for first in range(0, n, per_chunk):
@@ -108,14 +111,15 @@ def scan_column(path: str | os.PathLike, name: str, dtype, n: int,
 
 
 def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | None = None,
-                hi: int | None = None, check: Callable[[np.ndarray, int], str | None] | None = None
-                ) -> np.ndarray:
+                hi: int | None = None, check: Callable[[np.ndarray, int], str | None] | None = None,
+                promise: str | None = None) -> np.ndarray:
     """Column ``name`` of ``n`` values of ``dtype`` from ``path``, memory-mapped read-only.
 
     The header (dtype, shape, file size) is always checked. Values are checked
     by ``check`` (see :func:`scan_column`) or, given ``lo``/``hi``, must lie in
     ``[lo, hi]`` (either bound may be None); the first bad one is named in the
-    :class:`DatasetError`. With neither, values are not read.
+    :class:`DatasetError`. With neither, values are not read. ``promise``: where ``n``
+    comes from, for the message (default: the manifest's record count).
     """
     path, dtype = Path(path), np.dtype(dtype)
 
@@ -134,9 +138,9 @@ def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | 
     if check is None and (lo is not None or hi is not None):
         check = in_range
     if check is not None:
-        scan_column(path, name, dtype, n, check)
+        scan_column(path, name, dtype, n, check, promise)
     else:
-        _open_checked(path, name, dtype, n).close()
+        _open_checked(path, name, dtype, n, promise).close()
     if n == 0:
         return np.zeros(0, dtype=dtype)
     try:

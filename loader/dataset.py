@@ -12,6 +12,9 @@ process.
 >>> len(ds), ds.classes, ds.source(0)  # doctest: +SKIP
 (3000, ('cat', 'dog'), 'cat/001.jpg')
 >>> jpeg = ds.read(0); label = int(ds.labels[0])        # doctest: +SKIP
+>>> ds.multi_hot(np.array([0, 5]))      # doctest: +SKIP
+array([[1., 0.],
+       [0., 1.]], dtype=float32)
 """
 
 from __future__ import annotations
@@ -30,16 +33,31 @@ __all__ = ["PackedDataset", "open_dataset"]
 
 
 class PackedDataset:
-    """A packed dataset opened for reading; see :func:`open_dataset`."""
+    """A packed dataset opened for reading; see :func:`open_dataset`.
+
+    Labels: ``classes`` (a tuple, empty when unlabeled), ``labels`` (int32 per record; -1 for
+    every record when unlabeled or multi-label), ``label_source`` (``"folders"``, ``"file"``
+    or ``"none"``), ``multi_label``, and for multi-label datasets the CSR ``label_offsets`` /
+    ``label_values`` (else None); :meth:`multi_hot` turns any kind into a target matrix.
+    """
 
     def __init__(self, path: str | os.PathLike, manifest: Manifest):
         self.path = Path(path)
         self.manifest = manifest
         self.classes: tuple[str, ...] = manifest.classes
         self.labels: np.ndarray = manifest.labels
+        #: Where the labels came from: "folders" (one sub-folder per class), "file" (pack --labels),
+        #: "none" (pack --unlabeled: no classes, labels all -1).
+        self.label_source: str = manifest.label_source
+        #: True if each record has a set of classes (then labels are all -1: see label_offsets).
+        self.multi_label: bool = manifest.multi_label
+        #: Multi-label only (else None): record i's sorted class indices are
+        #: label_values[label_offsets[i]:label_offsets[i + 1]] (int64 [n + 1], int32).
+        self.label_offsets: np.ndarray | None = manifest.label_offsets
+        self.label_values: np.ndarray | None = manifest.label_values
         self.heights: np.ndarray = manifest.heights
         self.widths: np.ndarray = manifest.widths
-        # Where each record is (version 3): the value's key, and the slice of it.
+        # Where each record is (since version 3): the value's key, and the slice of it.
         self._keys, self._offsets, self._lengths = manifest.keys, manifest.offsets, manifest.lengths
         self._firsts = np.array([s.first for s in manifest.shards], dtype=np.int64)
         self._readers = [ShardReader(self.path / s.name) for s in manifest.shards]
@@ -113,6 +131,35 @@ class PackedDataset:
             out.append(np.frombuffer(value[starts[k]:ends[k]], dtype=np.uint8).copy())
         return out
 
+    def multi_hot(self, records: np.ndarray) -> np.ndarray:
+        """Targets of ``records`` as float32 ``[len(records), len(classes)]``: 1.0 where the
+        record has the class, else 0.0.
+
+        Multi-label: each record's row of the CSR (all zeros for a record with no class);
+        single-label: one-hot of ``labels``; unlabeled: shape ``[len(records), 0]``.
+        Vectorised (no loop over records). Raises IndexError for an index out of range.
+
+        >>> ds.multi_hot(np.array([3, 0]))                 # doctest: +SKIP
+        array([[1., 0., 1.],
+               [0., 1., 0.]], dtype=float32)
+        """
+        idx = np.asarray(records, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            bad = int(idx[(idx < 0) | (idx >= len(self))][0])
+            raise IndexError(f"record index {bad} out of range for {len(self)} records in {self.path}")
+        out = np.zeros((len(idx), len(self.classes)), dtype=np.float32)
+        if self.multi_label:
+            starts = self.label_offsets[idx]
+            counts = self.label_offsets[idx + 1] - starts
+            total = int(counts.sum())
+            rows = np.repeat(np.arange(len(idx)), counts)
+            # Position of each value: its row's start + its rank within the row.
+            ranks = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            out[rows, self.label_values[np.repeat(starts, counts) + ranks]] = 1.0
+        elif self.classes and idx.size:
+            out[np.arange(len(idx)), self.labels[idx]] = 1.0
+        return out
+
     def source(self, i: int) -> str:
         """Path of record ``i``'s source file, relative to the SRC it was packed from."""
         return self.manifest.source(self._check_index(i))
@@ -127,7 +174,7 @@ class PackedDataset:
             r.close()
 
     def __getstate__(self) -> dict:
-        # ShardReader pickles without its open environment: each process reopens. A version 3
+        # ShardReader pickles without its open environment: each process reopens. A version 3/4
         # index is mapped again (a pickle of the maps would copy them); older ones travel.
         return {"path": self.path, "manifest": None if self.manifest.keys is not None else self.manifest}
 

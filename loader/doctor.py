@@ -220,6 +220,21 @@ def environment() -> Environment:
 
 # -- the path checks, each in a child -------------------------------------------------
 
+
+def _expected_targets(ds, idx):
+    """The targets ImageLoader must yield for records ``idx`` (loader.batches: class indices,
+    multi-hot rows, or the record indices of an unlabeled pack), from the manifest alone."""
+    import numpy as np
+    import torch
+
+    from loader.batches import target_kind
+
+    kind = target_kind(ds)
+    if kind == "multi_hot":
+        return torch.from_numpy(ds.multi_hot(idx))
+    return torch.from_numpy((idx if kind == "index" else ds.labels[idx]).astype(np.int64))
+
+
 def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
                    ) -> tuple[list[str], int, float, float]:
     """Run up to ``max_batches`` eval batches: (failures, images, images/s, first-batch seconds).
@@ -228,7 +243,6 @@ def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
     batch's latency), or the first alone when there is only one."""
     import time
 
-    import numpy as np
     import torch
 
     plan = ld.epoch_plan(0).records.tolist()
@@ -249,9 +263,10 @@ def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
             failures.append(f"batch {k}: on {images.device}, expected {device_type}")
         if not bool(torch.isfinite(images.float()).all()):
             failures.append(f"batch {k}: non-finite pixels")
-        want = ds.labels[idx.cpu().numpy()].astype(np.int64).tolist()
-        if labels.cpu().tolist() != want:
-            failures.append(f"batch {k}: labels {labels.cpu().tolist()[:8]}... are not the manifest's {want[:8]}...")
+        want = _expected_targets(ds, idx.cpu().numpy())
+        if not torch.equal(labels.cpu(), want):
+            failures.append(f"batch {k}: targets {labels.cpu().tolist()[:8]}... are not the manifest's "
+                            f"{want.tolist()[:8]}...")
         seen += idx.cpu().tolist()
         if k == 0:
             if device_type == "cuda":
@@ -314,7 +329,8 @@ def _child(dst: str, device: str, batch_size: int, size: int, max_batches: int) 
     train = ImageLoader(dst, batch_size=bs, image_size=size, train=True, drop_last=False, device=device,
                         with_indices=True)
     x, y, idx = next(iter(train))
-    if tuple(x.shape) != (len(idx), 3, size, size) or y.cpu().tolist() != ds.labels[idx.cpu().numpy()].tolist():
+    want = _expected_targets(ds, idx.cpu().numpy())
+    if tuple(x.shape) != (len(idx), 3, size, size) or not torch.equal(y.cpu(), want):
         failures.append(f"train batch: images {tuple(x.shape)} or labels do not match the manifest")
     train.close()
     if device == "cuda":

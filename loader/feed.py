@@ -1,4 +1,4 @@
-"""Feeding DALI: one epoch's batches of (encoded bytes, crop window, flip, label, index).
+"""Feeding DALI: one epoch's batches of (encoded bytes, crop window, flip, label, index, box, jitter).
 
 :class:`EpochFeed` is the ``source`` of the pipeline's ``external_source`` (with
 ``cycle="raise"``). DALI calls ``next()`` once per batch, ahead of the consumer
@@ -18,10 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loader.augment.settings import Augment
 from loader.recordguard import RecordRejected
 from loader.sampler import crop_windows
 
 __all__ = ["EpochPlan", "EpochFeed"]
+
+# Per-sample side data that travels through DALI with the batch (float32 each):
+# the colour jitter (JitterParams.to_array) and the exact-eval geometry (EvalGeometry.to_fields).
+_JITTER_FIELDS, _GEOMETRY_FIELDS = 8, 14
 
 
 @dataclass(frozen=True)
@@ -39,8 +44,10 @@ class EpochFeed:
     """Iterable over the batches of the current plan, for DALI's ``external_source``."""
 
     def __init__(self, dataset, *, train: bool, seed: int, history: int = 8, guard=None,
-                 replace_bad: bool = False):
+                 replace_bad: bool = False, augment: Augment | None = None, image_size: int = 224):
         self._dataset = dataset
+        self._augment = augment if augment is not None else Augment()
+        self._image_size = image_size
         self._guard = guard      # loader.recordguard.RecordGuard: keeps damaged records from DALI
         # on_error="replace": a bad record's slot takes the next good record of this rank's
         # epoch order (cyclically), so batches stay full and the choice depends only on the plan.
@@ -101,12 +108,27 @@ class EpochFeed:
                 data = ds.read_batch(records)
         self.in_flight.append(records)
         heights, widths = ds.heights[records], ds.widths[records]
+        aug, n = self._augment, len(records)
+        geometry = np.zeros((n, _GEOMETRY_FIELDS), np.float32)
+        jitter = np.zeros((n, _JITTER_FIELDS), np.float32)
         if self._train:
             # One generator per batch, keyed by the batch's first epoch position:
             # the same crops whatever the prefetch depth, and after a resume.
             rng = np.random.default_rng([self._seed, plan.epoch, int(plan.positions[lo]), 0xC0])
-            anchor, shape, flip = crop_windows(heights, widths, rng)
+            anchor, shape, flip = crop_windows(heights, widths, rng, scale=aug.scale, ratio=aug.ratio,
+                                               hflip=aug.hflip)
+            if aug.color_jitter.enabled:
+                # Its own stream, so that jitter on or off leaves the crops as they are.
+                p = aug.color_jitter.draw(
+                    np.random.default_rng([self._seed, plan.epoch, int(plan.positions[lo]), 0xC1]), n)
+                jitter[:] = p.to_array()
+        elif aug.eval_mode == "torchvision":
+            from loader.augment.torchvision_eval import eval_geometry
+
+            g = eval_geometry(heights, widths, self._image_size, aug.crop_fraction)
+            anchor, shape, geometry[:] = g.anchor, g.shape, g.to_fields()
+            flip = np.zeros(n, np.uint8)
         else:
-            anchor, shape, flip = crop_windows(heights, widths, None)
-        return (data, anchor, shape, flip.astype(np.int32),
-                ds.labels[records].astype(np.int64), records.astype(np.int64))
+            anchor, shape, flip = crop_windows(heights, widths, None, crop_fraction=aug.crop_fraction)
+        return (data, anchor.astype(np.float32), shape.astype(np.float32), flip.astype(np.int32),
+                ds.labels[records].astype(np.int64), records.astype(np.int64), geometry, jitter)

@@ -18,23 +18,30 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from loader.augment.batch import batch_generator
+from loader.augment.settings import Augment, ColorMode, EvalMode
+from loader.batches import BatchAssembler
 from loader.buffers import BatchBuffers
 from loader.dataset import open_dataset
 from loader.errors import DatasetError, LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import CpuFinisher, GpuDecode, build_pipeline, resolve_gpu_decode
-from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
+from loader.placement import distributed_env, resolve_device, threads_per_rank
+from loader.recipe import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.recordguard import RecordGuard, RecordRejected
 from loader.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
-from loader.units import available_cores
 
-__all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError"]
+__all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "resolve_device"]
+
+# Grayscale's default normalization: the mean of ImageNet's three channels (as for 1-channel
+# ImageNet models); explicit mean/std for grayscale take one number each.
+_GRAY_MEAN, _GRAY_STD = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
 
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
@@ -42,24 +49,6 @@ _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uin
 
 class DecodeError(LoaderError, RuntimeError):
     """A record could not be decoded at load time."""
-
-
-def _distributed_env(rank: int | None, world_size: int | None) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank): explicit args, else torch.distributed, else env vars, else 0/1."""
-    dist = torch.distributed
-    if rank is None and world_size is None and dist.is_available() and dist.is_initialized():
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-    if rank is None:
-        rank = int(os.environ.get("RANK", 0))
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    return rank, world_size, local_rank
-
-
-def _threads_per_rank() -> int:
-    """DALI threads for one rank: the usable cores shared by the ranks on this node (LOCAL_WORLD_SIZE)."""
-    return max(1, available_cores() // max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1))
 
 
 class _EpochSetter:
@@ -72,26 +61,6 @@ class _EpochSetter:
         self._loader.set_epoch(epoch)
 
 
-def resolve_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
-    """"auto" -> CUDA if available else CPU; a bare "cuda" -> the local rank's GPU."""
-    if isinstance(device, str) and device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; use device='cpu' or 'auto'")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank % torch.cuda.device_count())
-        elif dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return dev
-
-
 class ImageLoader:
     """Decode and augment a packed dataset with NVIDIA DALI; yield torch batches.
 
@@ -99,8 +68,9 @@ class ImageLoader:
         path: a directory written by ``loader pack``.
         batch_size: images per batch.
         image_size: output height and width.
-        train: random-resized-crop (scale 0.08-1, ratio 3/4-4/3) + flip, shuffled;
-            else resize shorter side to ``image_size/0.875`` + centre crop, in order.
+        train: random-resized-crop (``scale``, ``ratio``) + flip (``hflip``) + ``color_jitter``,
+            shuffled; else ``Resize(floor(image_size / crop_fraction))`` + ``CenterCrop(image_size)``
+            (``eval_mode``), in order.
         shuffle: default ``train``. drop_last: default ``train`` (every batch full).
         seed: seeds the shuffle, the split and the augmentation, with the epoch.
         device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
@@ -109,6 +79,27 @@ class ImageLoader:
         dtype: torch.float32, torch.float16 or torch.uint8 (uint8 needs mean=std=None).
         channels_last: images in channels_last memory format (no extra copy).
         mean, std: per-channel, in 0..1 units (like torchvision); None = no normalization.
+        scale, ratio: RandomResizedCrop's area fraction and aspect ratio (w/h) ranges
+            (torchvision's defaults (0.08, 1) and (3/4, 4/3)).
+        hflip: probability of a horizontal flip in training (0 disables; default 0.5).
+        color_jitter: torchvision's ``ColorJitter`` after the flip, training only: None (off), a
+            float ``j`` (brightness = contrast = saturation = j, as timm's ``--color-jitter``), a
+            (brightness, contrast, saturation[, hue]) tuple, or a :class:`loader.ColorJitter`.
+            Same parameters on the CPU and GPU graphs, drawn from (seed, epoch, position).
+        crop_fraction: eval's centre crop as a fraction of the resized shorter side (timm's
+            ``crop_pct``; default 0.875, i.e. resize to 256 for 224).
+        eval_mode: "fast" (default): crop the centre ``crop_fraction`` of the shorter side, then
+            resize (loader 0.2's eval; up to ~1 output pixel off torchvision's); "torchvision":
+            the pixels of torchvision's ``Resize(floor(size / crop_fraction))`` +
+            ``CenterCrop(size)`` on PIL images (identical on the CPU graph; ~15% slower there),
+            for models validated with torchvision's transforms. See docs/imageloader.md.
+        color_mode: "rgb" (3 channels) or "grayscale" (1 channel, decoded as such; ``mean``/``std``
+            then take one number each, default the mean of ImageNet's: 0.449, 0.226).
+        batch_transform: ``f(images, targets, generator)`` called on every batch on the output
+            device, after normalization; the loader yields what it returns (plus the indices
+            with ``with_indices``). ``generator`` is a ``torch.Generator`` on that device seeded
+            from (seed, epoch, rank, batch index), so mixup/cutmix replay exactly after a resume;
+            see docs/imageloader.md#batch-transforms.
         validation_split, subset: Keras-style split ("training"/"validation").
         rank, world_size: DDP sharding (default: torch.distributed, then RANK/WORLD_SIZE).
         with_indices: also yield the batch's global record indices.
@@ -126,6 +117,9 @@ class ImageLoader:
         >>> loader = ImageLoader("photos.packed", batch_size=256)     # doctest: +SKIP
         >>> for images, labels in loader:                            # doctest: +SKIP
         ...     loss = criterion(model(images), labels)
+
+    Targets follow the dataset's labels: int64 ``[B]`` class indices; float32 ``[B, classes]``
+    multi-hot for a multi-label pack; int64 ``[B]`` record indices for an ``--unlabeled`` one.
     """
 
     def __init__(self, path: str | os.PathLike, batch_size: int, *, image_size: int = 224,
@@ -135,7 +129,11 @@ class ImageLoader:
                  mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
                  validation_split: float | None = None, subset: str | None = None,
                  rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
-                 on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto"):
+                 on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto",
+                 scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
+                 hflip: float = 0.5, color_jitter=None, crop_fraction: float = 0.875,
+                 eval_mode: EvalMode = "fast", color_mode: ColorMode = "rgb",
+                 batch_transform: Callable[..., Any] | None = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(image_size, int) or image_size < 8:
@@ -149,13 +147,23 @@ class ImageLoader:
         if on_error not in ("raise", "replace"):
             raise ValueError(f"on_error must be 'raise' or 'replace', got {on_error!r}")
         self.gpu_decode = resolve_gpu_decode(gpu_decode)    # validates; "auto" resolved once, here
+        self.augment = Augment(scale=scale, ratio=ratio, hflip=hflip, color_jitter=color_jitter,
+                               crop_fraction=crop_fraction, eval_mode=eval_mode, color_mode=color_mode)
+        if batch_transform is not None and not callable(batch_transform):
+            raise ValueError(f"batch_transform must be callable as f(images, targets, generator), "
+                             f"got {batch_transform!r}")
+        self.batch_transform = batch_transform
         if (mean is None) != (std is None):
             raise ValueError("mean and std must both be given or both be None")
         if dtype == torch.uint8 and mean is not None:
             raise ValueError("dtype=torch.uint8 gives raw pixels: pass mean=None, std=None")
+        channels = self.augment.channels
+        if channels == 1 and mean is IMAGENET_MEAN and std is IMAGENET_STD:
+            mean, std = _GRAY_MEAN, _GRAY_STD
         for name, v in (("mean", mean), ("std", std)):
-            if v is not None and (len(v) != 3 or (name == "std" and min(v) <= 0)):
-                raise ValueError(f"{name} must be 3 numbers (std > 0) in 0..1 units, got {v!r}")
+            if v is not None and (len(v) != channels or (name == "std" and min(v) <= 0)):
+                raise ValueError(f"{name} must be {channels} number{'s' * (channels > 1)} (std > 0) in 0..1 "
+                                 f"units for color_mode={color_mode!r}, got {v!r}")
 
         # Rank and world size are looked up again at each epoch's start (and by len()) unless
         # given here: trainers such as Lightning build the loader first and start the other
@@ -186,12 +194,11 @@ class ImageLoader:
         self.channels_last = bool(channels_last)
         self.with_indices = bool(with_indices)
         self.on_error = on_error
-        self.num_threads = num_threads or _threads_per_rank()
-        self._mean = None if mean is None else [255.0 * m for m in mean]
+        self.num_threads = num_threads or threads_per_rank()
+        self._norm = (mean, std)                   # 0..1 units, as given (the assembler's)
+        self._mean = None if mean is None else [255.0 * m for m in mean]      # the GPU graph's
         self._std = None if std is None else [255.0 * s for s in std]
-        # For the CPU graph's finisher, which normalizes image by image.
-        self._mean_t = None if mean is None else torch.tensor(self._mean, dtype=dtype).view(3, 1, 1)
-        self._inv_std_t = None if std is None else (1 / torch.tensor(self._std)).to(dtype).view(3, 1, 1)
+        self._assemble: BatchAssembler | None = None
 
         self._share(world_size)      # a batch larger than a rank's share is an error now, not at fit()
         self._epoch = 0              # the epoch the next iter() runs
@@ -209,7 +216,7 @@ class ImageLoader:
     # -- ranks ----------------------------------------------------------------
     def _distribution(self) -> tuple[int, int, int]:
         """(rank, world_size, local_rank) now: the explicit arguments, else torch.distributed, else env."""
-        rank, world_size, local_rank = _distributed_env(self._rank_arg, self._world_arg)
+        rank, world_size, local_rank = distributed_env(self._rank_arg, self._world_arg)
         if world_size < 1 or not (0 <= rank < world_size):
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         return rank, world_size, local_rank
@@ -295,21 +302,28 @@ class ImageLoader:
             # The device and thread count follow the local rank as of the first epoch.
             _, _, local_rank = self._distribution()
             self.device = resolve_device(self._device_arg, local_rank)
-            self.num_threads = self._threads_arg or _threads_per_rank()
+            self.num_threads = self._threads_arg or threads_per_rank()
             if self._guard is None:
                 self._guard = RecordGuard(self.dataset)
             self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
                                    history=self.prefetch + 4, guard=self._guard,
-                                   replace_bad=self.on_error == "replace")
+                                   replace_bad=self.on_error == "replace", augment=self.augment,
+                                   image_size=self.image_size)
             self._feed.start(plan)
             if self.device.type == "cpu":
                 self._finisher = CpuFinisher(self.num_threads)
+            self._assemble = BatchAssembler(
+                dataset=self.dataset, device=self.device, dtype=self.dtype, image_size=self.image_size,
+                channels_last=self.channels_last, augment=self.augment, train=self.train,
+                mean=self._norm[0], std=self._norm[1], buffers=self._buffers, finisher=self._finisher)
             self._pipe = build_pipeline(
                 self._feed, batch_size=self.batch_size, num_threads=self.num_threads,
                 device_id=self.device.index if self.device.type == "cuda" else None,
                 prefetch=self.prefetch, seed=self.seed, image_size=self.image_size,
                 dtype=_DTYPES[self.dtype], layout="HWC" if self.channels_last else "CHW",
-                mean=self._mean, std=self._std, gpu_decode=self.gpu_decode, **self._largest_image())
+                mean=self._mean, std=self._std, gpu_decode=self.gpu_decode,
+                color_mode=self.augment.color_mode, exact_eval=self._assemble.exact_eval,
+                jitter=self._assemble.jitter, **self._largest_image())
             return
         # Finish the previous epoch (it may have been abandoned mid-way): DALI
         # has batches in flight; drain them, then reset, which re-iterates the feed.
@@ -340,7 +354,7 @@ class ImageLoader:
                 raise RuntimeError(f"the world size changed from {world_size} to {self.world_size} in the "
                                    f"middle of epoch {epoch}: build the loader's epochs after the process "
                                    f"group is set up, or pass rank= and world_size=")
-            out = self._run_once()
+            out = self._run_once(epoch, b)
             self._running = (epoch, b + 1)
             yield out
         # Finished: state_dict() now points at the next epoch. (If abandoned,
@@ -361,7 +375,7 @@ class ImageLoader:
                               f"is damaged: {self._guard.bad[bad]}; replaced by record {good} (on_error='replace'); "
                               f"run `loader verify {self.dataset.path}`", RuntimeWarning, stacklevel=4)
 
-    def _run_once(self) -> tuple[torch.Tensor, ...]:
+    def _run_once(self, epoch: int, batch: int) -> tuple[torch.Tensor, ...]:
         try:
             outputs = self._pipe.run()
         except StopIteration:
@@ -379,37 +393,14 @@ class ImageLoader:
             raise error from None
         if self._feed.replaced and len(self._warned) < len(self._feed.replaced):
             self._warn_replaced()
-        return self._to_torch(*outputs)
+        images, targets, idx = self._assemble(outputs)
+        if self.batch_transform is not None:
+            g = batch_generator(self.seed, epoch=epoch, rank=self.rank, batch=batch, device=self.device)
+            out = self.batch_transform(images, targets, g)
+            return (*out, idx.to(self.device)) if self.with_indices else out
+        return (images, targets, idx.to(self.device)) if self.with_indices else (images, targets)
 
-    # -- DALI -> torch ------------------------------------------------------
-    def _to_torch(self, images, labels, indices, flips=None) -> tuple[torch.Tensor, ...]:
-        b = len(indices)
-        s = self.image_size
-        shape = (b, s, s, 3) if self.channels_last else (b, 3, s, s)
-        base = self._buffers.take(shape, self.dtype, self.device)
-        # NCHW view of NHWC memory = channels_last, no copy.
-        out = base.permute(0, 3, 1, 2) if self.channels_last else base
-        lab = torch.empty((b,), dtype=torch.int64, device=self.device)
-        if self.device.type == "cuda":
-            from nvidia.dali.plugin.pytorch import feed_ndarray
-
-            stream = torch.cuda.current_stream(self.device)
-            # Into `base`, whose shape is DALI's (NHWC with channels_last): feed_ndarray checks
-            # the shapes and copies raw bytes; the permuted view would fail that check.
-            feed_ndarray(images.as_tensor(), base, cuda_stream=stream)
-            feed_ndarray(labels.as_tensor(), lab, cuda_stream=stream)
-        else:
-            # The CPU graph yields the decoded crops (numpy views of DALI's
-            # buffers, valid until the next run()); the finisher does the rest.
-            self._finisher([np.asarray(t) for t in images],
-                           np.asarray(flips.as_tensor()).reshape(b).tolist(), out,
-                           self._mean_t, self._inv_std_t)
-            lab.copy_(torch.from_numpy(np.asarray(labels.as_tensor())).view(b))
-        if not self.with_indices:
-            return out, lab
-        idx = torch.from_numpy(np.asarray(indices.as_tensor()).reshape(b).copy())
-        return out, lab, idx.to(self.device)
-
+    # -- errors ---------------------------------------------------------------
     def _decode_error(self, err: Exception) -> Exception:
         """Turn a DALI failure into an error naming the shard and record.
 
@@ -468,6 +459,7 @@ class ImageLoader:
     # -- lifecycle ----------------------------------------------------------
     def _release_pipeline(self) -> None:
         self._pipe = None
+        self._assemble = None
         if self._finisher is not None:
             self._finisher.close()
             self._finisher = None

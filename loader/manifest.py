@@ -1,15 +1,16 @@
 """The index of a packed dataset: ``DST/manifest.json`` plus per-record columns beside it.
 
-Version 3 (written since loader 0.2): ``manifest.json`` is a small JSON header
-(format, version, classes, shards, counts, pack parameters); per-record data
-are ``.npy`` columns in global record order, memory-mapped and validated with
-numpy (:mod:`loader.columns`), so a dataset of any size opens in about the
-same time and every process on a machine shares one copy:
+Version 4 (written since loader 0.3; version 3, loader 0.2, is the same without the label
+keys and columns): ``manifest.json`` is a small JSON header (format, version, classes, where
+the labels came from, shards, counts, pack parameters); per-record data are ``.npy`` columns
+in global record order, memory-mapped and validated with numpy (:mod:`loader.columns`), so a
+dataset of any size opens in about the same time and every process on a machine shares one
+copy:
 
 ====================== ======= ================================================
 file                   dtype   per record
 ====================== ======= ================================================
-``labels.npy``         int32   class index
+``labels.npy``         int32   class index; -1 for every record when unlabeled or multi-label
 ``heights.npy``        int32   height of the stored, upright image
 ``widths.npy``         int32   width
 ``checksums.npy``      uint32  CRC-32 of the record's bytes
@@ -18,7 +19,17 @@ file                   dtype   per record
 ``lengths.npy``        uint32  its length in bytes
 ``converted.npy``      uint8   0: stored byte-for-byte; k: ``conversions[k-1]``
 ``source_offsets.npy`` int64   ``n + 1`` offsets into ``sources.bin``
+``label_offsets.npy``  int64   multi-label only: ``n + 1`` offsets into ``label_values``
+``label_values.npy``   int32   multi-label only: record i's classes are
+                               ``label_values[label_offsets[i]:label_offsets[i + 1]]``,
+                               sorted, unique (a CSR matrix)
 ====================== ======= ================================================
+
+Header keys new in version 4: ``label_source`` (``"folders"``: one sub-folder per class;
+``"file"``: a labels file, ``pack --labels``; ``"none"``: ``pack --unlabeled``, no classes),
+``multi_label`` (bool; only with ``"file"``) and ``unlisted`` (files under SRC that the labels
+file did not list, so were not packed; 0 otherwise). A version 3 index reads as ``"folders"``,
+single-label, 0 unlisted (its ``version`` stays 3).
 
 ``sources.bin`` holds the source paths (relative to SRC, ``/`` separators,
 UTF-8 with surrogate escapes) end to end; it is read only when a path is
@@ -30,7 +41,7 @@ record is ``value[offset:offset + length]`` of the value stored under key
 
 Nothing is pickled: ``np.load(..., allow_pickle=False)``. Versions 1 and 2
 (one JSON file holding every list, one record per LMDB value) are still read,
-as before (:mod:`loader.manifest_legacy`); re-pack to get version 3.
+as before (:mod:`loader.manifest_legacy`); re-pack to get version 4.
 
 >>> m = read_manifest("photos.packed")                  # doctest: +SKIP
 >>> m.num_records, m.classes, m.shards[0].name, m.source(0)  # doctest: +SKIP
@@ -55,6 +66,7 @@ from loader.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
     "FORMAT",
+    "LABEL_SOURCES",
     "MANIFEST_NAME",
     "SKIPPED_NAME",
     "VERSION",
@@ -67,20 +79,28 @@ __all__ = [
 ]
 
 FORMAT = "loader.lmdb-shards"
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.tsv"
 SOURCES_NAME = "sources.bin"
-# Column name -> (file, dtype). One home for the version 3 layout.
+# Column name -> (file, dtype). One home for the version 3/4 layout: every index has these ...
 COLUMNS: dict[str, tuple[str, np.dtype]] = {
     name: (f"{name}.npy", np.dtype(dt)) for name, dt in (
         ("labels", "<i4"), ("heights", "<i4"), ("widths", "<i4"), ("checksums", "<u4"),
         ("keys", "<i4"), ("offsets", "<u4"), ("lengths", "<u4"), ("converted", "u1"),
         ("source_offsets", "<i8"))
 }
-_HEADER_KEYS = ("format", "version", "classes", "shards", "num_records", "conversions",
-                "pack_params", "skipped")
+# ... and a multi-label one (version 4) these too: the CSR of each record's classes.
+LABEL_COLUMNS: dict[str, tuple[str, np.dtype]] = {
+    "label_offsets": ("label_offsets.npy", np.dtype("<i8")),
+    "label_values": ("label_values.npy", np.dtype("<i4")),
+}
+LABEL_SOURCES = ("folders", "file", "none")
+_HEADER_KEYS_V3 = ("format", "version", "classes", "shards", "num_records", "conversions",
+                   "pack_params", "skipped")
+_HEADER_KEYS = ("format", "version", "classes", "label_source", "multi_label", "shards", "num_records",
+                "conversions", "pack_params", "skipped", "unlisted")
 _INT32_MAX = 2**31 - 1
 _REPACK = "re-pack with `loader pack SRC DST --overwrite`"
 
@@ -134,7 +154,7 @@ class _LegacyRecords:
 
 
 class _ColumnRecords:
-    """The same for version 3: columns mapped on first use; ``sources.bin`` only when asked."""
+    """The same since version 3: columns mapped on first use; ``sources.bin`` only when asked."""
 
     def __init__(self, path: Path, n: int, conversions: tuple[str, ...], converted: np.ndarray):
         self._path, self._n, self._conversions, self._converted = path, n, conversions, converted
@@ -175,10 +195,18 @@ class _ColumnRecords:
 class Manifest:
     """Everything about a packed dataset except the image bytes (see the module docstring).
 
-    ``labels``, ``heights``, ``widths`` (and, in version 3, ``keys``,
-    ``offsets``, ``lengths``) are read-only arrays, memory-mapped in version 3.
+    ``labels``, ``heights``, ``widths`` (and, since version 3, ``keys``,
+    ``offsets``, ``lengths``) are read-only arrays, memory-mapped since version 3.
     Checksums, sources and conversions are read per record with
     :meth:`checksum`, :meth:`source` and :meth:`converted`.
+
+    Labels: ``label_source`` says where they came from: ``"folders"`` (one sub-folder per
+    class; every index before version 4), ``"file"`` (``pack --labels``) or ``"none"``
+    (``pack --unlabeled``: ``classes`` is empty). ``multi_label``: each record has a set of
+    classes, the rows of the CSR ``label_offsets`` (int64, ``n + 1``) / ``label_values``
+    (int32, sorted unique class indices per record); both are None unless ``multi_label``.
+    ``labels`` holds -1 for every record when unlabeled or multi-label. ``unlisted``: files
+    under SRC the labels file did not list (not packed); 0 otherwise.
     """
 
     format: str
@@ -194,6 +222,11 @@ class Manifest:
     lengths: np.ndarray | None
     pack_params: dict[str, Any] = field(default_factory=dict)
     skipped: int = 0
+    label_source: str = "folders"    # "folders" | "file" | "none"
+    multi_label: bool = False
+    unlisted: int = 0
+    label_offsets: np.ndarray | None = None   # multi-label only: int64 [n + 1]
+    label_values: np.ndarray | None = None    # multi-label only: int32, sorted unique per record
     _records: Any = field(default=None, repr=False)
 
     def checksum(self, i: int) -> str:
@@ -229,7 +262,7 @@ def _shard_plain(s: ShardInfo) -> dict[str, Any]:
 
 
 class IndexWriter:
-    """Builds a version 3 index record by record in numpy arrays (no per-record Python objects),
+    """Builds a version 4 index record by record in numpy arrays (no per-record Python objects),
     then writes the columns and, last, ``manifest.json``.
 
     >>> w = IndexWriter("DST", capacity=2)                      # doctest: +SKIP
@@ -287,18 +320,37 @@ class IndexWriter:
             self._sources.close()
 
     def finish(self, *, classes: Sequence[str], shards: Sequence[ShardInfo], pack_params: dict,
-               skipped: int) -> Path:
-        """Write every column and ``manifest.json`` (all flushed); return the manifest's path."""
+               skipped: int, label_source: str = "folders", unlisted: int = 0,
+               label_offsets: np.ndarray | None = None, label_values: np.ndarray | None = None) -> Path:
+        """Write every column and ``manifest.json`` (all flushed); return the manifest's path.
+
+        Multi-label: pass ``label_offsets`` (``count + 1`` int64 from 0) and ``label_values``
+        (the sorted unique class indices of each record, end to end); the ``labels`` given to
+        :meth:`add` must then be -1, as for ``label_source="none"``.
+        """
+        if label_source not in LABEL_SOURCES:
+            raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
+        multi = label_offsets is not None
+        if multi != (label_values is not None) or (multi and label_source != "file"):
+            raise ValueError("label_offsets and label_values go together, with label_source='file'")
         self._sources.flush()
         os.fsync(self._sources.fileno())
         self.close()
         n = self.count
+        if multi and (len(label_offsets) != n + 1 or label_offsets[0] != 0
+                      or label_offsets[-1] != len(label_values)):
+            raise ValueError(f"label_offsets must be {n + 1} offsets from 0 to len(label_values)")
         for name, (fname, _) in COLUMNS.items():
             write_column(self.dst / fname, self._cols[name][: n + (name == "source_offsets")])
+        if multi:
+            for (fname, dt), values in zip(LABEL_COLUMNS.values(), (label_offsets, label_values)):
+                write_column(self.dst / fname, np.asarray(values, dtype=dt))
         conversions = sorted(self._codes, key=self._codes.get)
         header = {"format": FORMAT, "version": VERSION, "classes": list(classes),
+                  "label_source": label_source, "multi_label": multi,
                   "shards": [_shard_plain(s) for s in shards], "num_records": n,
-                  "conversions": conversions, "pack_params": pack_params, "skipped": skipped}
+                  "conversions": conversions, "pack_params": pack_params, "skipped": skipped,
+                  "unlisted": unlisted}
         text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(header[k], separators=(',', ':'))}"
                                   for k in _HEADER_KEYS) + "\n}\n"
         path = self.dst / MANIFEST_NAME
@@ -341,22 +393,95 @@ def _keys_in_shards(shards: tuple[ShardInfo, ...]):
     return check
 
 
-def _monotone_from_zero():
+def _monotone_from_zero(name: str = "source_offsets"):
     prev = [0]
 
     def check(chunk: np.ndarray, first: int) -> str | None:
         if first == 0 and chunk[0] != 0:
-            return "source_offsets must start at 0"
+            return f"{name} must start at 0"
         steps = np.diff(chunk, prepend=prev[0])
         if (steps < 0).any():
-            return f"source_offsets decrease at record {first + int(np.flatnonzero(steps < 0)[0]) - 1}"
+            return f"{name} decrease at record {first + int(np.flatnonzero(steps < 0)[0]) - 1}"
         prev[0] = int(chunk[-1])
         return None
     return check, prev
 
 
+def _all_minus_one(why: str):
+    def check(chunk: np.ndarray, first: int) -> str | None:
+        bad = chunk != -1
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            return f"record {first + k} has labels {chunk[k].item()}, but {why} stores -1 for every record"
+        return None
+    return check
+
+
+def _sorted_rows(offsets: np.ndarray, num_classes: int):
+    """Check ``label_values`` chunks: within ``[0, num_classes - 1]`` and strictly increasing inside
+    each record's row (``offsets``: the validated, mapped ``label_offsets``)."""
+    prev = [None]
+
+    def check(chunk: np.ndarray, first: int) -> str | None:
+        out = (chunk < 0) | (chunk >= num_classes)
+        if out.any():
+            k = int(np.flatnonzero(out)[0])
+            rec = int(np.searchsorted(offsets, first + k, side="right")) - 1
+            return (f"record {rec} has class {chunk[k].item()} (label_values[{first + k}]), outside "
+                    f"[0, {num_classes - 1}]")
+        # Positions p where values[p] <= values[p - 1]: bad unless p starts a record's row.
+        cand = np.flatnonzero(chunk[1:] <= chunk[:-1]) + (first + 1)
+        if prev[0] is not None and chunk[0] <= prev[0]:
+            cand = np.concatenate([[first], cand])
+        prev[0] = chunk[-1].item()
+        if cand.size:
+            at = np.searchsorted(offsets, cand, side="left")
+            starts = offsets[np.minimum(at, len(offsets) - 1)] == cand
+            if not starts.all():
+                p = int(cand[~starts][0])
+                rec = int(np.searchsorted(offsets, p, side="right")) - 1
+                return f"record {rec}'s classes are not sorted and unique (label_values[{p - 1}:{p + 1}])"
+        return None
+    return check
+
+
+def _label_keys(obj: dict[str, Any], where: str, version: int, num_classes: int) -> tuple[str, bool, int]:
+    """``(label_source, multi_label, unlisted)`` of a header, validated (version 3: the defaults)."""
+    if version == 3:
+        return "folders", False, 0
+    source, multi, unlisted = obj["label_source"], obj["multi_label"], obj["unlisted"]
+    if not isinstance(source, str) or source not in LABEL_SOURCES:
+        raise DatasetError(f"{where}: 'label_source' must be one of {', '.join(LABEL_SOURCES)} "
+                           f"(got {source!r}); {_REPACK}")
+    if type(multi) is not bool or (multi and source != "file"):
+        raise DatasetError(f"{where}: 'multi_label' must be true or false, and true only with "
+                           f"label_source 'file' (got {multi!r} with {source!r}); {_REPACK}")
+    if type(unlisted) is not int or unlisted < 0:
+        raise DatasetError(f"{where}: bad 'unlisted' {unlisted!r} (a count of files); {_REPACK}")
+    if source == "none" and num_classes:
+        raise DatasetError(f"{where}: an unlabeled dataset (label_source 'none') has no classes, "
+                           f"but 'classes' lists {num_classes}; {_REPACK}")
+    return source, multi, unlisted
+
+
+def _read_label_csr(path: Path, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The validated ``label_offsets`` / ``label_values`` columns of a multi-label index."""
+    (off_name, off_dt), (val_name, val_dt) = LABEL_COLUMNS["label_offsets"], LABEL_COLUMNS["label_values"]
+    check, last = _monotone_from_zero("label_offsets")
+    scan_column(path / off_name, "label_offsets", off_dt, n + 1, check,
+                promise=f"the manifest promises {n} records (n + 1 offsets)")
+    offsets = np.asarray(np.load(path / off_name, mmap_mode="r", allow_pickle=False))
+    m = last[0]
+    values = np.asarray(read_column(path / val_name, "label_values", val_dt, m,
+                                    check=_sorted_rows(offsets, num_classes),
+                                    promise=f"label_offsets end at {m}"))
+    return offsets, values
+
+
 def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
-    missing = [k for k in _HEADER_KEYS if k not in obj]
+    """A version 3 or 4 index (version 3: no label keys, read as folders, single-label)."""
+    version = obj["version"]
+    missing = [k for k in (_HEADER_KEYS_V3 if version == 3 else _HEADER_KEYS) if k not in obj]
     if missing:
         raise DatasetError(f"{where}: missing keys {', '.join(missing)}")
     n = obj["num_records"]
@@ -382,7 +507,12 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
         fname, dt = COLUMNS[name]
         return np.asarray(read_column(path / fname, name, dt, n, **kw))
 
-    labels = col("labels", lo=0, hi=len(classes) - 1)
+    label_source, multi, unlisted = _label_keys(obj, where, version, len(classes))
+    if multi or label_source == "none":
+        labels = col("labels", check=_all_minus_one("a multi-label dataset" if multi else
+                                                    "an unlabeled dataset"))
+    else:
+        labels = col("labels", lo=0, hi=len(classes) - 1)
     heights = col("heights", lo=1)
     widths = col("widths", lo=1)
     keys = col("keys", check=_keys_in_shards(shards))
@@ -400,9 +530,12 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
         raise DatasetError(f"{blob} is missing (the source paths of the index); {_REPACK}") from None
     if last[0] != blob_size:
         raise DatasetError(f"{blob} is {blob_size} bytes but source_offsets end at {last[0]}; {_REPACK}")
-    return Manifest(format=FORMAT, version=3, classes=tuple(classes), shards=shards, num_records=n,
+    label_offsets, label_values = _read_label_csr(path, n, len(classes)) if multi else (None, None)
+    return Manifest(format=FORMAT, version=version, classes=tuple(classes), shards=shards, num_records=n,
                     labels=labels, heights=heights, widths=widths, keys=keys, offsets=offsets,
                     lengths=lengths, pack_params=obj["pack_params"], skipped=obj["skipped"],
+                    label_source=label_source, multi_label=multi, unlisted=unlisted,
+                    label_offsets=label_offsets, label_values=label_values,
                     _records=_ColumnRecords(path, n, tuple(conversions), converted))
 
 
@@ -426,7 +559,7 @@ def read_manifest(dst: str | os.PathLike) -> Manifest:
         raise DatasetError(f"{path} is not valid JSON ({e}); re-create the dataset with "
                            f"`loader pack SRC DST --overwrite`") from None
     obj = _check_header(obj, str(path))
-    if obj["version"] == 3:
+    if obj["version"] >= 3:
         return _read_v3(Path(dst), obj, str(path))
     from loader.manifest_legacy import parse_legacy
 

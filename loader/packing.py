@@ -18,6 +18,10 @@ Guarantees:
 * Bad files are skipped and listed in ``DST/skipped.tsv`` (or, with
   ``strict=True``, the first one stops the pack with :class:`PackError`).
 
+Label sources: the class folders (default; ``classes=`` / ``classes_from=`` pin the class
+list and order), a labels file (``labels=``: CSV or JSON Lines, records in its row order,
+:mod:`loader.labelfile`) or none (``unlabeled=True``: every file under SRC).
+
 >>> report = pack("photos/", "photos.packed")           # doctest: +SKIP
 >>> print(report.summary())  # doctest: +SKIP
 packed 2998 images (2 skipped) into photos.packed: 2 classes, 1 shard, ...
@@ -34,7 +38,7 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,7 +50,7 @@ from tqdm import tqdm
 from loader.errors import PackError
 from loader.imagecheck import BadImage, CheckedImage, check_bytes
 from loader.manifest import MANIFEST_NAME, SKIPPED_NAME, IndexWriter
-from loader.scan import Items, scan
+from loader.scan import Items, check_src, class_folders, scan, scan_unlabeled
 from loader.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
 from loader.units import MB, available_cores
 
@@ -74,6 +78,9 @@ class PackReport:
     mb_per_sec: float
     input_bytes: int
     output_bytes: int
+    num_unlisted: int = 0        # files under SRC the labels file does not list (not packed)
+    label_source: str = "folders"   # "folders" | "file" | "none"
+    multi_label: bool = False
 
     def summary(self) -> str:
         """One line for humans.
@@ -81,9 +88,17 @@ class PackReport:
         >>> r = PackReport("out", 98, 2, (), ("a", "b"), 1, 2.0, 50.0, 5.0, 10**7, 10**7)
         >>> r.summary()
         'packed 98 images (2 skipped) into out: 2 classes, 1 shard, 10.0 MB -> 10.0 MB in 2.0 s (50 images/s, 5.0 MB/s)'
+        >>> PackReport("out", 98, 0, (), ("a", "b"), 1, 2.0, 50.0, 5.0, 10**7, 10**7, num_unlisted=3,
+        ...            label_source="file", multi_label=True).summary()[:76]
+        'packed 98 images (0 skipped, 3 unlisted) into out: 2 classes (multi-label), '
         """
-        return (f"packed {self.num_records} images ({self.num_skipped} skipped) into {self.dst}: "
-                f"{len(self.classes)} classes, {self.shards} shard{'s' * (self.shards != 1)}, "
+        unlisted = f", {self.num_unlisted} unlisted" if self.label_source == "file" else ""
+        if self.label_source == "none":
+            classes = "unlabeled"
+        else:
+            classes = f"{len(self.classes)} classes{' (multi-label)' * self.multi_label}"
+        return (f"packed {self.num_records} images ({self.num_skipped} skipped{unlisted}) into {self.dst}: "
+                f"{classes}, {self.shards} shard{'s' * (self.shards != 1)}, "
                 f"{self.input_bytes / MB:.1f} MB -> {self.output_bytes / MB:.1f} MB in "
                 f"{self.seconds:.1f} s ({self.images_per_sec:.0f} images/s, {self.mb_per_sec:.1f} MB/s)")
 
@@ -130,6 +145,50 @@ def _check_options(shards, shard_size_mb, workers, max_side, quality) -> int:
     if not is_int(quality) or not 1 <= quality <= 100:
         raise PackError(f"--quality must be an integer from 1 to 100 (got {quality!r})")
     return int(workers or available_cores())
+
+
+def _check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list[str] | None, str]:
+    """Validate the label options; return ``(pinned classes or None, how to name them)``."""
+    if not isinstance(unlabeled, bool):
+        raise PackError(f"unlabeled must be True or False (got {unlabeled!r})")
+    if unlabeled and (labels is not None or classes is not None or classes_from is not None):
+        given = [f for f, v in (("--labels", labels), ("--classes", classes),
+                                ("--classes-from", classes_from)) if v is not None]
+        raise PackError(f"--unlabeled cannot go with {given[0]}: an unlabeled dataset has no "
+                        f"classes; drop one of them")
+    if classes is not None and classes_from is not None:
+        raise PackError("--classes and --classes-from both pin the classes; pass only one")
+    if labels is not None and not isinstance(labels, (str, os.PathLike)):
+        raise PackError(f"--labels must be a path to a labels file (got {labels!r})")
+    if classes is not None:
+        if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
+            raise PackError(f"--classes must be a non-empty list of class names (got {classes!r}); "
+                            f"on the command line: --classes cat,dog")
+        for c in classes:
+            if not isinstance(c, str) or not c.strip():
+                raise PackError(f"--classes has an empty or non-string class name ({c!r}); "
+                                f"give names like --classes cat,dog")
+        seen: set[str] = set()
+        for c in classes:
+            if c in seen:
+                raise PackError(f"--classes names class {c!r} twice; give each class once")
+            seen.add(c)
+        return list(classes), "--classes"
+    if classes_from is not None:
+        if not isinstance(classes_from, (str, os.PathLike)):
+            raise PackError(f"--classes-from must be the path of a packed dataset (got {classes_from!r})")
+        from loader.errors import DatasetError
+        from loader.manifest import read_manifest
+
+        try:
+            m = read_manifest(classes_from)
+        except DatasetError as e:
+            raise PackError(f"--classes-from {classes_from}: {e}") from None
+        if not m.classes:
+            raise PackError(f"--classes-from {classes_from}: that dataset has no classes (packed "
+                            f"with --unlabeled); pass a packed dataset with classes")
+        return list(m.classes), f"--classes-from {classes_from}"
+    return None, ""
 
 
 # ---------------------------------------------------------------- destination
@@ -316,10 +375,13 @@ def _results(paths: Iterator[str], n: int, workers: int, max_side: int | None, q
 
 def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
                   num_shards: int, workers: int, max_side: int | None, quality: int,
-                  strict: bool, progress: bool) -> tuple[IndexWriter, list[ShardInfo], list]:
+                  strict: bool, progress: bool) -> tuple[IndexWriter, list[ShardInfo], list, np.ndarray]:
+    """Write the shards; return the index, the shards, the skipped ``(relpath, reason)`` and
+    which items were packed (bool per item)."""
     index = IndexWriter(partial, capacity=len(items))
     shards: list[ShardInfo] = []
     skipped: list[tuple[str, str]] = []
+    kept = np.zeros(len(items), dtype=bool)
     prefix = os.path.join(src, "")   # paths are built when used: no list of 1.281M strings
     pools: list = []
     bar = None
@@ -350,6 +412,7 @@ def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
                     key, offset = w.append(data)
                     index.add(label=label, height=height, width=width, crc=crc, key=key, offset=offset,
                               length=len(data), converted=converted, source=rel)
+                    kept[j] = True
             shards.append(ShardInfo(name, first, w.count, w.payload_bytes, w.values))
     except BaseException:
         index.close()
@@ -360,7 +423,16 @@ def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
         for pool in pools:
             pool.terminate()
             pool.join()
-    return index, shards, skipped
+    return index, shards, skipped, kept
+
+
+def _csr_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CSR ``(offsets, values)`` of the given ``rows`` of another CSR, vectorised."""
+    starts = offsets[rows]
+    counts = offsets[rows + 1] - starts
+    new_offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts, dtype=np.int64)])
+    ranks = np.arange(int(new_offsets[-1])) - np.repeat(new_offsets[:-1], counts)
+    return new_offsets, values[np.repeat(starts, counts) + ranks]
 
 
 def _tsv_field(s: str) -> str:
@@ -390,7 +462,9 @@ def _file_size(path: str) -> int:
 def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None = None,
          shard_size_mb: float = 512, workers: int | None = None, max_side: int | None = None,
          quality: int = 95, overwrite: bool = False, strict: bool = False,
-         progress: bool = True) -> PackReport:
+         progress: bool = True, labels: str | os.PathLike | None = None, unlabeled: bool = False,
+         classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None
+         ) -> PackReport:
     """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
 
     ``shards``: number of shard files (default: one per ``shard_size_mb`` MB
@@ -401,16 +475,58 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     fail on the first bad file instead of skipping it. ``progress``: show a
     progress bar on stderr.
 
+    Labels (default: the class folders of ``src``, sorted):
+
+    * ``labels``: a labels file (``.csv`` with header ``path,label``, or ``.jsonl`` /
+      ``.json-lines``; :mod:`loader.labelfile`); records follow its rows, files of ``src`` it
+      does not list are left out and counted (``PackReport.num_unlisted``). Lists of classes
+      make a multi-label dataset.
+    * ``unlabeled``: every file under ``src`` (recursively, files directly in it included),
+      sorted by path; no classes. Not with the other three.
+    * ``classes`` (class names) or ``classes_from`` (a packed dataset whose classes to take):
+      pin the class list and its order, for the folders or a labels file; a folder or label
+      not in it is an error, a class without images is kept (count 0).
+
     Raises :class:`PackError` for bad input or options; nothing is left at
     ``dst`` then.
 
     >>> pack("photos/", "photos.packed", max_side=512).num_records   # doctest: +SKIP
     3000
+    >>> pack("val/", "val.packed", classes_from="train.packed").classes[:2]   # doctest: +SKIP
+    ('cat', 'dog')
     """
     t0 = time.perf_counter()
     workers = _check_options(shards, shard_size_mb, workers, max_side, quality)
+    pinned, origin = _check_label_options(labels, unlabeled, classes, classes_from)
     src, dst = Path(src), Path(os.path.abspath(dst))
-    classes, items = scan(src)
+    unlisted, label_csr = 0, None
+    if unlabeled:
+        label_source, class_list, items = "none", [], scan_unlabeled(src)
+    elif labels is not None:
+        from loader.labelfile import check_paths, read_label_file
+
+        check_src(src, "the folder the labels file's paths are relative to")
+        lf = read_label_file(labels, classes=pinned, origin=origin or "--classes")
+        unlisted = check_paths(lf, src)
+        label_source, class_list, items = "file", lf.classes, lf.items
+        if lf.multi_label:
+            label_csr = (lf.label_offsets, lf.label_values)
+        del lf
+    else:
+        label_source = "folders"
+        if pinned is not None:
+            check_src(src)
+            try:
+                folders = class_folders(src)
+            except OSError as e:
+                raise PackError(f"cannot list {src}: {e.strerror or e}") from None
+            known = set(pinned)
+            for name in folders:
+                if name not in known:
+                    raise PackError(f"class folder {name!r} of {src} is not in {origin} "
+                                    f"({len(pinned)} classes); add the class there, or move the "
+                                    f"folder out of SRC")
+        class_list, items = scan(src, classes=pinned)
     _check_dst(src, dst, overwrite)
     _remove_stale(dst)
     prefix = os.path.join(src, "")
@@ -420,15 +536,20 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     partial_dir = _make_partial(dst)
     try:
         try:
-            index, shard_infos, skipped = _write_shards(src, partial_dir, items, sizes, num_shards,
-                                                        workers, max_side, quality, strict, progress)
+            index, shard_infos, skipped, kept = _write_shards(src, partial_dir, items, sizes, num_shards,
+                                                              workers, max_side, quality, strict, progress)
             if not index.count:
                 index.close()
                 rel, reason = skipped[0]
                 raise PackError(f"no usable images in {src}: all {len(items)} files are bad "
                                 f"(first: {rel}: {reason}); check the input folder")
-            index.finish(classes=classes, shards=shard_infos, skipped=len(skipped),
-                         pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict))
+            label_offsets = label_values = None
+            if label_csr is not None:     # the rows of the records that were packed
+                label_offsets, label_values = _csr_rows(*label_csr, np.flatnonzero(kept))
+            index.finish(classes=class_list, shards=shard_infos, skipped=len(skipped),
+                         pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict),
+                         label_source=label_source, unlisted=unlisted, label_offsets=label_offsets,
+                         label_values=label_values)
             _write_skipped(partial_dir, skipped)
             output_bytes = _folder_bytes(partial_dir)
             _install(partial_dir, dst, overwrite)
@@ -442,9 +563,10 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     input_bytes = int(sizes.sum())
     return PackReport(
         dst=str(dst), num_records=index.count, num_skipped=len(skipped),
-        skipped=tuple(skipped), classes=tuple(classes), shards=num_shards, seconds=seconds,
+        skipped=tuple(skipped), classes=tuple(class_list), shards=num_shards, seconds=seconds,
         images_per_sec=len(items) / seconds, mb_per_sec=input_bytes / MB / seconds,
-        input_bytes=input_bytes, output_bytes=output_bytes)
+        input_bytes=input_bytes, output_bytes=output_bytes, num_unlisted=unlisted,
+        label_source=label_source, multi_label=label_csr is not None)
 
 
 def _pack_params(shards: int | None, shard_size_mb: float, max_side: int | None, quality: int,

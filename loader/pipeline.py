@@ -48,6 +48,8 @@ import torch
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
+from loader.augment.jitter import jitter_image_
+
 __all__ = ["image_graph", "build_pipeline", "CpuFinisher", "DALI_DTYPES", "GpuDecode", "nvjpeg_arguments",
            "resolve_gpu_decode", "nvimgcodec_version"]
 
@@ -78,6 +80,15 @@ def _select_resize_into(aten=torch.ops.aten):
 
 
 _resize_into = _select_resize_into()
+
+
+def _resize_hw_into(x: torch.Tensor, hw: tuple[int, int], out: torch.Tensor) -> None:
+    """``out[:] = x`` resized to ``hw`` (h, w): :data:`_resize_into`'s kernel, any output shape."""
+    if _resize_into is _interpolate_into:       # the private op is gone from this torch
+        out.copy_(torch.nn.functional.interpolate(x, size=hw, mode="bilinear", antialias=True,
+                                                  align_corners=False))
+    else:
+        torch.ops.aten._upsample_bilinear2d_aa.out(x, list(hw), False, None, None, out=out)
 
 # torch dtype name -> DALI output type of crop_mirror_normalize.
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
@@ -136,21 +147,50 @@ class CpuFinisher:
         # Resized into a per-thread channels-last buffer: with a channels-last
         # output torch's kernel skips a slow planar repack (0.19 vs 0.26 ms per
         # 224 px image, measured here), more than the transposing cast then costs.
+        c = x.shape[1]
         buf = getattr(self._scratch, "buf", None)
-        if buf is None or buf.shape[-1] != size:
-            buf = torch.empty((1, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+        if buf is None or buf.shape[-1] != size or buf.shape[1] != c:
+            buf = torch.empty((1, size, size, c), dtype=torch.uint8).permute(0, 3, 1, 2)
             self._scratch.buf = buf
         _resize_into(x, size, buf)
         return buf[0]
 
-    def _run(self, crops, flips, out, mean, inv_std, picks) -> None:
+    def _float_scratch(self, shape) -> torch.Tensor:
+        buf = getattr(self._scratch, "f32", None)
+        if buf is None or buf.shape != shape:
+            buf = self._scratch.f32 = torch.empty(shape, dtype=torch.float32)
+        return buf
+
+    def _image(self, crop: np.ndarray, size: int, geometry, k: int) -> torch.Tensor:
+        """One window -> the resized uint8 CHW image (a view; valid until this thread's next image)."""
+        if crop.ndim == 2:
+            crop = crop[:, :, None]
+        x = torch.from_numpy(crop).permute(2, 0, 1).unsqueeze(0)   # NCHW view of HWC
+        if geometry is not None:
+            # torchvision-exact eval: the window resampled with the whole image's filter, as
+            # torchvision's Resize would have (loader.augment.torchvision_eval).
+            from loader.augment.torchvision_eval import _Scratch, resize_window_torch
+
+            scratch = getattr(self._scratch, "eval", None)
+            if scratch is None:
+                scratch = self._scratch.eval = _Scratch()
+            return resize_window_torch(x, geometry, k, scratch, _resize_hw_into)
+        return x[0] if x.shape[-2:] == (size, size) else self._resized(x, size)
+
+    def _run(self, crops, flips, out, mean, inv_std, geometry, jitter, picks) -> None:
         size = out.shape[-1]
         for k in picks:
-            x = torch.from_numpy(crops[k]).permute(2, 0, 1).unsqueeze(0)   # NCHW view of HWC
-            y = x[0] if x.shape[-2:] == (size, size) else self._resized(x, size)
+            y = self._image(crops[k], size, geometry, k)
             if flips[k]:
                 y = y.flip(-1)
             dst = out[k]
+            if jitter is not None:
+                rows, enabled = jitter
+                f = self._float_scratch(y.shape)
+                f.copy_(y)
+                y = jitter_image_(f.unsqueeze(0), rows[k], enabled)[0]
+                if dst.dtype == torch.uint8:
+                    y = y.round_()
             if mean is None:
                 dst.copy_(y)
             else:
@@ -159,17 +199,24 @@ class CpuFinisher:
                 torch.sub(y, mean, out=dst).mul_(inv_std)
 
     def __call__(self, crops: Sequence[np.ndarray], flips: Sequence[int], out: torch.Tensor,
-                 mean: torch.Tensor | None = None, inv_std: torch.Tensor | None = None) -> torch.Tensor:
-        """Fill ``out`` ([N, 3, S, S], any dtype/strides) with ``(resize(crop) - mean) * inv_std``.
+                 mean: torch.Tensor | None = None, inv_std: torch.Tensor | None = None,
+                 geometry=None, jitter=None) -> torch.Tensor:
+        """Fill ``out`` ([N, C, S, S], any dtype/strides) with ``(resize(crop) - mean) * inv_std``.
 
-        ``crops`` are uint8 HWC arrays of any size; ``mean``/``inv_std``
-        broadcast as ``[3, 1, 1]`` in pixel units (None: no normalization).
+        ``crops`` are uint8 HWC arrays of any size (C = 3, or 1 for grayscale);
+        ``mean``/``inv_std`` broadcast as ``[C, 1, 1]`` in pixel units (None: no
+        normalization). ``geometry``
+        (:class:`loader.augment.torchvision_eval.EvalGeometry` of the batch): resample each
+        window as torchvision's eval would have, exactly. ``jitter``: ``(rows, enabled)``, the
+        rows of :meth:`loader.augment.jitter.JitterParams.to_array` as lists: colour jitter
+        after the flip (:func:`loader.augment.jitter.jitter_image_`).
         """
         n = len(crops)
         # Interleaved shares, two per thread: crop sizes vary ~12x, and a
         # pool hand-off costs ~20 us, so not one task per image.
         k = max(1, min(2 * self._threads, n))
-        tasks = [self._pool.submit(self._run, crops, flips, out, mean, inv_std, range(j, n, k))
+        tasks = [self._pool.submit(self._run, crops, flips, out, mean, inv_std, geometry, jitter,
+                                   range(j, n, k))
                  for j in range(k)]
         for t in tasks:
             t.result()
@@ -264,54 +311,75 @@ def nvjpeg_arguments(max_height: int = 0, max_width: int = 0) -> dict:
 
 def image_graph(source, *, device: str, image_size: int, dtype: str = "float32", layout: str = "CHW",
                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                gpu_decode: Literal["roi", "full"] = "roi", max_height: int = 0, max_width: int = 0):
+                gpu_decode: Literal["roi", "full"] = "roi", max_height: int = 0, max_width: int = 0,
+                color_mode: str = "rgb", exact_eval: bool = False, jitter: bool = False):
     """Define the graph inside an active ``Pipeline`` context.
 
     ``device`` is "cpu" or "gpu".
 
-    - GPU: returns (images, labels, indices), on the GPU. Images are final:
-      resized, flipped, ``dtype``, ``layout``, normalized by ``mean``/``std``
-      (pixel units, 0..255; None = no normalization) in ``crop_mirror_normalize``.
-    - CPU: returns (crops, labels, indices, flips): the decoded crop windows
-      (uint8 HWC, each its own size) and the flip flags.
-      :class:`CpuFinisher` resizes, flips and normalizes them into the torch
+    - GPU: returns (images, labels, indices, jitter), images and labels on the GPU.
+      Images are resized, flipped, ``dtype``, ``layout``, normalized by ``mean``/``std``
+      (pixel units, 0..255; None = no normalization) in ``crop_mirror_normalize``; with
+      ``jitter`` they stay float 0..255, CHW, unnormalized, for the colour jitter, which
+      runs in torch on the same device (:mod:`loader.augment.jitter`: DALI's
+      ``color_twist`` blends contrast towards a fixed grey and rotates hue in YIQ, where
+      torchvision's ``ColorJitter`` uses the image's mean grey and HSV).
+    - CPU: returns (crops, labels, indices, flips, geometry, jitter): the decoded windows
+      (uint8 HWC, each its own size) and what the finisher needs to finish them.
+      :class:`CpuFinisher` resizes, flips, jitters and normalizes them into the torch
       batch; ``dtype``/``layout``/``mean``/``std`` are unused here.
 
+    ``color_mode`` "grayscale" decodes one channel (``types.GRAY``). ``exact_eval``
+    resizes each window's box (the crop's source rectangle, ``geometry[:4]``; torchvision-exact
+    eval, :mod:`loader.augment.torchvision_eval`) rather than the whole window: on the GPU, a
+    resize with a region of interest (close to torchvision's, not bit-exact); on the CPU the
+    finisher's exact path.
     ``gpu_decode`` ("roi" or "full", see :func:`resolve_gpu_decode`) and the largest
     image's ``max_height``/``max_width`` (for :func:`nvjpeg_arguments`) apply to the
     GPU graph only: the CPU graph is the same whatever they are.
     """
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    jpegs, anchor, shape, flip, labels, indices = fn.external_source(
-        source=source, num_outputs=6, batch=True, cycle="raise",
-        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.INT64, types.INT64])
+    jpegs, anchor, shape, flip, labels, indices, geometry, jit = fn.external_source(
+        source=source, num_outputs=8, batch=True, cycle="raise",
+        dtype=[types.UINT8, types.FLOAT, types.FLOAT, types.INT32, types.INT64, types.INT64,
+               types.FLOAT, types.FLOAT])
+    output_type = types.GRAY if color_mode == "grayscale" else types.RGB
     if device == "cpu":
         images = fn.decoders.image_slice(
             jpegs, anchor, shape, device="cpu",
-            output_type=types.RGB, normalized_anchor=False, normalized_shape=False, axis_names="WH")
-        return images, labels, indices, flip
+            output_type=output_type, normalized_anchor=False, normalized_shape=False, axis_names="WH")
+        return images, labels, indices, flip, geometry, jit
     if gpu_decode not in ("roi", "full"):
         raise ValueError(f"gpu_decode must be 'roi' or 'full' here (resolve 'auto' first), got {gpu_decode!r}")
     nvjpeg = nvjpeg_arguments(max_height, max_width)
     if gpu_decode == "roi":
         images = fn.decoders.image_slice(
-            jpegs, anchor, shape, device="mixed", output_type=types.RGB,
+            jpegs, anchor, shape, device="mixed", output_type=output_type,
             normalized_anchor=False, normalized_shape=False, axis_names="WH", **nvjpeg)
     else:
         # Whole image on the hardware decoder, then the same window cut on the GPU.
         # "error": a window outside the image is a bad record, as on the CPU path. The window
         # stays a CPU input: Slice's schema takes anchor and shape on the CPU (InputDevice(1, 3, CPU)).
-        images = fn.decoders.image(jpegs, device="mixed", output_type=types.RGB, **nvjpeg)
+        images = fn.decoders.image(jpegs, device="mixed", output_type=output_type, **nvjpeg)
         images = fn.slice(images, anchor, shape, normalized_anchor=False, normalized_shape=False,
                           axis_names="WH", out_of_bounds_policy="error")
+    roi = {}
+    if exact_eval:
+        # The box (x0, y0, x1, y1) within the window; DALI's ROI is in layout order (y, x).
+        roi = dict(roi_start=fn.stack(geometry[1], geometry[0]), roi_end=fn.stack(geometry[3], geometry[2]),
+                   roi_relative=False)
     images = fn.resize(images, size=[image_size, image_size], interp_type=types.INTERP_LINEAR,
-                       antialias=True)
-    images = fn.crop_mirror_normalize(
-        images, mirror=flip, dtype=DALI_DTYPES[dtype], output_layout=layout,
-        mean=list(mean) if mean is not None else [0.0, 0.0, 0.0],
-        std=list(std) if std is not None else [1.0, 1.0, 1.0])
-    return images, labels.gpu(), indices
+                       antialias=True, **roi)
+    channels = 1 if color_mode == "grayscale" else 3
+    if jitter:
+        images = fn.crop_mirror_normalize(images, mirror=flip, dtype=types.FLOAT, output_layout="CHW")
+    else:
+        images = fn.crop_mirror_normalize(
+            images, mirror=flip, dtype=DALI_DTYPES[dtype], output_layout=layout,
+            mean=list(mean) if mean is not None else [0.0] * channels,
+            std=list(std) if std is not None else [1.0] * channels)
+    return images, labels.gpu(), indices, jit
 
 
 def build_pipeline(source, *, batch_size: int, num_threads: int, device_id: int | None,

@@ -121,7 +121,8 @@ def num_batches(share: int, batch_size: int, drop_last: bool) -> int:
 def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator | None,
                  scale: tuple[float, float] = RRC_SCALE,
                  ratio: tuple[float, float] = RRC_RATIO,
-                 attempts: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 attempts: int = 10, hflip: float = 0.5,
+                 crop_fraction: float = EVAL_CROP_FRACTION) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Crop windows and flips for a batch, in source pixels.
 
     Returns ``anchor`` (float32 ``[B, 2]`` as x, y), ``shape`` (float32 ``[B, 2]``
@@ -131,11 +132,13 @@ def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generat
     vectorised over the batch: up to ``attempts`` tries of an area fraction
     uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``; the first
     that fits wins; otherwise a centre crop with the ratio clamped into range.
-    Flips are Bernoulli(0.5).
+    Flips are Bernoulli(``hflip``); the draw is made whatever ``hflip`` is, so it
+    changes no other sample's crop.
 
-    Without (evaluation): the centre square covering ``EVAL_CROP_FRACTION`` of the
-    shorter side, i.e. exactly the region that "resize shorter side to
-    size/0.875, centre-crop size" keeps. No flips.
+    Without (evaluation, ``eval_mode="fast"``): the centre square covering
+    ``crop_fraction`` of the shorter side, about the region that "resize shorter
+    side to size/crop_fraction, centre-crop size" keeps (the exact one is
+    :mod:`loader.augment.torchvision_eval`'s). No flips.
 
     >>> a, s, f = crop_windows(np.array([400]), np.array([600]), None)
     >>> a.tolist(), s.tolist(), f.tolist()
@@ -146,7 +149,7 @@ def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generat
     b = len(h)
     if rng is None:
         # Whole pixels, like the resize-then-crop it stands for (max 1: 1x1 images).
-        side = np.maximum(np.rint(np.minimum(h, w) * EVAL_CROP_FRACTION), 1)
+        side = np.maximum(np.rint(np.minimum(h, w) * crop_fraction), 1)
         anchor = np.stack([(w - side) // 2, (h - side) // 2], axis=1)
         shape = np.stack([side, side], axis=1)
         return anchor.astype(np.float32), shape.astype(np.float32), np.zeros(b, np.uint8)
@@ -176,7 +179,7 @@ def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generat
     left = np.floor(u[:, 1] * (w - cw + 1))
     top = np.where(found, top, (h - ch) // 2)
     left = np.where(found, left, (w - cw) // 2)
-    flip = (rng.random(b) < 0.5).astype(np.uint8)
+    flip = (rng.random(b) < hflip).astype(np.uint8)
     anchor = np.stack([left, top], axis=1).astype(np.float32)
     shape = np.stack([cw, ch], axis=1).astype(np.float32)
     return anchor, shape, flip

@@ -18,6 +18,12 @@ order, and so the label of each class, is the sorted order of the folder names.
 ['cat', 'dog']
 >>> items[0], len(items)  # doctest: +SKIP
 (('cat/001.jpg', 0), 3000)
+
+``scan(src, classes=[...])`` pins the class list and order (``pack --classes`` /
+``--classes-from``): every class folder must be in it, and a class without a folder gets no
+items. :func:`scan_unlabeled` (``pack --unlabeled``) lists every file under SRC, files
+directly in it included, sorted by path, with label -1; :func:`iter_files` is that walk
+(``pack --labels`` uses it to count the files the labels file leaves out).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 from loader.errors import PackError
 
-__all__ = ["Items", "scan"]
+__all__ = ["Items", "check_src", "iter_files", "scan", "scan_unlabeled"]
 
 
 class Items(Sequence):
@@ -124,29 +130,51 @@ def class_folders(src: str | os.PathLike) -> list[str]:
         return sorted(e.name for e in it if not _is_hidden(e.name) and e.is_dir())
 
 
-def scan(src: str | os.PathLike) -> tuple[list[str], Items]:
+def check_src(src: str | os.PathLike, what: str = "an image folder (one sub-folder per class)") -> Path:
+    """``src`` as a Path; :class:`PackError` if it is missing or not a folder."""
+    path = Path(src)
+    if not path.exists():
+        raise PackError(f"{path} does not exist; pass {what} as SRC")
+    if not path.is_dir():
+        raise PackError(f"{path} is not a folder; pass {what} as SRC")
+    return path
+
+
+def scan(src: str | os.PathLike, classes: Sequence[str] | None = None) -> tuple[list[str], Items]:
     """Return ``(classes, items)`` for the image folder ``src``.
 
     ``items`` (:class:`Items`) holds ``(relpath, label)`` with ``relpath`` relative
     to ``src`` using ``/`` separators, sorted by ``(label, relpath)``.
 
+    ``classes``: the class list, in label order, instead of the sorted folder names; every
+    class folder must be in it (classes without a folder are allowed: they get no items).
+
     Raises :class:`PackError` if ``src`` is missing, not a folder, has no class
-    folders, or its class folders hold no files at all.
+    folders, has a folder not in ``classes``, or its class folders hold no files at all.
     """
-    path = Path(src)
-    if not path.exists():
-        raise PackError(f"{path} does not exist; pass an image folder (one sub-folder per class) as SRC")
-    if not path.is_dir():
-        raise PackError(f"{path} is not a folder; pass an image folder (one sub-folder per class) as SRC")
+    path = check_src(src)
     try:
-        classes = class_folders(path)
+        folders = class_folders(path)
     except OSError as e:
         raise PackError(f"cannot list {path}: {e.strerror or e}") from None
-    if not classes:
+    if not folders:
         raise PackError(f"{path} has no class folders; put each class's images in its own "
                         f"sub-folder, e.g. {path}/cat/001.jpg")
+    if classes is None:
+        classes = folders
+        order = list(enumerate(folders))
+    else:
+        classes = list(classes)
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [f for f in folders if f not in index]
+        if unknown:
+            raise PackError(f"class folder {unknown[0]!r} of {path} is not in the given classes "
+                            f"({len(classes)}); add it to the classes or move it out of SRC")
+        present = set(folders)
+        order = [(i, c) for i, c in enumerate(classes) if c in present]
+
     def pairs():
-        for label, name in enumerate(classes):   # one class's file list at a time
+        for label, name in order:   # one class's file list at a time
             try:
                 files = _walk_files(os.path.join(path, name), name, set())
             except OSError as e:
@@ -155,7 +183,68 @@ def scan(src: str | os.PathLike) -> tuple[list[str], Items]:
 
     items = Items.build(pairs())
     if not len(items):
-        raise PackError(f"{path} has class folders ({', '.join(classes[:5])}"
-                        f"{', ...' if len(classes) > 5 else ''}) but no files in them; "
+        raise PackError(f"{path} has class folders ({', '.join(folders[:5])}"
+                        f"{', ...' if len(folders) > 5 else ''}) but no files in them; "
                         f"put the images inside the class folders")
-    return classes, items
+    return list(classes), items
+
+
+def _sort_key(e: os.DirEntry) -> str:
+    # A folder sorts as "name/": then a depth-first walk yields relpaths in sorted string order.
+    try:
+        return e.name + "/" if e.is_dir() else e.name
+    except OSError:
+        return e.name
+
+
+def iter_files(src: str | os.PathLike) -> Iterator[tuple[str, bool]]:
+    """``(relpath, inside)`` for every non-hidden regular file under ``src``, recursively, files
+    directly in ``src`` included, in sorted ``relpath`` order (``/`` separators). Symlinks are
+    followed and each folder is entered once (loops are safe); ``inside`` is False for a file
+    whose resolved path lies outside ``src`` (reached through a symlink). One folder's entries
+    are held at a time, never the whole list.
+
+    Raises :class:`PackError` if a folder cannot be listed.
+    """
+    root = os.path.realpath(src)
+    seen: set[tuple[int, int]] = set()
+
+    def is_inside(p: str) -> bool:
+        real = os.path.realpath(p)
+        return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+    def walk(top: str, rel: str, inside: bool) -> Iterator[tuple[str, bool]]:
+        try:
+            st = os.stat(top)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(top) as it:
+                entries = sorted((e for e in it if not _is_hidden(e.name)), key=_sort_key)
+        except OSError as e:
+            raise PackError(f"cannot list {top}: {e.strerror or e}") from None
+        for e in entries:
+            child = f"{rel}{e.name}"
+            try:
+                link = e.is_symlink()
+                here = is_inside(e.path) if link else inside
+                if e.is_dir():
+                    yield from walk(e.path, child + "/", here)
+                elif e.is_file():
+                    yield child, here
+            except OSError:   # dangling symlink, permission race: not a file we can read
+                continue
+
+    return walk(os.fspath(src), "", True)
+
+
+def scan_unlabeled(src: str | os.PathLike) -> Items:
+    """Every file :func:`iter_files` finds under ``src``, sorted by relpath, each with label -1.
+
+    Raises :class:`PackError` if ``src`` is missing, not a folder, or holds no files.
+    """
+    path = check_src(src, "a folder of images")
+    items = Items.build((rel, -1) for rel, _ in iter_files(path))
+    if not len(items):
+        raise PackError(f"{path} holds no files (hidden ones are ignored); put the images in it")
+    return items

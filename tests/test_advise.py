@@ -345,3 +345,16 @@ def test_recommend_rules_on_given_rows():
     assert (rec.image_size, rec.batch_size, rec.lr) == (128, 16, 0.05)
     assert "best validation top-1 80.0% at batch 16, 128 px" in rec.text
     assert not any("GPU" in t for t in rec.suggestions)
+
+
+def test_advise_refuses_packs_without_one_class_per_image(tmp_path):
+    """The sweep trains with cross-entropy and the trial scores top-1: an unlabeled pack is an error."""
+    import loader
+    from tests.conftest import jpeg_bytes, write
+
+    for i in range(6):
+        write(tmp_path / "src" / f"{i}.jpg", jpeg_bytes(seed=i))
+    loader.pack(tmp_path / "src", tmp_path / "packed", workers=1, progress=False, unlabeled=True)
+    with pytest.raises(LoaderError, match="is unlabeled; loader advise trains a classifier"):
+        advise(tmp_path / "packed", model="scripts.example_model:small_cnn", settings=AdviseSettings(batch_sizes=(4,)),
+               progress=False)

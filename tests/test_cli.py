@@ -151,7 +151,8 @@ def test_info_json(packed, capsys):
     assert rc == 0
     info = json.loads(out)
     assert info["num_records"] == 9 and info["num_skipped"] == 0 and info["num_converted"] == 0
-    assert info["format"] == "loader.lmdb-shards" and info["version"] == 3
+    assert info["format"] == "loader.lmdb-shards" and info["version"] == 4
+    assert (info["label_source"], info["multi_label"], info["num_unlisted"]) == ("folders", False, 0)
     assert info["path"] == str(packed)
     assert info["classes"] == [{"label": 0, "name": "a_bird", "count": 3},
                                {"label": 1, "name": "b_dog", "count": 3},
@@ -169,12 +170,12 @@ def test_info_text(packed, capsys):
     rc, out, _ = run_main(capsys, "info", str(packed))
     assert rc == 0
     lines = out.splitlines()
-    assert lines[:3] == [f"dataset   {packed}", "records   9 (converted at pack time: 0, skipped files: 0)",
-                         "classes   3"]
-    assert [line.split() for line in lines[3:6]] == [["0", "a_bird", "3"], ["1", "b_dog", "3"], ["2", "c_cat", "3"]]
-    assert lines[6] == "shards    1" and lines[7].startswith("  shard-00000.lmdb  9 records from #0, ")
-    assert lines[8].startswith("index     0.0 MB (manifest version 3)")
-    assert lines[9].startswith("packed    shards=None shard_size_mb=512 max_side=None quality=95 strict=False")
+    assert lines[:4] == [f"dataset   {packed}", "records   9 (converted at pack time: 0, skipped files: 0)",
+                         "labels    class folders, single-label", "classes   3"]
+    assert [line.split() for line in lines[4:7]] == [["0", "a_bird", "3"], ["1", "b_dog", "3"], ["2", "c_cat", "3"]]
+    assert lines[7] == "shards    1" and lines[8].startswith("  shard-00000.lmdb  9 records from #0, ")
+    assert lines[9].startswith("index     0.0 MB (manifest version 4)")
+    assert lines[10].startswith("packed    shards=None shard_size_mb=512 max_side=None quality=95 strict=False")
 
 
 # ------------------------------------------------------------------ verify

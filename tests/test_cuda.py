@@ -366,7 +366,7 @@ def test_gpu_decode_option_places_the_decode_on_mixed_and_the_rest_on_gpu(gpu_de
     from nvidia.dali.pipeline import Pipeline
 
     with Pipeline(batch_size=4, num_threads=1, device_id=0):
-        images, labels, _ = image_graph(iter(()), device="gpu", image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
+        images, labels, _, _ = image_graph(iter(()), device="gpu", image_size=32, mean=[0, 0, 0], std=[1, 1, 1],
                                         gpu_decode=gpu_decode, max_height=300, max_width=500)
     chain = chain_of(images)
     assert [c[0] for c in chain] == names, chain
@@ -388,7 +388,7 @@ def test_the_cpu_graph_ignores_gpu_decode(gpu_decode):
     from nvidia.dali.pipeline import Pipeline
 
     with Pipeline(batch_size=4, num_threads=1, device_id=None):
-        crops, labels, _, flips = image_graph(iter(()), device="cpu", image_size=32, gpu_decode=gpu_decode)
+        crops, labels, _, flips, _, _ = image_graph(iter(()), device="cpu", image_size=32, gpu_decode=gpu_decode)
     assert chain_of(crops) == [("decoders__ImageSlice", "cpu", "cpu")]
 
 
@@ -464,3 +464,32 @@ def test_feed_ndarray_needs_the_dali_shape_so_channels_last_is_fed_into_the_nhwc
     feed_ndarray(out.as_tensor(), base)
     assert torch.equal(view, torch.from_numpy(hwc).permute(0, 3, 1, 2))
     assert view.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gpu_graph_of_the_recipe_knobs():
+    """Grayscale decodes one channel on nvJPEG; torchvision eval resizes the window's box (a CPU
+    ROI, in (y, x) order); colour jitter leaves the images float 0..255 CHW for torch."""
+    from nvidia.dali import types
+    from nvidia.dali.pipeline import Pipeline
+
+    with Pipeline(batch_size=4, num_threads=1, device_id=0):
+        images, labels, _, jit = image_graph(iter(()), device="gpu", image_size=32, mean=[0], std=[1],
+                                             color_mode="grayscale", exact_eval=True, jitter=True)
+    chain = chain_of(images)
+    assert [c[0] for c in chain] == ["CropMirrorNormalize", "Resize", "decoders__ImageSlice"], chain
+    assert all(dev == out == "gpu" for _, dev, out in chain[:-1]) and labels.device == "gpu"
+    assert jit.device == "cpu"
+    cmn = images.source
+    resize = cmn.inputs[0].source
+    decoder = resize.inputs[0].source
+    spec = {name: getattr(node.source._op, "_init_args", None) for name, node in
+            (("cmn", images), ("resize", cmn.inputs[0]), ("decoder", resize.inputs[0]))}
+    if all(v is not None for v in spec.values()):      # DALI's private op record: checked when it is there
+        assert spec["decoder"]["output_type"] == types.GRAY
+        assert spec["cmn"]["dtype"] == types.FLOAT and spec["cmn"]["output_layout"] == "CHW"
+        assert spec["resize"]["roi_relative"] is False
+        # roi_start and roi_end: two argument inputs after the image, stacked on the CPU.
+        rs = resize._spec
+        assert rs.NumRegularInput() == 1 and rs.NumInput() == 3
+        assert [(rs.InputName(i).startswith("__Stack"), rs.InputDevice(i)) for i in (1, 2)] == [(True, "cpu")] * 2
+    assert decoder._op.device == "mixed"

@@ -16,6 +16,7 @@ from loader.errors import DatasetError, LoaderError
 from loader.manifest import COLUMNS, read_manifest
 
 V2 = Path(__file__).parent / "data" / "v2"   # packed by loader 0.1 (manifest version 2), with its SRC
+V3 = Path(__file__).parent / "data" / "v3"   # V2's SRC packed by loader 0.2 (manifest version 3)
 
 
 @pytest.fixture
@@ -108,11 +109,13 @@ def test_reads_after_fork(packed):
     assert p.exitcode == 0 and got == expected
 
 
-def test_version_3_index_layout(packed):
+def test_version_4_index_layout(packed):
     obj = json.loads((packed / "manifest.json").read_text())   # a small JSON header ...
-    assert list(obj) == ["format", "version", "classes", "shards", "num_records", "conversions",
-                         "pack_params", "skipped"]
-    assert obj["format"] == "loader.lmdb-shards" and obj["version"] == 3 and obj["num_records"] == 9
+    assert list(obj) == ["format", "version", "classes", "label_source", "multi_label", "shards",
+                         "num_records", "conversions", "pack_params", "skipped", "unlisted"]
+    assert obj["format"] == "loader.lmdb-shards" and obj["version"] == 4 and obj["num_records"] == 9
+    assert (obj["label_source"], obj["multi_label"], obj["unlisted"]) == ("folders", False, 0)
+    assert not (packed / "label_offsets.npy").exists() and not (packed / "label_values.npy").exists()
     assert [(s["first"], s["records"], s["values"]) for s in obj["shards"]] == [(0, 4, 1), (4, 5, 1)]
     for name, (fname, dtype) in COLUMNS.items():                # ... and plain .npy columns
         col = np.load(packed / fname, allow_pickle=False)
@@ -169,6 +172,56 @@ def test_version_2_dataset_opens_with_identical_records(legacy):
     seen = [(i, lab) for _, labels, idx in ld for i, lab in zip(idx.tolist(), labels.tolist())]
     ld.close()
     assert sorted(seen) == [(i, int(info_label)) for i, info_label in enumerate(open_dataset(legacy).labels)]
+
+
+def test_version_3_dataset_opens_as_folders_reads_and_verifies(tmp_path):
+    """tests/data/v3 was written by loader 0.2: it opens (label source "folders", single-label),
+    reads the same bytes as its SRC and verifies."""
+    from loader.cli import dataset_info, main
+    from loader.verify import verify
+
+    v3 = Path(shutil.copytree(V3 / "packed", tmp_path / "v3"))
+    ds = open_dataset(v3)
+    m = ds.manifest
+    assert (m.version, len(ds), ds.classes) == (3, 11, ("a_bird", "b_dog", "c_cat"))
+    assert (ds.label_source, ds.multi_label, m.unlisted, ds.label_offsets, ds.label_values) == (
+        "folders", False, 0, None, None)
+    assert ds.labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    for i in range(len(ds)):
+        src = (V2 / "src" / ds.source(i)).read_bytes()
+        if m.converted(i) is None:
+            assert ds.read(i) == src and ds.read_batch([i])[0].tobytes() == src
+        assert ds.checksum(i) == f"{zlib.crc32(ds.read(i)):08x}"
+    assert m.num_converted() == 1
+    assert np.array_equal(ds.multi_hot(np.arange(11)), np.eye(3, dtype=np.float32)[ds.labels])
+    ds.close()
+    assert verify(v3, progress=False) == []
+    assert main(["verify", str(v3), "--quiet"]) == 0
+    info = dataset_info(v3)
+    assert (info["version"], info["label_source"], info["multi_label"], info["num_unlisted"]) == (
+        3, "folders", False, 0)
+    assert [c["count"] for c in info["classes"]] == [4, 3, 4] and info["num_skipped"] == 1
+
+
+def test_folder_pack_is_the_version_3_output_but_for_the_header(tmp_path):
+    """Re-packing tests/data/v2/src now gives tests/data/v3's files byte for byte, but for
+    manifest.json, which differs only in the version, the new label keys and loader_version."""
+    pack(V2 / "src", tmp_path / "now", workers=1, progress=False)
+    old_dir, new_dir = V3 / "packed", tmp_path / "now"
+    assert sorted(p.name for p in new_dir.iterdir()) == sorted(p.name for p in old_dir.iterdir())
+    for p in old_dir.iterdir():
+        if p.name not in ("manifest.json", "shard-00000.lmdb"):
+            assert (new_dir / p.name).read_bytes() == p.read_bytes(), p.name
+    old, new = open_dataset(old_dir), open_dataset(new_dir)
+    assert [new.read(i) for i in range(len(new))] == [old.read(i) for i in range(len(old))]
+    new_header = json.loads((new_dir / "manifest.json").read_text())
+    old_header = json.loads((old_dir / "manifest.json").read_text())
+    assert {k: new_header.pop(k) for k in ("label_source", "multi_label", "unlisted")} == {
+        "label_source": "folders", "multi_label": False, "unlisted": 0}
+    assert (old_header.pop("version"), new_header.pop("version")) == (3, 4)
+    assert new_header["pack_params"].pop("loader_version") == loader.__version__
+    old_header["pack_params"].pop("loader_version")
+    assert new_header == old_header
 
 
 def test_columns_are_shared_not_copied(tmp_path):
@@ -233,8 +286,8 @@ def test_missing_shard(packed):
 
 
 def test_unsupported_version(packed):
-    edit_manifest(packed, version=4)
-    with pytest.raises(DatasetError, match=r"unsupported manifest version 4 \(this loader reads versions 1, 2, 3\)"):
+    edit_manifest(packed, version=5)
+    with pytest.raises(DatasetError, match=r"unsupported manifest version 5 \(this loader reads versions 1, 2, 3, 4\)"):
         open_dataset(packed)
 
 

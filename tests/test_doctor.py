@@ -127,3 +127,23 @@ def test_run_doctor_validates_its_arguments(kwargs, match):
 def test_cli_bad_option_is_one_error_line(loader_cli):
     r = loader_cli("doctor", "--batch-size", "0")
     assert r.returncode == 2 and r.stderr.strip() == "error: batch_size must be an int >= 1, got 0", r.stderr
+
+
+@pytest.mark.parametrize("kind", ["multi", "unlabeled"])
+def test_doctor_checks_the_targets_of_multi_label_and_unlabeled_packs(tmp_path, kind):
+    """The CPU path's targets must be the manifest's: multi-hot rows, or the record indices."""
+    import loader
+    from tests.conftest import jpeg_bytes, write
+
+    src = tmp_path / "src"
+    rows = []
+    for i in range(10):
+        write(src / f"{i}.jpg", jpeg_bytes(seed=i, size=(40 + i, 30)))
+        rows.append(json.dumps({"path": f"{i}.jpg", "label": ["a", "b", "c"][: 1 + i % 3]}))
+    (tmp_path / "l.jsonl").write_text("\n".join(rows) + "\n")
+    kw = dict(labels=tmp_path / "l.jsonl") if kind == "multi" else dict(unlabeled=True)
+    loader.pack(src, tmp_path / "packed", workers=1, progress=False, **kw)
+    report = run_doctor(tmp_path / "packed", batch_size=4, image_size=32)
+    cpu = {c.name: c for c in report.checks}["cpu path"]
+    assert cpu.status == "ok", cpu
+    assert "10 images in batches of 4 at 32 px match the manifest" in cpu.detail

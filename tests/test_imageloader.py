@@ -563,8 +563,8 @@ def test_gpu_graph_places_decode_on_mixed_and_everything_after_on_gpu():
     from loader.pipeline import image_graph
 
     with Pipeline(batch_size=4, num_threads=1, device_id=0):
-        images, labels, indices = image_graph(iter(()), device="gpu", image_size=32,
-                                              mean=[0, 0, 0], std=[1, 1, 1])
+        images, labels, indices, _ = image_graph(iter(()), device="gpu", image_size=32,
+                                                 mean=[0, 0, 0], std=[1, 1, 1])
     assert images.device == "gpu" and labels.device == "gpu"
     chain = []
     node = images
@@ -582,7 +582,7 @@ def test_gpu_graph_places_decode_on_mixed_and_everything_after_on_gpu():
     # The same function defines the CPU graph: decode on the CPU, the crops and
     # flips handed to CpuFinisher.
     with Pipeline(batch_size=4, num_threads=1, device_id=None):
-        crops, labels, _, flips = image_graph(iter(()), device="cpu", image_size=32)
+        crops, labels, _, flips, _, _ = image_graph(iter(()), device="cpu", image_size=32)
     assert crops.source._op.schema_name == "decoders__ImageSlice" and crops.source._op.device == "cpu"
     assert crops.device == "cpu" and labels.device == "cpu" and flips.device == "cpu"
 

@@ -84,7 +84,12 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
     device = _resolve_device(s.device)
     ds = open_dataset(dst)
     num_classes, n = len(ds.manifest.classes), len(ds)
+    kind = "multi-label" if ds.multi_label else "unlabeled" if ds.label_source == "none" else None
     ds.close()
+    if kind is not None:
+        # The sweep trains with cross-entropy and the trial scores top-1: both need one class per image.
+        raise LoaderError(f"{dst} is {kind}; loader advise trains a classifier and needs one class per "
+                          f"image (a folder pack, or --labels with single labels)")
     n_train = len(split_indices(n, s.validation_split, "training", s.seed))
     n_val = n - n_train
     if n_val == 0:

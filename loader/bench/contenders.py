@@ -50,7 +50,8 @@ class ContenderSpec:
     ``folder`` the original image folder (``dataloader`` only). ``device``:
     "cpu" or "cuda:N" (already resolved). ``threads``: DALI threads (``loader``,
     ``decode-limit``); ``workers``: DataLoader processes; ``prefetch``: DALI's
-    queue depth in batches.
+    queue depth in batches. ``eval_mode`` and ``color_jitter``: the ``loader`` row's
+    recipe (:class:`loader.ImageLoader`'s arguments); the other rows run the standard one.
     """
 
     name: ContenderName
@@ -64,6 +65,8 @@ class ContenderSpec:
     workers: int = 0
     prefetch: int = 2
     folder: str | Path | None = None
+    eval_mode: str = "fast"
+    color_jitter: float = 0.0
 
 
 class Contender:
@@ -125,7 +128,8 @@ class _LoaderContender(Contender):
 
         s = self.spec
         self.obj = ImageLoader(s.packed, s.batch_size, image_size=s.image_size, train=s.train,
-                               num_threads=s.threads, prefetch=s.prefetch, seed=s.seed, device=s.device)
+                               num_threads=s.threads, prefetch=s.prefetch, seed=s.seed, device=s.device,
+                               eval_mode=s.eval_mode, color_jitter=s.color_jitter or None)
 
     def step(self) -> int:
         _, labels = self._next_batch()

@@ -124,6 +124,8 @@ class BenchSettings:
     seed: int = 0
     pipelines: tuple[str, ...] = CONTENDERS
     memory_budget_mb: float | None = None
+    eval_mode: str = "fast"          # the loader row's recipe (ImageLoader's eval_mode, color_jitter)
+    color_jitter: float = 0.0
     settle: bool = True            # wait for idle between measurements (tests turn it off)
 
     def __post_init__(self):
@@ -157,6 +159,13 @@ class BenchSettings:
                 raise LoaderError(f"{opt} must be a positive number, got {v!r}")
         if self.batches is None and self.seconds is None:
             set_("seconds", 4.0)
+        from loader.augment.settings import EVAL_MODES
+
+        if self.eval_mode not in EVAL_MODES:
+            raise LoaderError(f"--eval-mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
+        if (isinstance(self.color_jitter, bool) or not isinstance(self.color_jitter, (int, float))
+                or not 0 <= self.color_jitter < math.inf):
+            raise LoaderError(f"--color-jitter must be a number >= 0, got {self.color_jitter!r}")
         unknown = [p for p in self.pipelines if p not in CONTENDERS]
         if unknown or not self.pipelines:
             raise LoaderError(f"--pipelines must name some of {', '.join(CONTENDERS)}, "
@@ -343,7 +352,8 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
         for b in s.batch_sizes:
             specs = {name: ContenderSpec(name, packed=packed_path, folder=folder, batch_size=b, image_size=size,
                                          train=s.train, seed=s.seed, device=device, threads=s.threads,
-                                         workers=s.workers, prefetch=s.prefetch) for name in order}
+                                         workers=s.workers, prefetch=s.prefetch, eval_mode=s.eval_mode,
+                                         color_jitter=s.color_jitter) for name in order}
             contenders: dict[str, Contender] = {}
             stats = {name: _Stats() for name in order}
             try:

@@ -1,7 +1,12 @@
 """Batches of loader 0.2.0 on tests/data/v3/packed: sha256 per batch (images), labels, indices."""
-import hashlib, json, sys
+import hashlib
+import json
+import sys
+
 import torch
+
 import loader
+
 path = "tests/data/v3/packed"
 out = {}
 for name, kw in {"train_uint8": dict(train=True, dtype=torch.uint8, mean=None, std=None),
