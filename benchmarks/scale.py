@@ -104,7 +104,7 @@ def write_synthetic_index(dst: Path, n: int) -> Path:
     """An N-record index through the pack's own writer, all records in one small shard."""
     import numpy as np
 
-    from loader.manifest import IndexWriter
+    from loader.indexwriter import IndexWriter
     from loader.shards import ShardInfo, ShardWriter
 
     shutil.rmtree(dst, ignore_errors=True)

@@ -2,8 +2,9 @@
 
 Stages: :mod:`loader.scan` lists the files, :mod:`loader.imagecheck` decodes
 each one (in a process pool) and decides what bytes to store, this module
-writes them into shards (:mod:`loader.shards`) and writes the manifest
-(:mod:`loader.manifest`) and ``skipped.tsv``.
+writes them into shards (:mod:`loader.shards`), then the index
+(:mod:`loader.indexwriter`) and ``skipped.tsv``, in a folder that
+:mod:`loader.destination` installs at DST.
 
 Guarantees:
 
@@ -29,7 +30,6 @@ packed 2998 images (2 skipped) into photos.packed: 2 classes, 1 shard, ...
 
 from __future__ import annotations
 
-import glob
 import math
 import multiprocessing as mp
 import os
@@ -47,9 +47,11 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
+from loader.destination import check_dst, install, make_partial, remove_stale
 from loader.errors import PackError
 from loader.imagecheck import BadImage, CheckedImage, check_bytes
-from loader.manifest import MANIFEST_NAME, SKIPPED_NAME, IndexWriter
+from loader.indexwriter import IndexWriter
+from loader.manifest import SKIPPED_NAME
 from loader.scan import Items, check_src, class_folders, scan, scan_unlabeled
 from loader.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
 from loader.units import MB, available_cores
@@ -189,97 +191,6 @@ def _check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list
                             f"with --unlabeled); pass a packed dataset with classes")
         return list(m.classes), f"--classes-from {classes_from}"
     return None, ""
-
-
-# ---------------------------------------------------------------- destination
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _remove_stale(dst: Path) -> None:
-    """Delete ``DST.partial-<pid>`` / ``DST.old-<pid>`` left by packs that were killed."""
-    for p in glob.glob(glob.escape(str(dst)) + ".partial-*") + glob.glob(glob.escape(str(dst)) + ".old-*"):
-        pid = p.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _check_dst(src: Path, dst: Path, overwrite: bool) -> None:
-    if dst.exists() or dst.is_symlink():
-        if not overwrite:
-            raise PackError(f"{dst} exists; pass --overwrite to replace it")
-        if dst.is_symlink() or not dst.is_dir():
-            raise PackError(f"{dst} exists and is not a folder; refusing to replace it with "
-                            f"--overwrite: remove it yourself or choose another DST")
-        if not (dst / MANIFEST_NAME).is_file() and any(dst.iterdir()):
-            # --overwrite deletes DST: only ever delete something pack made.
-            raise PackError(f"{dst} exists and is not a packed dataset (no {MANIFEST_NAME}); "
-                            f"refusing to replace it with --overwrite: remove it yourself or choose another DST")
-    src_r, dst_r = src.resolve(), dst.resolve()
-    if dst_r == src_r or src_r in dst_r.parents:
-        raise PackError(f"DST {dst} is inside SRC {src}; choose a DST outside the image folder")
-    if dst_r in src_r.parents:
-        raise PackError(f"SRC {src} is inside DST {dst}; choose another DST")
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PackError(f"cannot create {dst.parent} (the folder that will hold DST): "
-                        f"{e.strerror or e}; choose a DST in a writable folder") from None
-
-
-def _make_partial(dst: Path) -> Path:
-    partial = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
-    try:
-        if partial.exists():  # left by an earlier call in this same process
-            shutil.rmtree(partial)
-        partial.mkdir()
-    except OSError as e:
-        raise PackError(f"cannot write in {dst.parent}: {e.strerror or e}; choose a DST in a "
-                        f"writable folder") from None
-    return partial
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # not supported on every file system; best effort
-        pass
-    finally:
-        os.close(fd)
-
-
-def _install(partial: Path, dst: Path, overwrite: bool) -> None:
-    """Move the finished ``partial`` folder to ``dst`` (replacing it if asked)."""
-    _fsync_dir(partial)
-    if overwrite and dst.is_dir():
-        old = dst.with_name(f"{dst.name}.old-{os.getpid()}")
-        os.rename(dst, old)
-        try:
-            os.rename(partial, dst)
-        except BaseException:
-            os.rename(old, dst)  # put the previous dataset back
-            raise
-        _fsync_dir(dst.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.rename(partial, dst)
-        except OSError as e:
-            raise PackError(f"cannot move the packed dataset to {dst}: {e.strerror or e} "
-                            f"(did something create {dst} meanwhile?)") from None
-        _fsync_dir(dst.parent)
 
 
 # ---------------------------------------------------------------- workers
@@ -527,13 +438,13 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                                     f"({len(pinned)} classes); add the class there, or move the "
                                     f"folder out of SRC")
         class_list, items = scan(src, classes=pinned)
-    _check_dst(src, dst, overwrite)
-    _remove_stale(dst)
+    check_dst(src, dst, overwrite)
+    remove_stale(dst)
     prefix = os.path.join(src, "")
     sizes = np.fromiter((_file_size(prefix + rel) for rel, _ in items), dtype=np.int64, count=len(items))
     num_shards = plan_shards(int(sizes.sum()), len(items), shards, shard_size_mb)
 
-    partial_dir = _make_partial(dst)
+    partial_dir = make_partial(dst)
     try:
         try:
             index, shard_infos, skipped, kept = _write_shards(src, partial_dir, items, sizes, num_shards,
@@ -552,7 +463,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                          label_values=label_values)
             _write_skipped(partial_dir, skipped)
             output_bytes = _folder_bytes(partial_dir)
-            _install(partial_dir, dst, overwrite)
+            install(partial_dir, dst, overwrite)
         except (OSError, lmdb.Error) as e:  # disk full, quota, ...: the user's to fix, not a bug
             raise PackError(f"writing {dst} failed: {getattr(e, 'strerror', None) or e}") from None
     except BaseException:

@@ -346,3 +346,27 @@ def test_a_gpu_bench_without_cuda_is_a_one_line_error(tiny, capsys):
                  "--device", "cuda:0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --device: device='cuda:0' but CUDA is not available") and err.count("\n") == 1
+
+
+def test_bench_of_an_unlabeled_pack_and_its_recipe_options(tmp_path):
+    """A pack without class folders benches against the LMDB DataLoader; the folder baseline says
+    why it cannot run and what to pass instead; --eval-mode and --color-jitter are validated."""
+    from loader.packing import pack
+    from loader.synthetic import photo_like_image
+
+    src = tmp_path / "flat"
+    src.mkdir()
+    for i in range(24):
+        photo_like_image(i, size=(90, 70)).save(src / f"{i}.jpg", quality=90)
+    packed = tmp_path / "packed"
+    pack(src, packed, unlabeled=True, workers=1, progress=False)
+    rows = run_bench(src, packed, pipelines=("loader", "dataloader-lmdb"), batch_sizes=(8,), image_sizes=(32,),
+                     color_jitter=0.4)
+    assert sorted(r["pipeline"] for r in rows) == ["dataloader-lmdb", "loader"]
+    assert all(r["images_per_sec"] > 0 for r in rows)
+    with pytest.raises(LoaderError, match="--pipelines loader,dataloader-lmdb,decode-limit"):
+        run_bench(src, packed, pipelines=("loader", "dataloader"), batch_sizes=(8,), image_sizes=(32,))
+    for bad, msg in ((dict(eval_mode="exact"), "--eval-mode must be one of"),
+                     (dict(color_jitter=-1.0), "--color-jitter must be a number >= 0")):
+        with pytest.raises(LoaderError, match=msg):
+            BenchSettings(**bad)

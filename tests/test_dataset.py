@@ -227,7 +227,7 @@ def test_folder_pack_is_the_version_3_output_but_for_the_header(tmp_path):
 def test_columns_are_shared_not_copied(tmp_path):
     """Opening maps the columns: a second process opening the same (large) index grows its
     resident memory by far less than the column bytes, and only what it reads is faulted in."""
-    from loader.manifest import IndexWriter
+    from loader.indexwriter import IndexWriter
     from loader.shards import ShardInfo, ShardWriter
 
     n = 2_000_000

@@ -222,7 +222,9 @@ class ImageFolderDataset(_TransformDataset):
         if not samples:
             from loader.errors import LoaderError
 
-            raise LoaderError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in class folders of {root}")
+            raise LoaderError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in class folders of {root}; the "
+                              f"dataloader row is torchvision's ImageFolder: for a pack made with --labels or "
+                              f"--unlabeled, compare with --pipelines loader,dataloader-lmdb,decode-limit")
         self.samples = samples
         self.labels = np.array([s[1] for s in samples], dtype=np.int64)
 
