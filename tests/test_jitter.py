@@ -256,3 +256,24 @@ def test_cuda_matches_cpu():
     x = photos(32, 64, 48)
     params = ColorJitter(0.4, 0.4, 0.4, 0.1).draw(np.random.default_rng(9), 32)
     torch.testing.assert_close(apply_jitter(x.cuda(), params).cpu(), apply_jitter(x, params), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("factors", [(0.6, 1.4, 0.5, 0.1), (1.4, 0.3, 1.7, -0.4), (0.0, 0.0, 0.0, 0.5),
+                                     (1.0, 1.0, 1.0, 0.0)])
+def test_the_per_image_path_matches_the_reference(factors):
+    """jitter_image_ (the CPU finisher's path: scalar factors, one-pass blends) is torchvision's
+    ColorJitter too, for factors below and above 1, every order."""
+    from loader.augment.jitter import jitter_image_
+
+    x = photos(6, w=45, h=31)
+    rng = np.random.default_rng(3)
+    for k in range(6):
+        order = rng.permutation(4)
+        row = [*factors, *order.tolist()]
+        y = jitter_image_(x[k:k + 1].clone(), row, (True,) * 4)
+        want = reference(x[k].double().numpy(), factors, order, (True,) * 4)
+        assert np.abs(y[0].double().numpy() - want).max() <= TOL, (factors, order)
+    gray = photos(2, gray=True)
+    y = jitter_image_(gray[:1].clone(), [0.7, 1.3, 1.0, 0.0, 1, 0, 2, 3], (True, True, False, False))
+    want = reference(gray[0].double().numpy(), (0.7, 1.3, 1.0, 0.0), [1, 0, 2, 3], (True, True, False, False))
+    assert np.abs(y[0].double().numpy() - want).max() <= TOL

@@ -306,16 +306,53 @@ def apply_jitter(images: torch.Tensor, params: JitterParams, *, inplace: bool = 
     return out
 
 
+def _blend_scalar_(x: torch.Tensor, f: float, other: torch.Tensor) -> None:
+    """``x[:] = clamp(f * x + (1 - f) * other)`` for one image, in one pass when ``f <= 1``.
+
+    ``lerp_`` is the blend in one pass (``x + (1 - f) * (other - x)``, equal to torchvision's
+    ``f * x + (1 - f) * other`` up to float32 rounding); with ``0 <= f <= 1`` it stays within
+    ``[min, max]`` of its two inputs, already in 0..255, so only ``f > 1`` (extrapolation) is
+    clamped. Each op then reads the image 1-2 times instead of 3-4.
+    """
+    x.lerp_(other, 1.0 - f)
+    if f > 1.0:
+        x.clamp_(0.0, _MAX)
+
+
+def _brightness_scalar_(x: torch.Tensor, f: float) -> None:
+    x.mul_(f)
+    if f > 1.0:
+        x.clamp_(max=_MAX)
+
+
+def _contrast_scalar_(x: torch.Tensor, f: float) -> None:
+    if x.shape[1] == 3:
+        m = x.mean(dim=(2, 3)).view(-1).tolist()
+        mean = m[0] * _GRAY[0] + m[1] * _GRAY[1] + m[2] * _GRAY[2]
+    else:
+        mean = float(x.mean())
+    _blend_scalar_(x, f, x.new_full((), mean))
+
+
+def _saturation_scalar_(x: torch.Tensor, f: float) -> None:
+    _blend_scalar_(x, f, _gray_weighted(x))
+
+
+_APPLY_SCALAR = (_brightness_scalar_, _contrast_scalar_, _saturation_scalar_, _hue_)
+
+
 def jitter_image_(x: torch.Tensor, row, enabled: tuple[bool, bool, bool, bool]) -> torch.Tensor:
     """One image ``x`` (float ``[1, C, H, W]``, 0..255) jittered in place by one row of
     :meth:`JitterParams.to_array` (``row``: 4 factors then the order, Python floats).
 
-    What :func:`apply_jitter` does for a batch of one, with the factors as Python scalars:
-    no tensor is built per image, no grouping (the finisher calls this from its threads,
-    image by image, while the image is in cache).
+    :func:`apply_jitter` for a batch of one, with the factors as Python scalars: no tensor
+    built per image, no grouping, and the blends in one pass (:func:`_blend_scalar_`). The
+    finisher calls it from its threads, image by image, while the image is in cache.
+    Measured in the loader (224 px, 2 threads): brightness + contrast + saturation cost
+    0.42 ms of CPU per image through :func:`apply_jitter`, 0.26 with these (docs/performance.md).
     """
     for k in row[4:]:
         k = int(k)
         if enabled[k]:
-            _APPLY[k](x, float(row[k]))
+            _APPLY_SCALAR[k](x, float(row[k]))
     return x
