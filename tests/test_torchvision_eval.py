@@ -173,7 +173,7 @@ def test_the_torch_kernel_path_equals_the_pillow_path(mode):
             arr = np.asarray(photo_like_image(i, size=(w, h)).convert(mode))
             g = eval_geometry(np.array([h]), np.array([w]), size, cf)
             (ax, ay), (sw, sh) = g.anchor[0].tolist(), g.shape[0].tolist()
-            win = np.ascontiguousarray(arr[ay:ay + sh, ax:ax + sw])
+            win = np.array(arr[ay:ay + sh, ax:ax + sw])           # a writable copy, as DALI's windows are
             want = resize_window(win, g, 0)
             x = torch.from_numpy(win.reshape(sh, sw, -1)).permute(2, 0, 1).unsqueeze(0)
             for fn in (_resize_hw_into, None):        # the finisher's kernel and the public API
