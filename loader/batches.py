@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from loader.pipeline import CpuFinisher
 
 __all__ = ["BatchAssembler", "TargetKind", "target_kind"]
 
-TargetKind = str   # "class" | "multi_hot" | "index"
+TargetKind = Literal["class", "multi_hot", "index"]
 
 
 def target_kind(dataset) -> TargetKind:

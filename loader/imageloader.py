@@ -33,7 +33,7 @@ from loader.errors import DatasetError, LoaderError
 from loader.feed import EpochFeed, EpochPlan
 from loader.pipeline import CpuFinisher, GpuDecode, build_pipeline, resolve_gpu_decode
 from loader.placement import distributed_env, resolve_device, threads_per_rank
-from loader.recipe import IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
+from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.recordguard import RecordGuard, RecordRejected
 from loader.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
 
@@ -131,7 +131,7 @@ class ImageLoader:
                  rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
                  on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto",
                  scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
-                 hflip: float = 0.5, color_jitter=None, crop_fraction: float = 0.875,
+                 hflip: float = 0.5, color_jitter=None, crop_fraction: float = EVAL_CROP_FRACTION,
                  eval_mode: EvalMode = "fast", color_mode: ColorMode = "rgb",
                  batch_transform: Callable[..., Any] | None = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
