@@ -278,8 +278,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                    help="the loader row's eval (ImageLoader's eval_mode): the centre window resized, or "
                    "torchvision's Resize + CenterCrop pixels exactly (default: fast)")
     p.add_argument("--color-jitter", type=float, default=0.0, metavar="J",
-                   help="the loader row's training colour jitter, brightness = contrast = saturation = J "
-                   "(ImageLoader's color_jitter; the other rows run without; default: 0, off)")
+                   help="training colour jitter, brightness = contrast = saturation = J: ImageLoader's "
+                   "color_jitter in the loader row, torchvision's PIL ColorJitter in the dataloader rows "
+                   "(default: 0, off)")
     p.add_argument("--pipelines", default=",".join(CONTENDERS), metavar="LIST",
                    help=f"contenders to run (default: {','.join(CONTENDERS)})")
     p.add_argument("--device", default="auto", help="loader's device: auto, cpu, cuda, cuda:N "

@@ -269,3 +269,34 @@ def test_baseline_and_loader_draw_crops_from_the_same_distribution():
     assert abs(frac_a.mean() - frac_b.mean()) < 0.02
     assert abs(np.log(ratio_a).mean() - np.log(ratio_b).mean()) < 0.02
     assert abs(np.quantile(frac_a, 0.9) - np.quantile(frac_b, 0.9)) < 0.03
+
+
+def test_pil_color_jitter_is_torchvisions_pil_path():
+    """Each op is PIL's ImageEnhance (brightness, contrast, colour) or the HSV hue shift that
+    torchvision's PIL functional uses; factors come from the ranges; nothing when off."""
+    from PIL import ImageEnhance
+
+    from loader.augment.jitter import ColorJitter
+    from loader.bench.baseline import TrainTransform, pil_color_jitter
+    from loader.synthetic import photo_like_image
+
+    img = photo_like_image(4, size=(64, 48))
+    rng = np.random.default_rng(0)
+    for k, (jit, enhance) in enumerate([(ColorJitter(brightness=(1.3, 1.3)), ImageEnhance.Brightness),
+                                        (ColorJitter(contrast=(0.6, 0.6)), ImageEnhance.Contrast),
+                                        (ColorJitter(saturation=(1.7, 1.7)), ImageEnhance.Color)]):
+        f = (1.3, 0.6, 1.7)[k]
+        assert np.array_equal(np.asarray(pil_color_jitter(img, jit, rng)), np.asarray(enhance(img).enhance(f)))
+    h, s, v = img.convert("HSV").split()
+    h25 = ((np.asarray(h).astype(int) + 25) % 256).astype(np.uint8)     # int(0.1 * 255) = 25
+    shifted = Image.merge("HSV", (Image.fromarray(h25, "L"), s, v))
+    got = pil_color_jitter(img, ColorJitter(hue=(0.1, 0.1)), rng)
+    assert np.array_equal(np.asarray(got), np.asarray(shifted.convert("RGB")))
+    assert pil_color_jitter(img, ColorJitter(), rng) is img
+    # Drawn from the generator: the same seed, the same image; the transform applies it after the flip.
+    a = pil_color_jitter(img, ColorJitter(0.4, 0.4, 0.4, 0.1), np.random.default_rng(5))
+    b = pil_color_jitter(img, ColorJitter(0.4, 0.4, 0.4, 0.1), np.random.default_rng(5))
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    plain = TrainTransform(32)(img, np.random.default_rng(1))
+    jittered = TrainTransform(32, color_jitter=ColorJitter(brightness=(0.5, 0.5)))(img, np.random.default_rng(1))
+    assert jittered.shape == plain.shape and not torch.equal(jittered, plain)

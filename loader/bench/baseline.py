@@ -6,7 +6,9 @@ not depend on) but following it step for step, so ``loader bench`` compares
 :class:`loader.ImageLoader` against what people actually run:
 
 * train: ``RandomResizedCrop(size)`` (scale 0.08-1, ratio 3/4-4/3, bilinear),
-  ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)``;
+  ``RandomHorizontalFlip()``, optionally ``ColorJitter(...)`` (PIL's ``ImageEnhance``
+  and HSV hue shift, in a random order, as torchvision's PIL path), ``ToTensor()``,
+  ``Normalize(mean, std)``;
 * eval: ``Resize(int(size / 0.875))`` (shorter side, bilinear), ``CenterCrop(size)``,
   ``ToTensor()``, ``Normalize(mean, std)``.
 
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 
 from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 
@@ -48,6 +50,7 @@ __all__ = [
     "ImageFolderDataset",
     "PackedFileDataset",
     "TrainTransform",
+    "pil_color_jitter",
     "baseline_loader",
     "eval_transform",
     "random_resized_crop_params",
@@ -123,11 +126,43 @@ def to_tensor_normalize(img: Image.Image, mean: Sequence[float] = IMAGENET_MEAN,
     return t.sub_(m.view(-1, 1, 1)).div_(s.view(-1, 1, 1))
 
 
-class TrainTransform:
-    """RandomResizedCrop(size) + RandomHorizontalFlip() + ToTensor() + Normalize()."""
+def _adjust_hue_pil(img: Image.Image, hue_factor: float) -> Image.Image:
+    """torchvision's ``F.adjust_hue`` on a PIL image: shift H of PIL's HSV by ``hue_factor * 255`` (uint8, wrapping)."""
+    h, s, v = img.convert("HSV").split()
+    np_h = np.array(h, dtype=np.uint8)
+    with np.errstate(over="ignore"):
+        np_h += np.uint8(int(hue_factor * 255) % 256)
+    return Image.merge("HSV", (Image.fromarray(np_h, "L"), s, v)).convert(img.mode)
 
-    def __init__(self, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+
+def pil_color_jitter(img: Image.Image, jitter, rng: np.random.Generator) -> Image.Image:
+    """torchvision's ``ColorJitter.forward`` on a PIL image: the four ops in a random order, each
+    factor uniform in its range (``jitter``: a :class:`loader.augment.jitter.ColorJitter`), as
+    ``F.adjust_brightness`` / ``adjust_contrast`` / ``adjust_saturation`` (PIL's ``ImageEnhance``
+    Brightness, Contrast, Color) and ``adjust_hue``. Drawn per image from ``rng``."""
+    order = rng.permutation(4)
+    factors = [None if r is None else float(rng.uniform(r[0], r[1])) for r in jitter.ranges]
+    for k in order:
+        f = factors[k]
+        if f is None:
+            continue
+        if k == 0:
+            img = ImageEnhance.Brightness(img).enhance(f)
+        elif k == 1:
+            img = ImageEnhance.Contrast(img).enhance(f)
+        elif k == 2:
+            img = ImageEnhance.Color(img).enhance(f)
+        else:
+            img = _adjust_hue_pil(img, f)
+    return img
+
+
+class TrainTransform:
+    """RandomResizedCrop(size) + RandomHorizontalFlip() [+ ColorJitter] + ToTensor() + Normalize()."""
+
+    def __init__(self, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD, color_jitter=None):
         self.size, self.mean, self.std = int(size), tuple(mean), tuple(std)
+        self.color_jitter = color_jitter if color_jitter is not None and color_jitter.enabled else None
 
     def __call__(self, img: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         width, height = img.size
@@ -136,6 +171,8 @@ class TrainTransform:
         img = img.crop((left, top, left + w, top + h)).resize((self.size, self.size), _BILINEAR)
         if rng.random() < 0.5:
             img = img.transpose(_FLIP)
+        if self.color_jitter is not None:
+            img = pil_color_jitter(img, self.color_jitter, rng)
         return to_tensor_normalize(img, self.mean, self.std)
 
 
@@ -172,10 +209,10 @@ def eval_transform(size: int = 224) -> EvalTransform:
 class _TransformDataset(torch.utils.data.Dataset):
     """Shared part: labels, transform, a per-process augmentation RNG."""
 
-    def __init__(self, size: int, train: bool, seed: int = 0):
+    def __init__(self, size: int, train: bool, seed: int = 0, color_jitter=None):
         self.size = int(size)
         self.train = bool(train)
-        self.transform = TrainTransform(size) if train else EvalTransform(size)
+        self.transform = TrainTransform(size, color_jitter=color_jitter) if train else EvalTransform(size)
         self._seed = seed
         self._rng: np.random.Generator | None = None
 
@@ -203,8 +240,9 @@ class ImageFolderDataset(_TransformDataset):
     loaded with ``Image.open(path).convert("RGB")``.
     """
 
-    def __init__(self, root: str | os.PathLike, size: int = 224, train: bool = True, seed: int = 0):
-        super().__init__(size, train, seed)
+    def __init__(self, root: str | os.PathLike, size: int = 224, train: bool = True, seed: int = 0,
+                 color_jitter=None):
+        super().__init__(size, train, seed, color_jitter)
         self.root = Path(root)
         if not self.root.is_dir():
             from loader.errors import LoaderError
@@ -237,8 +275,9 @@ class ImageFolderDataset(_TransformDataset):
 class PackedFileDataset(_TransformDataset):
     """The same as :class:`ImageFolderDataset`, reading the encoded bytes from packed shards."""
 
-    def __init__(self, packed_dst: str | os.PathLike, size: int = 224, train: bool = True, seed: int = 0):
-        super().__init__(size, train, seed)
+    def __init__(self, packed_dst: str | os.PathLike, size: int = 224, train: bool = True, seed: int = 0,
+                 color_jitter=None):
+        super().__init__(size, train, seed, color_jitter)
         from loader.dataset import open_dataset
 
         self.packed = open_dataset(packed_dst)

@@ -50,8 +50,11 @@ class ContenderSpec:
     ``folder`` the original image folder (``dataloader`` only). ``device``:
     "cpu" or "cuda:N" (already resolved). ``threads``: DALI threads (``loader``,
     ``decode-limit``); ``workers``: DataLoader processes; ``prefetch``: DALI's
-    queue depth in batches. ``eval_mode`` and ``color_jitter``: the ``loader`` row's
-    recipe (:class:`loader.ImageLoader`'s arguments); the other rows run the standard one.
+    queue depth in batches. ``eval_mode``: the ``loader`` row's eval (the DataLoader rows
+    always run torchvision's, whose pixels ``"torchvision"`` reproduces). ``color_jitter``:
+    brightness = contrast = saturation for the training rows, as ImageLoader's
+    ``color_jitter`` and torchvision's PIL ``ColorJitter`` in the DataLoader rows
+    (``decode-limit`` decodes only).
     """
 
     name: ContenderName
@@ -149,15 +152,17 @@ class _DataLoaderContender(Contender):
         return 2 * w + 1 if w else 1   # DataLoader's prefetch_factor=2 per worker
 
     def create(self) -> None:
+        from loader.augment.settings import as_color_jitter
         from loader.bench.baseline import ImageFolderDataset, PackedFileDataset, baseline_loader
 
         s = self.spec
+        jitter = as_color_jitter(s.color_jitter or None)     # torchvision's PIL ColorJitter, per image
         if s.name == "dataloader":
             if s.folder is None:
                 raise ValueError("the dataloader contender needs the image folder (ContenderSpec.folder)")
-            ds = ImageFolderDataset(s.folder, s.image_size, s.train, s.seed)
+            ds = ImageFolderDataset(s.folder, s.image_size, s.train, s.seed, color_jitter=jitter)
         else:
-            ds = PackedFileDataset(s.packed, s.image_size, s.train, s.seed)
+            ds = PackedFileDataset(s.packed, s.image_size, s.train, s.seed, color_jitter=jitter)
         self.obj = baseline_loader(ds, s.batch_size, workers=s.workers, train=s.train, seed=s.seed,
                                    pin_memory=s.device.startswith("cuda"))
 

@@ -124,7 +124,8 @@ class BenchSettings:
     seed: int = 0
     pipelines: tuple[str, ...] = CONTENDERS
     memory_budget_mb: float | None = None
-    eval_mode: str = "fast"          # the loader row's recipe (ImageLoader's eval_mode, color_jitter)
+    eval_mode: str = "fast"          # the loader row's eval (ImageLoader's eval_mode)
+    # Training colour jitter, b = c = s, of the loader and DataLoader rows (ContenderSpec).
     color_jitter: float = 0.0
     settle: bool = True            # wait for idle between measurements (tests turn it off)
 
