@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from loader.augment.batch import batch_generator
+from loader.augment.jitter import ColorJitter
 from loader.augment.settings import Augment, ColorMode, EvalMode
 from loader.batches import BatchAssembler
 from loader.buffers import BatchBuffers
@@ -131,7 +132,8 @@ class ImageLoader:
                  rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
                  on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto",
                  scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
-                 hflip: float = 0.5, color_jitter=None, crop_fraction: float = EVAL_CROP_FRACTION,
+                 hflip: float = 0.5, color_jitter: float | tuple | ColorJitter | None = None,
+                 crop_fraction: float = EVAL_CROP_FRACTION,
                  eval_mode: EvalMode = "fast", color_mode: ColorMode = "rgb",
                  batch_transform: Callable[..., Any] | None = None):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
@@ -397,7 +399,9 @@ class ImageLoader:
         if self.batch_transform is not None:
             g = batch_generator(self.seed, epoch=epoch, rank=self.rank, batch=batch, device=self.device)
             out = self.batch_transform(images, targets, g)
-            return (*out, idx.to(self.device)) if self.with_indices else out
+            if not self.with_indices:
+                return out
+            return (*(out if isinstance(out, tuple) else (out,)), idx.to(self.device))
         return (images, targets, idx.to(self.device)) if self.with_indices else (images, targets)
 
     # -- errors ---------------------------------------------------------------
