@@ -27,7 +27,7 @@ from loader.augment.settings import Augment
 from loader.buffers import BatchBuffers
 from loader.pipeline import CpuFinisher
 
-__all__ = ["BatchAssembler", "TargetKind", "target_kind"]
+__all__ = ["BatchAssembler", "TargetKind", "host_targets", "target_kind"]
 
 TargetKind = Literal["class", "multi_hot", "index"]
 
@@ -39,6 +39,15 @@ def target_kind(dataset) -> TargetKind:
     if getattr(dataset, "label_source", "folders") == "none":
         return "index"
     return "class"
+
+
+def host_targets(dataset, idx: np.ndarray) -> torch.Tensor:
+    """The targets of records ``idx`` from the manifest alone, on the CPU (see the module docstring):
+    what every batch's second tensor must equal (``loader doctor`` checks it)."""
+    kind = target_kind(dataset)
+    if kind == "multi_hot":
+        return torch.from_numpy(dataset.multi_hot(idx))
+    return torch.from_numpy((idx if kind == "index" else dataset.labels[idx]).astype(np.int64))
 
 
 class BatchAssembler:
@@ -125,11 +134,8 @@ class BatchAssembler:
         out.copy_(x)
 
     def _targets(self, labels, idx: np.ndarray) -> torch.Tensor:
-        if self.kind == "multi_hot":
-            hot = torch.from_numpy(self.dataset.multi_hot(idx))
-            return hot.to(self.device, non_blocking=self.device.type == "cuda")
-        if self.kind == "index":
-            return torch.from_numpy(idx.astype(np.int64, copy=True)).to(self.device)
+        if self.kind != "class":
+            return host_targets(self.dataset, idx).to(self.device, non_blocking=self.device.type == "cuda")
         b = len(idx)
         lab = torch.empty((b,), dtype=torch.int64, device=self.device)
         if self.device.type == "cuda":

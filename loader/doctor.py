@@ -221,20 +221,6 @@ def environment() -> Environment:
 # -- the path checks, each in a child -------------------------------------------------
 
 
-def _expected_targets(ds, idx):
-    """The targets ImageLoader must yield for records ``idx`` (loader.batches: class indices,
-    multi-hot rows, or the record indices of an unlabeled pack), from the manifest alone."""
-    import numpy as np
-    import torch
-
-    from loader.batches import target_kind
-
-    kind = target_kind(ds)
-    if kind == "multi_hot":
-        return torch.from_numpy(ds.multi_hot(idx))
-    return torch.from_numpy((idx if kind == "index" else ds.labels[idx]).astype(np.int64))
-
-
 def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
                    ) -> tuple[list[str], int, float, float]:
     """Run up to ``max_batches`` eval batches: (failures, images, images/s, first-batch seconds).
@@ -244,6 +230,8 @@ def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
     import time
 
     import torch
+
+    from loader.batches import host_targets
 
     plan = ld.epoch_plan(0).records.tolist()
     failures: list[str] = []
@@ -263,7 +251,7 @@ def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
             failures.append(f"batch {k}: on {images.device}, expected {device_type}")
         if not bool(torch.isfinite(images.float()).all()):
             failures.append(f"batch {k}: non-finite pixels")
-        want = _expected_targets(ds, idx.cpu().numpy())
+        want = host_targets(ds, idx.cpu().numpy())
         if not torch.equal(labels.cpu(), want):
             failures.append(f"batch {k}: targets {labels.cpu().tolist()[:8]}... are not the manifest's "
                             f"{want.tolist()[:8]}...")
@@ -317,6 +305,7 @@ def _agreement(dst: str, batch_size: int, size: int) -> list[str]:
 def _child(dst: str, device: str, batch_size: int, size: int, max_batches: int) -> dict:
     import torch
 
+    from loader.batches import host_targets
     from loader.dataset import open_dataset
     from loader.imageloader import ImageLoader
 
@@ -329,7 +318,7 @@ def _child(dst: str, device: str, batch_size: int, size: int, max_batches: int) 
     train = ImageLoader(dst, batch_size=bs, image_size=size, train=True, drop_last=False, device=device,
                         with_indices=True)
     x, y, idx = next(iter(train))
-    want = _expected_targets(ds, idx.cpu().numpy())
+    want = host_targets(ds, idx.cpu().numpy())
     if tuple(x.shape) != (len(idx), 3, size, size) or not torch.equal(y.cpu(), want):
         failures.append(f"train batch: images {tuple(x.shape)} or labels do not match the manifest")
     train.close()
