@@ -22,8 +22,9 @@ Every problem is a :class:`PackError` of one line, ``FILE:LINE: what; what to do
 before anything is written.
 
 Memory: per row only compact arrays (paths as one UTF-8 blob with end offsets, a 64-bit hash
-of each path, its line number, the label CSR): about 30 bytes plus the path per row, ~60 MB
-at 1M rows, never a Python object per row.
+of each path, its line number, the label CSR), never a Python object per row: measured at the
+parse's peak, about 70 bytes plus the path per row (116 for multi-label JSON Lines), so
+70-120 MB at 1M rows (``tests/test_labels.py`` bounds it).
 
 >>> lf = read_label_file("labels.csv")                  # doctest: +SKIP
 >>> lf.classes, lf.multi_label, len(lf.items)           # doctest: +SKIP
