@@ -96,30 +96,6 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_files(top: str, rel: str, seen: set[tuple[int, int]]) -> list[str]:
-    """Relative posix paths of the non-hidden regular files under ``top``."""
-    st = os.stat(top)
-    key = (st.st_dev, st.st_ino)
-    if key in seen:  # a symlink back to a folder we are already in
-        return []
-    seen.add(key)
-    found = []
-    with os.scandir(top) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for e in entries:
-        if _is_hidden(e.name):
-            continue
-        child = f"{rel}/{e.name}"
-        try:
-            if e.is_dir():  # follows symlinks
-                found.extend(_walk_files(e.path, child, seen))
-            elif e.is_file():
-                found.append(child)
-        except OSError:  # dangling symlink, permission race: not a file we can read
-            continue
-    return found
-
-
 def class_folders(src: str | os.PathLike) -> list[str]:
     """Sorted names of the non-hidden sub-folders of ``src``.
 
@@ -175,10 +151,7 @@ def scan(src: str | os.PathLike, classes: Sequence[str] | None = None) -> tuple[
 
     def pairs():
         for label, name in order:   # one class's file list at a time
-            try:
-                files = _walk_files(os.path.join(path, name), name, set())
-            except OSError as e:
-                raise PackError(f"cannot list {path / name}: {e.strerror or e}") from None
+            files = [f"{name}/{rel}" for rel, _ in iter_files(os.path.join(path, name))]
             yield from ((f, label) for f in sorted(files))
 
     items = Items.build(pairs())
