@@ -175,18 +175,32 @@ def _gray_weighted(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0:1].mul(_GRAY[0]).add_(x[:, 1:2], alpha=_GRAY[1]).add_(x[:, 2:3], alpha=_GRAY[2])
 
 
-def _blend_into(x: torch.Tensor, f: torch.Tensor, other: torch.Tensor) -> None:
-    """``x[:] = clamp(x * f + other * (1 - f), 0, 255)`` in place; ``other`` broadcasts and is consumed."""
-    # mul_ + add_, not addcmul: addcmul broadcasting a per-sample scalar took 84 us per
-    # 224 px image here, mul_ + add_ 15 us.
-    x.mul_(f).add_(other.mul_(1.0 - f)).clamp_(0.0, _MAX)
+def _clamp_needed(f) -> bool:
+    """Only a factor above 1 can leave 0..255: a blend with ``0 <= f <= 1`` stays between its two
+    inputs. A tensor of per-sample factors is clamped always (one pass, on the GPU's batch)."""
+    return not isinstance(f, float) or f > 1.0
 
 
-def _brightness_(x: torch.Tensor, f: torch.Tensor) -> None:
-    x.mul_(f).clamp_(0.0, _MAX)
+def _blend_(x: torch.Tensor, f, other: torch.Tensor) -> None:
+    """``x[:] = clamp(f * x + (1 - f) * other, 0, 255)`` in place; ``f`` a float or ``[B, 1, 1, 1]``.
+
+    ``lerp_`` is the blend in one pass (``x + (1 - f) * (other - x)``, torchvision's ``f * x +
+    (1 - f) * other`` up to float32 rounding); mul_ + add_ + clamp_ read the image three times.
+    In the loader (224 px, 2 threads) brightness + contrast + saturation cost 0.42 ms of CPU per
+    image the three-pass way, 0.26 this way (docs/performance.md).
+    """
+    x.lerp_(other, 1.0 - f)
+    if _clamp_needed(f):
+        x.clamp_(0.0, _MAX)
 
 
-def _contrast_(x: torch.Tensor, f: torch.Tensor) -> None:
+def _brightness_(x: torch.Tensor, f) -> None:
+    x.mul_(f)
+    if _clamp_needed(f):
+        x.clamp_(max=_MAX)
+
+
+def _contrast_(x: torch.Tensor, f) -> None:
     if x.shape[1] == 3:
         # mean(gray) as the gray-weighted channel means: one read of the image, no gray
         # image allocated; equal to torchvision's mean of the gray image up to float32 rounding.
@@ -194,11 +208,11 @@ def _contrast_(x: torch.Tensor, f: torch.Tensor) -> None:
         mean = m[:, 0:1].mul(_GRAY[0]).add_(m[:, 1:2], alpha=_GRAY[1]).add_(m[:, 2:3], alpha=_GRAY[2])
     else:
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    _blend_into(x, f, mean)
+    _blend_(x, f, mean)
 
 
-def _saturation_(x: torch.Tensor, f: torch.Tensor) -> None:
-    _blend_into(x, f, _gray_weighted(x))
+def _saturation_(x: torch.Tensor, f) -> None:
+    _blend_(x, f, _gray_weighted(x))
 
 
 def _hue_(x: torch.Tensor, shift: torch.Tensor) -> None:
@@ -306,53 +320,16 @@ def apply_jitter(images: torch.Tensor, params: JitterParams, *, inplace: bool = 
     return out
 
 
-def _blend_scalar_(x: torch.Tensor, f: float, other: torch.Tensor) -> None:
-    """``x[:] = clamp(f * x + (1 - f) * other)`` for one image, in one pass when ``f <= 1``.
-
-    ``lerp_`` is the blend in one pass (``x + (1 - f) * (other - x)``, equal to torchvision's
-    ``f * x + (1 - f) * other`` up to float32 rounding); with ``0 <= f <= 1`` it stays within
-    ``[min, max]`` of its two inputs, already in 0..255, so only ``f > 1`` (extrapolation) is
-    clamped. Each op then reads the image 1-2 times instead of 3-4.
-    """
-    x.lerp_(other, 1.0 - f)
-    if f > 1.0:
-        x.clamp_(0.0, _MAX)
-
-
-def _brightness_scalar_(x: torch.Tensor, f: float) -> None:
-    x.mul_(f)
-    if f > 1.0:
-        x.clamp_(max=_MAX)
-
-
-def _contrast_scalar_(x: torch.Tensor, f: float) -> None:
-    if x.shape[1] == 3:
-        m = x.mean(dim=(2, 3)).view(-1).tolist()
-        mean = m[0] * _GRAY[0] + m[1] * _GRAY[1] + m[2] * _GRAY[2]
-    else:
-        mean = float(x.mean())
-    _blend_scalar_(x, f, x.new_full((), mean))
-
-
-def _saturation_scalar_(x: torch.Tensor, f: float) -> None:
-    _blend_scalar_(x, f, _gray_weighted(x))
-
-
-_APPLY_SCALAR = (_brightness_scalar_, _contrast_scalar_, _saturation_scalar_, _hue_)
-
-
 def jitter_image_(x: torch.Tensor, row, enabled: tuple[bool, bool, bool, bool]) -> torch.Tensor:
     """One image ``x`` (float ``[1, C, H, W]``, 0..255) jittered in place by one row of
     :meth:`JitterParams.to_array` (``row``: 4 factors then the order, Python floats).
 
-    :func:`apply_jitter` for a batch of one, with the factors as Python scalars: no tensor
-    built per image, no grouping, and the blends in one pass (:func:`_blend_scalar_`). The
+    :func:`apply_jitter` for a batch of one, with the factors as Python floats: no tensor
+    built per image, no grouping, and no clamp a factor cannot need (:func:`_blend_`). The
     finisher calls it from its threads, image by image, while the image is in cache.
-    Measured in the loader (224 px, 2 threads): brightness + contrast + saturation cost
-    0.42 ms of CPU per image through :func:`apply_jitter`, 0.26 with these (docs/performance.md).
     """
     for k in row[4:]:
         k = int(k)
         if enabled[k]:
-            _APPLY_SCALAR[k](x, float(row[k]))
+            _APPLY[k](x, float(row[k]))
     return x
