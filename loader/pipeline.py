@@ -169,12 +169,12 @@ class CpuFinisher:
         if geometry is not None:
             # torchvision-exact eval: the window resampled with the whole image's filter, as
             # torchvision's Resize would have (loader.augment.torchvision_eval).
-            from loader.augment.torchvision_eval import _Scratch, resize_window_torch
+            from loader.augment.torchvision_eval import ResizeScratch, resize_window
 
             scratch = getattr(self._scratch, "eval", None)
             if scratch is None:
-                scratch = self._scratch.eval = _Scratch()
-            return resize_window_torch(x, geometry, k, scratch, _resize_hw_into)
+                scratch = self._scratch.eval = ResizeScratch()
+            return resize_window(x, geometry, k, scratch, _resize_hw_into)
         return x[0] if x.shape[-2:] == (size, size) else self._resized(x, size)
 
     def _run(self, crops, flips, out, mean, inv_std, geometry, jitter, picks) -> None:

@@ -17,11 +17,11 @@ differs by one level on up to 0.3% of the pixels (two levels on 100x80 upscales)
 72 (image, s, crop_fraction) cases. Pillow passes the box as float32, so the crop's scale
 and filter centres are not the whole-image doubles; and pillow-simd (installed here) picks
 the fixed-point precision of its int16 weights from the largest weight of the call, which
-the border columns of the whole image can raise. :func:`resize_window` therefore resamples
-each axis with the whole image's coefficients: it places the window in a canvas of the
-full source extent along that axis (pixels outside the window are never read by a kept
-output: each has weight zero there) and keeps the crop; same coefficients, same integer
-arithmetic, same bytes.
+the border columns of the whole image can raise (torch's uint8 kernel, a port of it, does the
+same). :func:`resize_window` therefore resamples each axis with the whole image's
+coefficients: it places the window in a canvas of the full source extent along that axis
+(pixels outside the window are never read by a kept output: each has weight zero there) and
+keeps the crop; same coefficients, same integer arithmetic, same bytes.
 
 >>> g = eval_geometry(np.array([375]), np.array([500]), 224, 0.875)
 >>> g.resized.tolist(), g.crop.tolist()
@@ -34,9 +34,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-__all__ = ["EvalGeometry", "eval_geometry", "resize_window", "resize_window_torch", "resized_size"]
+__all__ = ["EvalGeometry", "ResizeScratch", "eval_geometry", "resize_window", "resized_size"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class EvalGeometry:
       filter reads for a kept output pixel, clamped to the image.
     - ``box``      float32 ``[B, 4]`` (x0, y0, x1, y1) the crop's source rectangle, relative to the
       window: ``window.resize((size, size), BILINEAR, box=box)`` is the same filter (within one
-      level, see the module docstring); :func:`resize_window` is exact.
+      level, see the module docstring; the GPU graph's ROI resize); :func:`resize_window` is exact.
     """
 
     size: int
@@ -163,56 +162,7 @@ def eval_geometry(heights: np.ndarray, widths: np.ndarray, size: int, crop_fract
                         box=box.astype(np.float32))
 
 
-def resize_window(window: np.ndarray, geometry: EvalGeometry, index: int = 0) -> np.ndarray:
-    """The ``size x size`` crop torchvision's eval transform keeps, from the decoded window of image ``index``.
-
-    ``window`` is uint8 HWC (C = 3 or 1) or HW, of shape ``geometry.shape[index]``
-    (h, w) -- the source pixels at ``geometry.anchor[index]``. Returns uint8 ``[s, s, C]``
-    (``[s, s]`` for HW input), equal byte for byte to
-    ``full.resize((W', H'), BILINEAR).crop((left, top, left + s, top + s))``.
-
-    Two Pillow calls, one per axis, each with the whole image's filter (the module
-    docstring says why): horizontal over the window's rows, on a canvas as wide as the
-    source; vertical over the crop's columns, on a canvas as tall as the source. Pillow
-    releases the GIL in both, so a thread pool can run images side by side.
-    """
-    s = geometry.size
-    (W, H), (Wn, Hn) = geometry.source[index].tolist(), geometry.resized[index].tolist()
-    (left, top), (wx, wy) = geometry.crop[index].tolist(), geometry.anchor[index].tolist()
-    ww, wh = geometry.shape[index].tolist()
-    arr = np.asarray(window)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"window must be uint8, got {arr.dtype}")
-    squeeze = arr.ndim == 2
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[:, :, 0]
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
-        raise ValueError(f"window must be HW, HWx1 or HWx3, got shape {np.shape(window)}")
-    if arr.shape[:2] != (wh, ww):
-        raise ValueError(f"window of image {index} must be {wh}x{ww} (h x w), got {arr.shape[0]}x{arr.shape[1]}")
-    mode = "L" if arr.ndim == 2 else "RGB"
-
-    if Wn != W:
-        # Columns: the window at its place in a source-wide canvas; the columns outside it
-        # are left unset (never read with a nonzero weight by a kept output).
-        canvas = np.empty((wh, W) + arr.shape[2:], np.uint8)
-        canvas[:, wx:wx + ww] = arr
-        rows = Image.fromarray(canvas).resize((Wn, wh), Image.BILINEAR, box=(0, 0, W, wh))
-        rows = rows.crop((left, 0, left + s, wh))
-    else:
-        rows = Image.fromarray(np.ascontiguousarray(arr[:, left - wx:left - wx + s]))
-
-    if Hn != H:
-        tall = Image.new(mode, (s, H))
-        tall.paste(rows, (0, wy))
-        out = tall.resize((s, Hn), Image.BILINEAR, box=(0, 0, s, H)).crop((0, top, s, top + s))
-    else:
-        out = rows.crop((0, top - wy, s, top - wy + s))
-    res = np.array(out)     # a writable copy (150 KB at 224 px): torch refuses read-only arrays
-    return res if squeeze or res.ndim == 3 else res[:, :, None]
-
-
-class _Scratch:
+class ResizeScratch:
     """Grow-only uint8 buffers, one per role, reused image after image by one thread."""
 
     def __init__(self):
@@ -230,26 +180,22 @@ class _Scratch:
         return buf[:n].view(1, h, w, c).permute(0, 3, 1, 2)
 
 
-def resize_window_torch(x, geometry: EvalGeometry, index: int, scratch: _Scratch | None = None,
-                        resize_into=None):
-    """:func:`resize_window` with torch's uint8 antialiased bilinear kernel: a uint8 ``[C, s, s]`` view.
+def resize_window(x, geometry: EvalGeometry, index: int, scratch: ResizeScratch,
+                  resize_into):
+    """The ``s x s`` crop torchvision's eval transform keeps, from the decoded window of image ``index``:
+    a uint8 ``[C, s, s]`` view, equal byte for byte to Pillow's
+    ``full.resize((W', H'), BILINEAR).crop((left, top, left + s, top + s))``.
 
-    ``x`` is the window as a uint8 ``[1, C, h, w]`` tensor (any strides; C = 3 or 1). The same
-    two passes as :func:`resize_window` (each axis with the whole image's coefficients, on a
-    canvas of the source's extent along it) through torch's kernel, which computes Pillow's
-    coefficients, int16 precision and rounding (bit-identical: tests/test_torchvision_eval.py).
-    Measured here, one thread, 500x375 -> 224: 0.25 ms against 0.31 for the Pillow calls (no
-    PIL objects, no GIL held inside the kernel); the fast eval's single resize is 0.14 ms.
-    ``scratch`` (one per thread) keeps the canvases between images; ``resize_into(x, (h, w), out)``
-    defaults to the public ``F.interpolate`` form.
+    ``x`` is the window (the source pixels at ``geometry.anchor[index]``, of
+    ``geometry.shape[index]``) as a uint8 ``[1, C, h, w]`` tensor, any strides, C = 3 or 1.
+    Two passes, one per axis, each with the whole image's coefficients (the module docstring
+    says why): horizontal over the window's rows on a canvas as wide as the source, vertical
+    over the crop's columns on a canvas as tall as the source. ``resize_into(src, (h, w), out)``
+    is torch's uint8 antialiased bilinear kernel, which computes Pillow's coefficients, int16
+    precision and rounding (``CpuFinisher`` passes its ``out=`` form). Measured here, one
+    thread, 500x375 -> 224: 0.25 ms (the same two passes as Pillow calls: 0.31 ms; the fast
+    eval's single resize: 0.14 ms). ``scratch`` (one per thread) keeps the canvases.
     """
-    import torch
-
-    scratch = scratch if scratch is not None else _Scratch()
-    if resize_into is None:
-        def resize_into(src, hw, out):
-            out.copy_(torch.nn.functional.interpolate(src, size=hw, mode="bilinear", antialias=True,
-                                                      align_corners=False))
     s = geometry.size
     (W, H), (Wn, Hn) = geometry.source[index].tolist(), geometry.resized[index].tolist()
     (left, top), (wx, wy) = geometry.crop[index].tolist(), geometry.anchor[index].tolist()

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from loader.augment.torchvision_eval import resized_size
 from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 
 __all__ = [
@@ -186,9 +187,7 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         width, height = img.size
-        short, long = (width, height) if width <= height else (height, width)
-        new_short, new_long = self.resize, int(self.resize * long / short)
-        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        new_h, new_w = resized_size(height, width, self.resize)     # torchvision's Resize(int)
         if (new_w, new_h) != (width, height):
             img = img.resize((new_w, new_h), _BILINEAR)
         # CenterCrop (the resized image is never smaller than the crop)
