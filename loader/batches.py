@@ -16,7 +16,6 @@ unlabeled (``--unlabeled``)        int64 ``[B]`` record indices (``ds.source(i)`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -107,10 +106,10 @@ class BatchAssembler:
         return out, self._targets(labels, idx), torch.from_numpy(idx.astype(np.int64, copy=True))
 
     def _geometry(self, fields):
-        from loader.augment.torchvision_eval import EvalGeometry
+        from loader.augment.torchvision_eval import EvalGeometry, resize_of
 
         return EvalGeometry.from_fields(np.asarray(fields.as_tensor()), self.size,
-                                        math.floor(self.size / self.augment.crop_fraction))
+                                        resize_of(self.size, self.augment.crop_fraction))
 
     def _gpu_images(self, images, base: torch.Tensor, out: torch.Tensor, params) -> None:
         from nvidia.dali.plugin.pytorch import feed_ndarray

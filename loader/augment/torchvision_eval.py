@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EvalGeometry", "ResizeScratch", "eval_geometry", "resize_window", "resized_size"]
+__all__ = ["EvalGeometry", "ResizeScratch", "eval_geometry", "resize_of", "resize_window", "resized_size"]
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,16 @@ def _support_span(n_in: np.ndarray, n_out: np.ndarray, first: np.ndarray, count:
     return lo, hi, scale
 
 
+def resize_of(size: int, crop_fraction: float) -> int:
+    """``R`` of ``Resize(R) + CenterCrop(size)``: ``floor(size / crop_fraction)`` (the reference
+    scripts' and timm's ``int(size / crop_pct)``; 224 / 0.875 -> 256).
+
+    >>> resize_of(224, 0.875), resize_of(224, 0.95)
+    (256, 235)
+    """
+    return math.floor(size / crop_fraction)
+
+
 def eval_geometry(heights: np.ndarray, widths: np.ndarray, size: int, crop_fraction: float) -> EvalGeometry:
     """The geometry of torchvision's eval transform for each image of a batch.
 
@@ -138,7 +148,7 @@ def eval_geometry(heights: np.ndarray, widths: np.ndarray, size: int, crop_fract
         raise ValueError(f"heights and widths differ in length: {h.shape[0]} vs {w.shape[0]}")
     if h.size and (h.min() < 1 or w.min() < 1):
         raise ValueError("every image must be at least 1x1")
-    resize = math.floor(size / crop_fraction)
+    resize = resize_of(size, crop_fraction)
 
     short, long = np.minimum(h, w), np.maximum(h, w)
     # int(R * long / short): the product is exact, the division the same IEEE double as Python's.

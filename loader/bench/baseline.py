@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from loader.augment.torchvision_eval import resized_size
+from loader.augment.torchvision_eval import resize_of, resized_size
 from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 
 __all__ = [
@@ -183,7 +183,7 @@ class EvalTransform:
     def __init__(self, size: int = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  crop_fraction: float = EVAL_CROP_FRACTION):
         self.size, self.mean, self.std = int(size), tuple(mean), tuple(std)
-        self.resize = int(self.size / crop_fraction)
+        self.resize = resize_of(self.size, crop_fraction)
 
     def __call__(self, img: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         width, height = img.size
