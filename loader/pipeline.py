@@ -54,14 +54,18 @@ __all__ = ["image_graph", "build_pipeline", "CpuFinisher", "DALI_DTYPES", "GpuDe
            "resolve_gpu_decode", "nvimgcodec_version"]
 
 
-def _interpolate_into(x: torch.Tensor, size: int, out: torch.Tensor) -> None:
-    """``out[:] = x`` resized to ``size x size``, antialiased bilinear, through the public API."""
-    out.copy_(torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _interpolate_into(x: torch.Tensor, size: int | tuple[int, int], out: torch.Tensor) -> None:
+    """``out[:] = x`` resized to ``size`` (``s x s``, or ``(h, w)``), antialiased bilinear, through the public API."""
+    out.copy_(torch.nn.functional.interpolate(x, size=_hw(size), mode="bilinear", antialias=True,
                                               align_corners=False))
 
 
 def _select_resize_into(aten=torch.ops.aten):
-    """The fastest ``resize_into(x, size, out)`` this torch offers.
+    """The fastest ``resize_into(x, size, out)`` this torch offers (``size``: ``s`` or ``(h, w)``).
 
     The private aten op behind ``F.interpolate(mode="bilinear", antialias=True)``
     in its ``out=`` form skips ~15 us of argument checks and a copy per call;
@@ -73,22 +77,13 @@ def _select_resize_into(aten=torch.ops.aten):
     except (AttributeError, RuntimeError):   # torch raises either for an unknown op / overload
         return _interpolate_into
 
-    def _aten_into(x: torch.Tensor, size: int, out: torch.Tensor) -> None:
-        op(x, [size, size], False, None, None, out=out)
+    def _aten_into(x: torch.Tensor, size: int | tuple[int, int], out: torch.Tensor) -> None:
+        op(x, list(_hw(size)), False, None, None, out=out)
 
     return _aten_into
 
 
 _resize_into = _select_resize_into()
-
-
-def _resize_hw_into(x: torch.Tensor, hw: tuple[int, int], out: torch.Tensor) -> None:
-    """``out[:] = x`` resized to ``hw`` (h, w): :data:`_resize_into`'s kernel, any output shape."""
-    if _resize_into is _interpolate_into:       # the private op is gone from this torch
-        out.copy_(torch.nn.functional.interpolate(x, size=hw, mode="bilinear", antialias=True,
-                                                  align_corners=False))
-    else:
-        torch.ops.aten._upsample_bilinear2d_aa.out(x, list(hw), False, None, None, out=out)
 
 # torch dtype name -> DALI output type of crop_mirror_normalize.
 DALI_DTYPES = {"float32": types.FLOAT, "float16": types.FLOAT16, "uint8": types.UINT8}
@@ -174,7 +169,7 @@ class CpuFinisher:
             scratch = getattr(self._scratch, "eval", None)
             if scratch is None:
                 scratch = self._scratch.eval = ResizeScratch()
-            return resize_window(x, geometry, k, scratch, _resize_hw_into)
+            return resize_window(x, geometry, k, scratch, _resize_into)
         return x[0] if x.shape[-2:] == (size, size) else self._resized(x, size)
 
     def _run(self, crops, flips, out, mean, inv_std, geometry, jitter, picks) -> None:

@@ -19,11 +19,11 @@ def _public_resize_into(src, hw, out):
 
 def ours(win: np.ndarray, g, resize_into=None) -> np.ndarray:
     """resize_window on a numpy HW / HWC window, back as numpy of the same layout."""
-    from loader.pipeline import _resize_hw_into
+    from loader.pipeline import _resize_into
 
     arr = np.array(win)                               # writable, as DALI's windows are
     x = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1).unsqueeze(0)
-    y = resize_window(x, g, 0, ResizeScratch(), resize_into or _resize_hw_into).permute(1, 2, 0).numpy()
+    y = resize_window(x, g, 0, ResizeScratch(), resize_into or _resize_into).permute(1, 2, 0).numpy()
     return y.reshape((g.size, g.size) + arr.shape[2:])
 
 SIZES = [(500, 375), (375, 500), (333, 257), (257, 333), (224, 224), (100, 80), (1001, 77), (301, 300)]
