@@ -23,10 +23,16 @@ import numpy as np
 
 def _kwargs(text: str) -> tuple[str, dict]:
     name, _, expr = text.partition("=")
-    tree = ast.parse(expr.strip(), mode="eval").body
+    try:
+        tree = ast.parse(expr.strip(), mode="eval").body
+    except SyntaxError:
+        raise SystemExit(f"error: {text!r}: expected NAME=dict(key=value, ...)") from None
     if not (isinstance(tree, ast.Call) and getattr(tree.func, "id", None) == "dict" and not tree.args):
         raise SystemExit(f"error: {text!r}: expected NAME=dict(key=value, ...)")
-    return name, {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    try:
+        return name, {kw.arg: ast.literal_eval(kw.value) for kw in tree.keywords}
+    except ValueError:
+        raise SystemExit(f"error: {text!r}: the values must be Python literals (numbers, strings, tuples)") from None
 
 
 def main(argv: list[str] | None = None) -> int:
