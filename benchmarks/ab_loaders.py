@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     loaders = {}
     for text in args.configs:
         name, kw = _kwargs(text)
-        loaders[name] = loader.ImageLoader(args.dst, **{"batch_size": 64, "device": "cpu", **kw})
+        try:
+            loaders[name] = loader.ImageLoader(args.dst, **{"batch_size": 64, "device": "cpu", **kw})
+        except (ValueError, TypeError) as e:      # LoaderError's data errors are ValueErrors too
+            raise SystemExit(f"error: {name}: {e}") from None
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in loaders}
     for _ in range(args.rounds):
         for name, ld in loaders.items():
