@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.manifest import MANIFEST_NAME
+from loader.format.manifest import MANIFEST_NAME
 from loader.units import available_cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +49,8 @@ def bench_images() -> Path:
 @pytest.fixture(scope="session")
 def bench_packed(bench_images) -> Path:
     """The packed copy of :func:`bench_images` (packed on first use, then reused)."""
-    from loader.dataset import open_dataset
-    from loader.packing import pack
+    from loader.convert.packing import pack
+    from loader.format.dataset import open_dataset
 
     dst = bench_images.with_name(bench_images.name + ".packed")
     if (dst / MANIFEST_NAME).is_file():

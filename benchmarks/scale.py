@@ -11,7 +11,7 @@ and measures, each in a fresh process:
   and the first epoch's plan (shuffle and this rank's share).
 
 ``--index N`` also writes a synthetic N-record index (the index files alone,
-through :class:`loader.manifest.IndexWriter`, with one small shard) and
+through :class:`loader.format.manifest.IndexWriter`, with one small shard) and
 measures its open time and RSS growth: a 10M row measured, not extrapolated.
 
     python benchmarks/scale.py --images 128100 1281000 --index 10000000 --json scale.json
@@ -104,8 +104,8 @@ def write_synthetic_index(dst: Path, n: int) -> Path:
     """An N-record index through the pack's own writer, all records in one small shard."""
     import numpy as np
 
-    from loader.indexwriter import IndexWriter
-    from loader.shards import ShardInfo, ShardWriter
+    from loader.convert.indexwriter import IndexWriter
+    from loader.format.shards import ShardInfo, ShardWriter
 
     shutil.rmtree(dst, ignore_errors=True)
     dst.mkdir(parents=True)

@@ -13,7 +13,7 @@ import pytest
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_imageloader_epoch(measure, bench_packed, bench_config, train):
     from loader.bench import ContenderSpec, make_contender
-    from loader.imageloader import resolve_device
+    from loader.load.imageloader import resolve_device
 
     c = make_contender(ContenderSpec("loader", packed=bench_packed, batch_size=bench_config.batch_size,
                                      image_size=bench_config.image_size, train=train,

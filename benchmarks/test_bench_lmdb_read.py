@@ -12,7 +12,7 @@ CHUNK = 256
 
 @pytest.mark.parametrize("order", ["sequential", "shuffled"])
 def test_lmdb_read_batch(benchmark, measure, bench_packed, order):
-    from loader.dataset import open_dataset
+    from loader.format.dataset import open_dataset
 
     ds = open_dataset(bench_packed)
     idx = np.arange(len(ds))
@@ -40,9 +40,9 @@ def test_lmdb_read_batch(benchmark, measure, bench_packed, order):
 
 def test_record_guard(benchmark, measure, bench_packed):
     """What the first epoch pays per record to keep damaged records from DALI
-    (loader.recordguard: CRC-32 of the stored bytes + a walk of the image header)."""
-    from loader.dataset import open_dataset
-    from loader.recordguard import RecordGuard
+    (loader.format.recordguard: CRC-32 of the stored bytes + a walk of the image header)."""
+    from loader.format.dataset import open_dataset
+    from loader.format.recordguard import RecordGuard
 
     ds = open_dataset(bench_packed)
     idx = np.arange(len(ds))

@@ -9,7 +9,7 @@ from loader.units import MB
 
 
 def test_pack_rate(benchmark, measure, bench_images, bench_config, tmp_path):
-    from loader.packing import pack
+    from loader.convert.packing import pack
 
     dst = tmp_path / "packed"
     reports = []
@@ -33,7 +33,7 @@ def _rate_on_every_core(measure, bench_images, bench_config, per_file) -> float:
     import multiprocessing as mp
     import os
 
-    from loader.scan import scan
+    from loader.convert.scan import scan
 
     _, items = scan(bench_images)                       # exactly the files pack reads
     paths = [os.path.join(bench_images, rel) for rel, _ in items]
@@ -61,7 +61,7 @@ def test_full_decode_rate(benchmark, measure, bench_images, bench_config):
 
 
 def _check_file(path: str) -> int:
-    from loader.imagecheck import check_image
+    from loader.convert.imagecheck import check_image
 
     check_image(path)
     return 1
@@ -71,7 +71,7 @@ def test_check_rate(benchmark, measure, bench_images, bench_config):
     """What pack's workers do per file (``check_image``: read, decode to validate,
     decide what to store), on every core, without writing anything.
 
-    A kept JPEG is validated at 1/8 scale (see :mod:`loader.imagecheck`), so this
+    A kept JPEG is validated at 1/8 scale (see :mod:`loader.convert.imagecheck`), so this
     runs well above :func:`test_full_decode_rate`; pack's rate over this one is
     the share its writing and bookkeeping leave.
     """

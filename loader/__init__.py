@@ -10,23 +10,26 @@ augments with NVIDIA DALI.
 ...     ...
 """
 
-from loader.dataset import PackedDataset, open_dataset  # noqa: E402
+from loader import _moved
+from loader.convert.packing import PackReport, pack  # noqa: E402
 from loader.errors import DaliMissingError, LoaderError, import_dali  # noqa: E402,F401
-from loader.packing import PackReport, pack  # noqa: E402
+from loader.format.dataset import PackedDataset, open_dataset  # noqa: E402
 from loader.version import __version__  # noqa: E402,F401
+
+_moved.install()   # loader.pipeline & co. (0.3 paths) still import, with a DeprecationWarning
 
 # Imported on first use: ImageLoader pulls in DALI and torch (seconds), which
 # `loader pack` / `loader info` never need. DALI is an optional dependency (the
 # `dali` extra): without it, `import loader` works and using ImageLoader raises
 # DaliMissingError (an ImportError and a LoaderError) saying what to install.
 _EXPORTS = {
-    "ImageLoader": "loader.imageloader",
+    "ImageLoader": "loader.load.imageloader",
     "advise": "loader.advisor",
 }
 # Imported on first use too, needing torch but not DALI.
 _TORCH_EXPORTS = {"ColorJitter": "loader.augment.jitter"}
-# Pure constants (no DALI): loader.recipe.
-from loader.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+# Pure constants (no DALI): loader.augment.recipe.
+from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 
 
 def __getattr__(name):

@@ -24,13 +24,13 @@ __all__ = ["build_parser", "dataset_info", "main", "parse_sizes"]
 
 
 def _epilog_pack() -> str:
-    from loader.imagecheck import STORAGE_POLICY
+    from loader.convert.imagecheck import STORAGE_POLICY
 
     return STORAGE_POLICY + "\nThe output is written to DST.partial-<pid> and renamed to DST when complete.\n"
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from loader.packing import pack
+    from loader.convert.packing import pack
 
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     report = pack(args.src, args.dst, shards=args.shards,
@@ -41,7 +41,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                   classes_from=args.classes_from)
     print(report.summary())
     if report.num_skipped:
-        from loader.manifest import SKIPPED_NAME
+        from loader.format.manifest import SKIPPED_NAME
 
         print(f"skipped files and reasons: {os.path.join(report.dst, SKIPPED_NAME)}")
     return 0
@@ -55,7 +55,7 @@ def dataset_info(dst: str) -> dict:
     """
     import numpy as np
 
-    from loader.dataset import open_dataset
+    from loader.format.dataset import open_dataset
 
     ds = open_dataset(dst)
     m = ds.manifest
@@ -117,12 +117,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from loader.verify import verify
+    from loader.check.verify import verify
 
     bad = verify(args.dst, decode=not args.no_decode, progress=not args.quiet)
     for index, shard, key, source, reason in bad:
         print(f"record {index} ({shard} key {key:010d}, source {source}): {reason}")
-    from loader.manifest import read_manifest
+    from loader.format.manifest import read_manifest
 
     n = read_manifest(args.dst).num_records
     print(f"verified {n} records in {args.dst}: {len(bad)} bad" +
@@ -390,7 +390,7 @@ def _add_advise(sub: argparse._SubParsersAction) -> None:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from loader.doctor import run_doctor
+    from loader.check.doctor import run_doctor
 
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise LoaderError(f"cannot write {args.json}: folder {Path(args.json).parent} does not exist")
@@ -406,7 +406,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _add_doctor(sub: argparse._SubParsersAction) -> None:
-    import loader.doctor as doctor_doc
+    import loader.check.doctor as doctor_doc
 
     p = sub.add_parser("doctor", help="report the environment and self-check the CPU and GPU paths",
                        description=(doctor_doc.__doc__ or "").strip(),
@@ -417,7 +417,7 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=224, metavar="PX", help="output size of the self-check "
                    "(default: 224)")
     p.add_argument("--batches", type=int, default=8, metavar="N", help="eval batches per path, at most (default: 8)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (loader.doctor.DoctorReport.to_dict)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (loader.check.doctor.DoctorReport.to_dict)")
     p.set_defaults(func=_cmd_doctor)
 
 

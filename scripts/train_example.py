@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:   # run as a script: make `loader` and `scripts` i
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from loader.manifest import MANIFEST_NAME  # noqa: E402
+from loader.format.manifest import MANIFEST_NAME  # noqa: E402
 from loader.units import available_cores  # noqa: E402
 
 WINDOW = 20
@@ -44,7 +44,7 @@ def small_cnn(num_classes: int) -> nn.Module:
 
 def prepare_data(args) -> tuple[Path, Path]:
     """(image folder, packed dataset), generating and packing them if needed."""
-    from loader.packing import pack
+    from loader.convert.packing import pack
     from loader.synthetic import make_dataset
 
     if args.data is None:
@@ -71,7 +71,7 @@ def make_loader(args, data: Path, packed: Path, device: torch.device):
 
         loader = ImageLoader(packed, args.batch_size, image_size=args.image_size, train=True,
                              seed=args.seed, device=device, num_threads=args.threads)
-        return loader, len(loader.dataset.classes)
+        return loader, len(loader.format.dataset.classes)
     from loader.bench.baseline import ImageFolderDataset, baseline_loader
 
     ds = ImageFolderDataset(data, size=args.image_size, train=True, seed=args.seed)

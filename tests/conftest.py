@@ -91,7 +91,7 @@ def edit_columns(dst: Path, **changes) -> None:
     (the damage a test needs: a lying size, a blessed checksum)."""
     import numpy as np
 
-    from loader.manifest import COLUMNS
+    from loader.format.manifest import COLUMNS
 
     for name, fn in changes.items():
         path = dst / COLUMNS[name][0]
@@ -105,7 +105,7 @@ def replace_records(dst: Path, new: dict[int, bytes]) -> None:
     import numpy as np
 
     import loader
-    from loader.shards import record_key
+    from loader.format.shards import record_key
 
     ds = loader.open_dataset(dst)
     m = ds.manifest

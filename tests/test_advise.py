@@ -26,7 +26,7 @@ from loader.advisor.training import seeded, state_digest
 from loader.advisor.trial import trial_budget
 from loader.bench.recommend import batch_bytes
 from loader.errors import LoaderError
-from loader.sampler import split_indices
+from loader.load.sampler import split_indices
 from loader.units import MB
 from tests.conftest import REPO, pack_small_images
 

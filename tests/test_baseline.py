@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.bench.baseline import (
     EvalTransform,
     ImageFolderDataset,
@@ -18,7 +19,6 @@ from loader.bench.baseline import (
     to_tensor_normalize,
 )
 from loader.errors import LoaderError
-from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _attempt_fits(height, width, rng_state_seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -235,7 +235,7 @@ def test_baseline_loader_augmentation_seeded(tiny_folder):
 
 
 def test_packed_file_dataset_matches_folder(tiny_folder, tmp_path):
-    pack = pytest.importorskip("loader.packing").pack
+    pack = pytest.importorskip("loader.convert.packing").pack
     from loader.bench.baseline import PackedFileDataset
 
     dst = tmp_path / "packed"
@@ -257,7 +257,7 @@ def test_packed_file_dataset_matches_folder(tiny_folder, tmp_path):
 
 def test_baseline_and_loader_draw_crops_from_the_same_distribution():
     """The scalar torchvision-style crop and ImageLoader's vectorised one agree statistically."""
-    from loader.sampler import crop_windows
+    from loader.load.sampler import crop_windows
 
     rng = np.random.default_rng(11)
     n, height, width = 4000, 375, 500

@@ -47,7 +47,7 @@ def run_bench(src, packed=None, progress=False, notes=None, **settings):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(image folder, packed dataset) of 2 classes x 24 photo-like images."""
-    from loader.packing import pack
+    from loader.convert.packing import pack
     from loader.synthetic import make_dataset
 
     base = tmp_path_factory.mktemp("bench")
@@ -351,7 +351,7 @@ def test_a_gpu_bench_without_cuda_is_a_one_line_error(tiny, capsys):
 def test_bench_of_an_unlabeled_pack_and_its_recipe_options(tmp_path):
     """A pack without class folders benches against the LMDB DataLoader; the folder baseline says
     why it cannot run and what to pass instead; --eval-mode and --color-jitter are validated."""
-    from loader.packing import pack
+    from loader.convert.packing import pack
     from loader.synthetic import photo_like_image
 
     src = tmp_path / "flat"

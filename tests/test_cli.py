@@ -7,8 +7,8 @@ import pytest
 
 import loader
 from loader import cli, open_dataset, pack
-from loader.manifest import record_checksum
-from loader.verify import verify
+from loader.check.verify import verify
+from loader.format.manifest import record_checksum
 from tests.conftest import edit_columns
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,9 +109,9 @@ def test_usage_errors_exit_2(capsys):
 def test_keyboard_interrupt_exits_130(image_tree, tmp_path, capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    import loader.packing
+    import loader.convert.packing
 
-    monkeypatch.setattr(loader.packing, "pack", interrupted)
+    monkeypatch.setattr(loader.convert.packing, "pack", interrupted)
     rc, _, err = run_main(capsys, "pack", str(image_tree), str(tmp_path / "o"))
     assert rc == 130 and err == "interrupted\n"
 
@@ -133,7 +133,7 @@ def test_version_and_help(capsys, loader_cli):
 
 
 def test_storage_policy_is_stated_once_in_pack_help(capsys):
-    from loader.imagecheck import STORAGE_POLICY
+    from loader.convert.imagecheck import STORAGE_POLICY
 
     rc, out, _ = run_main(capsys, "pack", "--help")
     assert rc == 0 and STORAGE_POLICY in out            # verbatim, not re-worded

@@ -25,8 +25,8 @@ import torch
 
 import loader
 from loader import ImageLoader
-from loader.doctor import GPU_CPU_MEAN_ABS_BOUND, GPU_CPU_P99_ABS_BOUND
-from loader.pipeline import GPU_DECODES, image_graph, nvjpeg_arguments, resolve_gpu_decode
+from loader.check.doctor import GPU_CPU_MEAN_ABS_BOUND, GPU_CPU_P99_ABS_BOUND
+from loader.load.pipeline import GPU_DECODES, image_graph, nvjpeg_arguments, resolve_gpu_decode
 from tests.conftest import pack_photo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +41,9 @@ def cuda_test(f):
 
 
 # GPU vs CPU images, uint8 pixels (0..255): GPU_CPU_MEAN_ABS_BOUND (mean |gpu - cpu| over a batch)
-# and GPU_CPU_P99_ABS_BOUND (its 99th percentile), defined once in loader.doctor, which checks the
+# and GPU_CPU_P99_ABS_BOUND (its 99th percentile), defined once in loader.check.doctor, which checks the
 # same. A FIRST BOUND, NOT YET MEASURED on any GPU: the two paths share windows and flips, so only
-# nvJPEG vs libjpeg-turbo (fancy upsampling on both, loader.pipeline.nvjpeg_arguments) and DALI's
+# nvJPEG vs libjpeg-turbo (fancy upsampling on both, loader.load.pipeline.nvjpeg_arguments) and DALI's
 # vs torch's antialiased bilinear resize differ. Tighten it once `pytest -m cuda` has run on a GPU.
 
 DECODES = [m for m in GPU_DECODES if m != "auto"]
@@ -252,7 +252,7 @@ CHILD = textwrap.dedent("""
     import json, sys
     import torch
     from loader import ImageLoader
-    from loader.imageloader import DecodeError
+    from loader.load.imageloader import DecodeError
     path, kw, epochs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     out = []
     for device in ("cpu", "cuda"):
@@ -297,8 +297,8 @@ def test_a_decode_error_on_cuda_names_the_record_as_on_the_cpu(photo_ds, tmp_pat
 
     import lmdb
 
-    from loader.manifest import record_checksum
-    from loader.shards import record_key
+    from loader.format.manifest import record_checksum
+    from loader.format.shards import record_key
 
     copy = tmp_path / "copy"
     shutil.copytree(photo_ds, copy)

@@ -13,7 +13,7 @@ import pytest
 import loader
 from loader import PackedDataset, open_dataset, pack
 from loader.errors import DatasetError, LoaderError
-from loader.manifest import COLUMNS, read_manifest
+from loader.format.manifest import COLUMNS, read_manifest
 
 V2 = Path(__file__).parent / "data" / "v2"   # packed by loader 0.1 (manifest version 2), with its SRC
 V3 = Path(__file__).parent / "data" / "v3"   # V2's SRC packed by loader 0.2 (manifest version 3)
@@ -147,7 +147,7 @@ def test_format_has_no_pickle(packed, image_tree):
 
 def test_version_2_dataset_opens_with_identical_records(legacy):
     """tests/data/v2 was written by the previous release: it still opens, reads, verifies."""
-    from loader.verify import verify
+    from loader.check.verify import verify
 
     ds = open_dataset(legacy)
     assert ds.manifest.version == 2 and len(ds) == 11 and ds.manifest.keys is None
@@ -177,8 +177,8 @@ def test_version_2_dataset_opens_with_identical_records(legacy):
 def test_version_3_dataset_opens_as_folders_reads_and_verifies(tmp_path):
     """tests/data/v3 was written by loader 0.2: it opens (label source "folders", single-label),
     reads the same bytes as its SRC and verifies."""
+    from loader.check.verify import verify
     from loader.cli import dataset_info, main
-    from loader.verify import verify
 
     v3 = Path(shutil.copytree(V3 / "packed", tmp_path / "v3"))
     ds = open_dataset(v3)
@@ -227,8 +227,8 @@ def test_folder_pack_is_the_version_3_output_but_for_the_header(tmp_path):
 def test_columns_are_shared_not_copied(tmp_path):
     """Opening maps the columns: a second process opening the same (large) index grows its
     resident memory by far less than the column bytes, and only what it reads is faulted in."""
-    from loader.indexwriter import IndexWriter
-    from loader.shards import ShardInfo, ShardWriter
+    from loader.convert.indexwriter import IndexWriter
+    from loader.format.shards import ShardInfo, ShardWriter
 
     n = 2_000_000
     dst = tmp_path / "big"
@@ -292,7 +292,7 @@ def test_unsupported_version(packed):
 
 
 def test_checksums_are_crc32_and_version_1_blake2b_manifests_still_verify(legacy):
-    from loader.verify import verify
+    from loader.check.verify import verify
 
     packed = legacy
     ds = open_dataset(packed)
@@ -416,7 +416,7 @@ def test_a_reader_finalized_while_a_shard_opens_does_not_deadlock(packed, tmp_pa
     import gc
     import threading
 
-    import loader.shards as sh
+    import loader.format.shards as sh
 
     other = tmp_path / "other"
     shutil.copytree(packed, other)

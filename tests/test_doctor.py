@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import loader
-from loader.doctor import NO_CUDA, Check, DoctorReport, run_doctor
+from loader.check.doctor import NO_CUDA, Check, DoctorReport, run_doctor
 from tests.conftest import pack_small_images
 
 
@@ -99,7 +99,7 @@ def test_a_damaged_manifest_is_one_failed_line_and_exit_1(small_ds, loader_cli, 
 
 
 def test_a_child_killed_by_a_signal_is_reported_not_fatal(small_ds, monkeypatch):
-    import loader.doctor as doctor
+    import loader.check.doctor as doctor
 
     def segfaulting_child(cmd, **kw):
         if "-c" in cmd and "_child_main" in cmd[cmd.index("-c") + 1]:

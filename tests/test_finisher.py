@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from loader.pipeline import CpuFinisher
+from loader.load.finisher import CpuFinisher
 
 MEAN = torch.tensor([123.675, 116.28, 103.53])
 STD = torch.tensor([58.395, 57.12, 57.375])
@@ -91,7 +91,7 @@ class _RaisingOps:
 def test_resize_falls_back_to_interpolate_when_the_private_op_is_missing():
     import types
 
-    from loader import pipeline
+    from loader.load import finisher as pipeline
 
     assert pipeline._select_resize_into(types.SimpleNamespace()) is pipeline._interpolate_into  # AttributeError
     assert pipeline._select_resize_into(_RaisingOps()) is pipeline._interpolate_into             # RuntimeError
@@ -101,7 +101,7 @@ def test_resize_falls_back_to_interpolate_when_the_private_op_is_missing():
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fallback_resize_is_bit_identical_to_the_fast_path_and_to_pillow(monkeypatch, channels_last):
-    from loader import pipeline
+    from loader.load import finisher as pipeline
 
     size = 28
     crops, flips = crops_and_flips(seed=2, n=17, size=size)

@@ -15,9 +15,9 @@ HOST = textwrap.dedent("""
     from PIL import ImageFile
     ImageFile.LOAD_TRUNCATED_IMAGES = True            # the host's own choice
 
-    import loader, loader.imagecheck, loader.packing, loader.verify, loader.decodecheck
-    import loader.imageloader
-    from loader.imagecheck import BadImage, check_bytes
+    import loader, loader.convert.imagecheck, loader.convert.packing, loader.check.verify, loader.check.decodecheck
+    import loader.load.imageloader
+    from loader.convert.imagecheck import BadImage, check_bytes
     from loader.synthetic import photo_like_image
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "importing loader changed it"
 
@@ -48,7 +48,7 @@ HOST = textwrap.dedent("""
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "not restored after pack"
 
     # The module's own switch sets it False inside the block only, even when the block raises.
-    from loader.imagecheck import strict_truncation
+    from loader.convert.imagecheck import strict_truncation
     try:
         with strict_truncation():
             assert ImageFile.LOAD_TRUNCATED_IMAGES is False

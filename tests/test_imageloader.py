@@ -16,9 +16,9 @@ from PIL import Image
 
 import loader
 from loader import ImageLoader
+from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.errors import DatasetError
-from loader.recipe import IMAGENET_MEAN, IMAGENET_STD
-from loader.sampler import crop_windows
+from loader.load.sampler import crop_windows
 from tests.conftest import edit_columns, pack_photo_dataset, replace_records
 
 COLOURS = [(200, 30, 30), (30, 180, 40), (40, 50, 210)]     # class c -> RGB
@@ -121,7 +121,7 @@ def test_train_and_eval_pixels_match_the_pil_reference(photo_ds):
         diff = np.abs(ref.astype(int) - img.numpy().astype(int))
         assert diff.mean() < 2.0, (i, diff.mean())
 
-    # Train, a whole epoch: the windows and flips are the ones loader.feed draws
+    # Train, a whole epoch: the windows and flips are the ones loader.load.feed draws
     # for each batch, from numpy keyed by (seed, epoch, the batch's first position).
     seed, size, bs = 3, 48, 6
     ld = ImageLoader(photo_ds, batch_size=bs, image_size=size, train=True, with_indices=True, seed=seed)
@@ -406,7 +406,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS_IN_A_CHILD = textwrap.dedent("""
     import json, sys
     from loader import ImageLoader
-    from loader.imageloader import DecodeError
+    from loader.load.imageloader import DecodeError
     path, kwargs, epochs = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     ld = ImageLoader(path, **kwargs)
     outcomes = []
@@ -436,7 +436,7 @@ def damaged_copy(src, dst, *, zero_header=(), doubled_size=(), truncate=(), bles
     (their header included)."""
     import shutil
 
-    from loader.manifest import record_checksum
+    from loader.format.manifest import record_checksum
 
     shutil.copytree(src, dst)
     ds = loader.open_dataset(dst)
@@ -505,7 +505,7 @@ def test_record_whose_manifest_size_lies_is_named(colour_ds, tmp_path):
 DECODE_CHECK_IN_A_CHILD = textwrap.dedent("""
     import json, sys
     from loader import open_dataset
-    from loader.decodecheck import DecodeCheck
+    from loader.check.decodecheck import DecodeCheck
     ds = open_dataset(sys.argv[1])
     # batch_size 4: the bad records' batches fail and are retried one record
     # at a time, the others decode in one run.
@@ -560,7 +560,7 @@ def test_gpu_graph_places_decode_on_mixed_and_everything_after_on_gpu():
     """Without CUDA the GPU pipeline can't be built, but its graph can be defined and inspected."""
     from nvidia.dali.pipeline import Pipeline
 
-    from loader.pipeline import image_graph
+    from loader.load.pipeline import image_graph
 
     with Pipeline(batch_size=4, num_threads=1, device_id=0):
         images, labels, indices, _ = image_graph(iter(()), device="gpu", image_size=32,
@@ -620,7 +620,7 @@ def test_held_batches_are_never_overwritten(photo_ds):
 
 
 def test_batch_buffers_reuse_only_free_storage():
-    from loader.buffers import BatchBuffers
+    from loader.load.buffers import BatchBuffers
 
     pool = BatchBuffers(capacity=2)
     cpu = torch.device("cpu")
@@ -644,7 +644,7 @@ def test_batch_buffers_reuse_only_free_storage():
 SEEDS_IN_A_CHILD = textwrap.dedent("""
     import json, sys
     from loader import ImageLoader
-    from loader.imageloader import DecodeError
+    from loader.load.imageloader import DecodeError
     path, configs = sys.argv[1], json.loads(sys.argv[2])
     out = []
     for kw in configs:

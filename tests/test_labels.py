@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from loader import cli, open_dataset, pack
+from loader.convert.labelfile import read_label_file
 from loader.errors import DatasetError, PackError
-from loader.labelfile import read_label_file
-from loader.manifest import LABEL_COLUMNS, read_manifest
+from loader.format.manifest import LABEL_COLUMNS, read_manifest
 from tests.conftest import jpeg_bytes, run_cli, write
 
 # Files of the flat SRC, by seed: nested folders, a file directly in SRC, one hidden file.
@@ -158,7 +158,7 @@ def test_multi_label_multi_hot_matches_the_file(flat_src, tmp_path, fmt):
     info = cli.dataset_info(str(tmp_path / "out"))
     assert info["multi_label"] is True and info["label_source"] == "file"
     assert [c["count"] for c in info["classes"]] == expected.sum(0).astype(int).tolist()   # images having it
-    from loader.verify import verify
+    from loader.check.verify import verify
 
     assert verify(tmp_path / "out", progress=False) == []
 

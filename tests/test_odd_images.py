@@ -10,10 +10,10 @@ import pytest
 from PIL import Image, ImageOps, features
 
 from loader import open_dataset, pack
-from loader.decodecheck import DecodeCheck
-from loader.imagecheck import BadImage, check_bytes, check_image, fit_size
+from loader.check.decodecheck import DecodeCheck
+from loader.check.verify import verify
+from loader.convert.imagecheck import BadImage, check_bytes, check_image, fit_size
 from loader.synthetic import photo_like_image
-from loader.verify import verify
 
 HAS_WEBP = features.check("webp")
 # A 1x1 lossless WebP (the classic feature-detection image): usable even
@@ -313,7 +313,7 @@ def test_kept_jpeg_reports_full_size_and_undamaged_bytes(decoded_sizes):
 def test_only_huffman_dct_jpegs_are_checked_at_reduced_scale(decoded_sizes, marker, scaled):
     """Extended sequential (C1) decodes like baseline; lossless (C3) and
     arithmetic-coded (C9) frames are rare enough to always get the full decode."""
-    from loader.imagecheck import jpeg_frame_marker
+    from loader.convert.imagecheck import jpeg_frame_marker
 
     data = with_frame_marker(encode(photo(157, 93, seed=4), "JPEG", quality=90), marker)
     assert jpeg_frame_marker(data) == marker

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from loader import PackReport, open_dataset, pack
+from loader.convert.packing import plan_shards, shard_ranges
 from loader.errors import PackError
-from loader.manifest import record_checksum
-from loader.packing import plan_shards, shard_ranges
+from loader.format.manifest import record_checksum
 from loader.synthetic import photo_like_image
 from tests.conftest import write
 
@@ -306,7 +306,7 @@ def test_workers_start_clean_when_torch_is_loaded(image_tree, tmp_path, monkeypa
     # start fresh workers (forkserver) and still give the same output.
     import types
 
-    from loader.packing import _pool_context
+    from loader.convert.packing import _pool_context
 
     monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
     assert _pool_context().get_start_method() in ("forkserver", "spawn")
@@ -334,7 +334,7 @@ def test_read_only_parent(image_tree, tmp_path):
 def test_file_changed_after_check_is_checked_again(tmp_path, make_jpeg):
     # Kept files are re-read by the parent: if one changed since the worker
     # checked it, only bytes checked again are stored.
-    from loader.packing import _BAD, _DATA, _KEEP, _load_kept, _process
+    from loader.convert.packing import _BAD, _DATA, _KEEP, _load_kept, _process
 
     p = tmp_path / "a.jpg"
     p.write_bytes(make_jpeg(seed=1, size=(64, 48)))
@@ -381,7 +381,7 @@ def test_storage_within_15_percent_of_the_images_for_any_record_size(tmp_path, m
 
 
 def test_verify_catches_one_flipped_byte_in_a_small_or_a_large_record(tmp_path, make_jpeg):
-    from loader.verify import verify
+    from loader.check.verify import verify
 
     base = make_jpeg(seed=5, size=(16, 16), quality=50)
     sizes = [1_500, 90_000, 1_500, 3_000, 90_000, 2_000]      # blocks and records of their own

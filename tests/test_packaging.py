@@ -163,7 +163,7 @@ def test_another_missing_module_is_not_reported_as_dali(tmp_path):
     # Only a missing DALI gets the install hint; anything else surfaces as itself.
     r = subprocess.run([sys.executable, "-c", textwrap.dedent("""
         import sys
-        sys.modules["torch"] = None  # loader.imageloader imports torch first
+        sys.modules["torch"] = None  # loader.load.imageloader imports torch first
         import loader
         try:
             loader.ImageLoader

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from loader.recipe import EVAL_CROP_FRACTION
-from loader.sampler import (
+from loader.augment.recipe import EVAL_CROP_FRACTION
+from loader.load.sampler import (
     crop_windows,
     epoch_order,
     num_batches,
@@ -116,7 +116,7 @@ def test_eval_window_is_the_centre_crop_of_resize_then_crop():
 
 
 def test_rank_positions_equal_rank_share_of_a_range_without_the_range():
-    from loader.sampler import rank_positions
+    from loader.load.sampler import rank_positions
 
     for n in (1, 5, 17, 64):
         for world in (1, 2, 3, 8):

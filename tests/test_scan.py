@@ -2,8 +2,8 @@ import os
 
 import pytest
 
+from loader.convert.scan import scan
 from loader.errors import PackError
-from loader.scan import scan
 
 
 def touch(path, data=b"x"):

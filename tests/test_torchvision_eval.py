@@ -19,7 +19,7 @@ def _public_resize_into(src, hw, out):
 
 def ours(win: np.ndarray, g, resize_into=None) -> np.ndarray:
     """resize_window on a numpy HW / HWC window, back as numpy of the same layout."""
-    from loader.pipeline import _resize_into
+    from loader.load.finisher import _resize_into
 
     arr = np.array(win)                               # writable, as DALI's windows are
     x = torch.from_numpy(arr.reshape(arr.shape[0], arr.shape[1], -1)).permute(2, 0, 1).unsqueeze(0)

@@ -75,7 +75,7 @@ class Context:
     def image_loader(self, batch_size: int, image_size: int, *, train: bool, subset: str,
                      with_indices: bool = False, drop_last: bool | None = None):
         """An ImageLoader on the ``subset`` of the split; one process, rank 0 of 1 whatever the environment says."""
-        from loader.imageloader import ImageLoader
+        from loader.load.imageloader import ImageLoader
 
         s = self.settings
         return ImageLoader(self.dst, batch_size, image_size=image_size, train=train, seed=s.seed,

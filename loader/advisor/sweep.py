@@ -72,8 +72,8 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
         (lambda m: print(f"[advise] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None))
     import torch
 
-    from loader.dataset import open_dataset
-    from loader.sampler import split_indices
+    from loader.format.dataset import open_dataset
+    from loader.load.sampler import split_indices
 
     if isinstance(model, str):   # a bad spec fails before the seconds of importing torch and DALI
         spec, factory = model, load_factory(model)

@@ -4,7 +4,7 @@
 does; :meth:`ColorJitter.draw` draws every sample's four factors and the random order of
 the four ops (torchvision's ``torch.randperm(4)``) from a numpy Generator, so the
 augmentation of a sample is a function of the loader's (seed, epoch, position) like its
-crop (:mod:`loader.sampler`), whatever device or thread applies it. :func:`apply_jitter`
+crop (:mod:`loader.load.sampler`), whatever device or thread applies it. :func:`apply_jitter`
 applies them to a float batch in 0..255 on any device with torch ops only, each op as
 ``torchvision.transforms.v2.functional`` defines it on float images in 0..1 (scaled by 255,
 which every op commutes with): brightness blends with black, contrast with the mean of the

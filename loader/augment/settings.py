@@ -1,8 +1,8 @@
 """``Augment``: the recipe knobs of :class:`loader.ImageLoader`, validated once, frozen.
 
-The defaults are the ImageNet recipe of :mod:`loader.recipe` and give loader 0.2's
+The defaults are the ImageNet recipe of :mod:`loader.augment.recipe` and give loader 0.2's
 training batches bit for bit (``tests/data/v3/batches-0.2.0.json``). Everything random
-is still drawn in numpy from (seed, epoch, position) -- see :mod:`loader.feed` -- so a
+is still drawn in numpy from (seed, epoch, position) -- see :mod:`loader.load.feed` -- so a
 resumed run and every DDP rank agree, and the CPU and GPU graphs get the same parameters.
 
 >>> Augment(hflip=0.0, crop_fraction=0.95).hflip
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from loader.augment.jitter import ColorJitter
-from loader.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
+from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
 __all__ = ["Augment", "ColorMode", "EvalMode", "COLOR_MODES", "EVAL_MODES", "as_color_jitter"]
 

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from loader.augment.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.augment.torchvision_eval import resize_of, resized_size
-from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -73,7 +73,7 @@ def random_resized_crop_params(height: int, width: int, rng: np.random.Generator
 
     Scalar, per image, as torchvision runs it: the baseline must cost what users
     pay. ImageLoader draws the same distribution vectorised per batch
-    (:func:`loader.sampler.crop_windows`, ~40 us per call for one image; a test
+    (:func:`loader.load.sampler.crop_windows`, ~40 us per call for one image; a test
     checks the two agree).
 
     Up to 10 attempts draw an area uniformly in ``scale * (height * width)`` and an
@@ -277,7 +277,7 @@ class PackedFileDataset(_TransformDataset):
     def __init__(self, packed_dst: str | os.PathLike, size: int = 224, train: bool = True, seed: int = 0,
                  color_jitter=None):
         super().__init__(size, train, seed, color_jitter)
-        from loader.dataset import open_dataset
+        from loader.format.dataset import open_dataset
 
         self.packed = open_dataset(packed_dst)
         self.classes = list(self.packed.classes)

@@ -127,7 +127,7 @@ class Contender:
 
 class _LoaderContender(Contender):
     def create(self) -> None:
-        from loader.imageloader import ImageLoader
+        from loader.load.imageloader import ImageLoader
 
         s = self.spec
         self.obj = ImageLoader(s.packed, s.batch_size, image_size=s.image_size, train=s.train,
@@ -186,7 +186,7 @@ class _DataLoaderContender(Contender):
 class _DecodeLimitContender(Contender):
     def create(self) -> None:
         from loader.bench.decode_limit import DecodeLimit
-        from loader.dataset import open_dataset
+        from loader.format.dataset import open_dataset
 
         s = self.spec
         self.dataset = open_dataset(s.packed)

@@ -8,7 +8,7 @@ nothing after it -- nvJPEG region decode (``decoders.image_slice`` on "mixed")
 of numpy-drawn windows, or, where ``ImageLoader``'s ``gpu_decode="auto"`` picks
 "full" (nvImageCodec 0.9.x, NVIDIA/nvImageCodec#55), the full decode and the
 GPU crop the loader then runs -- with the same nvJPEG arguments
-(:func:`loader.pipeline.nvjpeg_arguments`). ``decoders.image_random_crop`` on
+(:func:`loader.load.pipeline.nvjpeg_arguments`). ``decoders.image_random_crop`` on
 "mixed" is the very call #55 reports crashing, so the GPU row never uses it.
 """
 
@@ -18,8 +18,8 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
-from loader.recipe import RRC_RATIO, RRC_SCALE
-from loader.sampler import crop_windows
+from loader.augment.recipe import RRC_RATIO, RRC_SCALE
+from loader.load.sampler import crop_windows
 
 __all__ = ["DecodeLimit"]
 
@@ -71,7 +71,7 @@ class DecodeLimit:
         self._pipe.build()
 
     def _gpu_decode(self):
-        from loader.pipeline import nvjpeg_arguments, resolve_gpu_decode
+        from loader.load.pipeline import nvjpeg_arguments, resolve_gpu_decode
 
         jpegs, anchor, shape = fn.external_source(source=self._next_records, num_outputs=3, batch=True,
                                                   dtype=[types.UINT8, types.FLOAT, types.FLOAT])

@@ -280,7 +280,7 @@ def resolve_run_device(device: str, needed_by: str):
     ``torch.device``, CUDA initialised; a one-line :class:`LoaderError` when DALI is missing
     or the device is bad, not a traceback."""
     import_dali(needed_by)
-    from loader.imageloader import resolve_device
+    from loader.load.imageloader import resolve_device
 
     try:
         dev = resolve_device(device)
@@ -327,7 +327,7 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
         note(f"packed {report.num_records} images into {packed_path} in {report.seconds:.1f} s "
              f"({report.images_per_sec:.0f} images/s, {report.mb_per_sec:.1f} MB/s of input), "
              f"once; not part of the throughput figures")
-    from loader.dataset import open_dataset
+    from loader.format.dataset import open_dataset
 
     ds = open_dataset(packed_path)
     num_records = len(ds)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loader.errors import LoaderError
-from loader.manifest import MANIFEST_NAME
+from loader.format.manifest import MANIFEST_NAME
 
 __all__ = ["CACHE_SUFFIX", "is_packed", "resolve_source"]
 
@@ -24,7 +24,7 @@ def resolve_source(src: str | os.PathLike, packed: str | os.PathLike | None = No
     """``(image folder or None, packed dataset, PackReport or None)`` for ``loader bench SRC``.
 
     Packs SRC into ``packed`` (default ``SRC.loader-cache``) unless a packed
-    dataset is already there; the :class:`loader.packing.PackReport` describes
+    dataset is already there; the :class:`loader.convert.packing.PackReport` describes
     a pack done now (None when one was reused or SRC is itself packed).
     """
     log = log or (lambda msg: None)
@@ -41,7 +41,7 @@ def resolve_source(src: str | os.PathLike, packed: str | os.PathLike | None = No
     if is_packed(dst):
         log(f"reusing the packed dataset {dst} (delete it to re-pack {src} and time the pack)")
         return src_p, dst, None
-    from loader.packing import pack
+    from loader.convert.packing import pack
 
     log(f"packing {src} into {dst} (once; reused by later runs) ...")
     return src_p, dst, pack(src_p, dst, progress=progress)

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import DatasetError
-from loader.manifest import Manifest, read_manifest
-from loader.shards import ShardReader, record_key
+from loader.format.manifest import Manifest, read_manifest
+from loader.format.shards import ShardReader, record_key
 
 __all__ = ["PackedDataset", "open_dataset"]
 

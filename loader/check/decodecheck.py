@@ -3,7 +3,7 @@
 Training decodes each record with DALI, inside a crop window computed from
 the manifest's height and width. So a record is good when DALI's CPU decoder
 decodes it, to exactly the size the manifest promises. :class:`DecodeCheck`
-checks that, and is what both :func:`loader.verify.verify` (every record) and
+checks that, and is what both :func:`loader.check.verify.verify` (every record) and
 :class:`loader.ImageLoader` (after a failed batch, to name the culprit) use.
 Pillow is no substitute: it decodes records DALI rejects, and a wrong manifest
 size only shows against the manifest.
@@ -73,7 +73,7 @@ class DecodeCheck:
         from nvidia.dali import fn, pipeline_def, types
 
         # Synchronous: after an operator error DALI's asynchronous executor can leave the
-        # process to die with SIGSEGV on the next feed, build or teardown (loader.pipeline).
+        # process to die with SIGSEGV on the next feed, build or teardown (loader.load.pipeline).
         @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, device_id=None,
                       prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
         def decode_pipe():
@@ -125,7 +125,7 @@ class DecodeCheck:
     def check(self, dataset, indices: Iterable[int]) -> list[tuple[int, str]]:
         """``(index, reason)`` for each record of ``dataset`` among ``indices`` that fails, in order.
 
-        ``dataset`` is a :class:`loader.dataset.PackedDataset`; a record
+        ``dataset`` is a :class:`loader.format.dataset.PackedDataset`; a record
         missing from its shard raises :class:`loader.errors.DatasetError`.
         """
         idx = np.asarray(list(indices), dtype=np.int64).reshape(-1)

@@ -1,6 +1,6 @@
 """``verify``: re-read every record, check its checksum, decode it with DALI.
 
-Decoding is :class:`loader.decodecheck.DecodeCheck`, the check the loader
+Decoding is :class:`loader.check.decodecheck.DecodeCheck`, the check the loader
 itself runs to name a record that failed in training: DALI's CPU decoder (the
 decoder family the loader uses), and the decoded height and width against the
 manifest's (the loader computes crop windows from them). So a record that
@@ -22,10 +22,10 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from loader.dataset import PackedDataset, open_dataset
-from loader.decodecheck import DecodeCheck
+from loader.check.decodecheck import DecodeCheck
 from loader.errors import DatasetError
-from loader.manifest import record_checksum
+from loader.format.dataset import PackedDataset, open_dataset
+from loader.format.manifest import record_checksum
 
 __all__ = ["BadRecord", "verify"]
 

@@ -1,10 +1,10 @@
 """``pack``: convert an image folder into LMDB shards plus a manifest.
 
-Stages: :mod:`loader.scan` lists the files, :mod:`loader.imagecheck` decodes
+Stages: :mod:`loader.convert.scan` lists the files, :mod:`loader.convert.imagecheck` decodes
 each one (in a process pool) and decides what bytes to store, this module
-writes them into shards (:mod:`loader.shards`), then the index
-(:mod:`loader.indexwriter`) and ``skipped.tsv``, in a folder that
-:mod:`loader.destination` installs at DST.
+writes them into shards (:mod:`loader.format.shards`), then the index
+(:mod:`loader.convert.indexwriter`) and ``skipped.tsv``, in a folder that
+:mod:`loader.convert.destination` installs at DST.
 
 Guarantees:
 
@@ -21,7 +21,7 @@ Guarantees:
 
 Label sources: the class folders (default; ``classes=`` / ``classes_from=`` pin the class
 list and order), a labels file (``labels=``: CSV or JSON Lines, records in its row order,
-:mod:`loader.labelfile`) or none (``unlabeled=True``: every file under SRC).
+:mod:`loader.convert.labelfile`) or none (``unlabeled=True``: every file under SRC).
 
 >>> report = pack("photos/", "photos.packed")           # doctest: +SKIP
 >>> print(report.summary())  # doctest: +SKIP
@@ -47,13 +47,13 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from loader.destination import check_dst, install, make_partial, remove_stale
+from loader.convert.destination import check_dst, install, make_partial, remove_stale
+from loader.convert.imagecheck import BadImage, CheckedImage, check_bytes
+from loader.convert.indexwriter import IndexWriter
+from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
 from loader.errors import PackError
-from loader.imagecheck import BadImage, CheckedImage, check_bytes
-from loader.indexwriter import IndexWriter
-from loader.manifest import SKIPPED_NAME
-from loader.scan import Items, check_src, class_folders, scan, scan_unlabeled
-from loader.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
+from loader.format.manifest import SKIPPED_NAME
+from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
 from loader.units import MB, available_cores
 
 __all__ = ["PackReport", "pack", "plan_shards", "shard_ranges"]
@@ -180,7 +180,7 @@ def _check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list
         if not isinstance(classes_from, (str, os.PathLike)):
             raise PackError(f"--classes-from must be the path of a packed dataset (got {classes_from!r})")
         from loader.errors import DatasetError
-        from loader.manifest import read_manifest
+        from loader.format.manifest import read_manifest
 
         try:
             m = read_manifest(classes_from)
@@ -381,7 +381,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ``shards``: number of shard files (default: one per ``shard_size_mb`` MB
     of input, at least 1, at most one per image). ``workers``: processes that
     decode and check images (default: all cores; the output does not depend
-    on it). ``max_side`` / ``quality``: see :mod:`loader.imagecheck`.
+    on it). ``max_side`` / ``quality``: see :mod:`loader.convert.imagecheck`.
     ``overwrite``: replace an existing packed dataset at ``dst``. ``strict``:
     fail on the first bad file instead of skipping it. ``progress``: show a
     progress bar on stderr.
@@ -389,7 +389,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     Labels (default: the class folders of ``src``, sorted):
 
     * ``labels``: a labels file (``.csv`` with header ``path,label``, or ``.jsonl`` /
-      ``.json-lines``; :mod:`loader.labelfile`); records follow its rows, files of ``src`` it
+      ``.json-lines``; :mod:`loader.convert.labelfile`); records follow its rows, files of ``src`` it
       does not list are left out and counted (``PackReport.num_unlisted``). Lists of classes
       make a multi-label dataset.
     * ``unlabeled``: every file under ``src`` (recursively, files directly in it included),
@@ -414,7 +414,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     if unlabeled:
         label_source, class_list, items = "none", [], scan_unlabeled(src)
     elif labels is not None:
-        from loader.labelfile import check_paths, read_label_file
+        from loader.convert.labelfile import check_paths, read_label_file
 
         check_src(src, "the folder the labels file's paths are relative to")
         lf = read_label_file(labels, classes=pinned, origin=origin or "--classes")

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loader.convert.scan import Items, iter_files
 from loader.errors import PackError
-from loader.scan import Items, iter_files
 
 __all__ = ["LABEL_EXTENSIONS", "LabelFile", "check_paths", "read_label_file"]
 
@@ -384,7 +384,7 @@ def _why_not_usable(src: Path, rel: str, root: str) -> str | None:
 def check_paths(lf: LabelFile, src: str | os.PathLike) -> int:
     """Check every listed path against SRC: inside it (no absolute path, no ``..``, no symlink
     out of it), an existing regular file, listed once. Return how many files under SRC (as
-    :func:`loader.scan.iter_files` finds them) the labels file does not list (the labels file
+    :func:`loader.convert.scan.iter_files` finds them) the labels file does not list (the labels file
     itself, if it lies in SRC, is not counted).
 
     Raises :class:`PackError` naming the labels file and line of the first bad row.

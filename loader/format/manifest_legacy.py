@@ -5,7 +5,7 @@ records; version 3 exists for that reason). Layout: ``labels``, ``heights``,
 ``widths``, ``checksums`` (CRC-32 as 8 hex digits; version 1: blake2b-64, 16
 hex digits), ``sources``, ``converted`` (None: stored byte-for-byte), in
 global record order; record ``k`` of a shard is its whole value under key
-``b"%010d" % k``. :func:`loader.manifest.read_manifest` dispatches here.
+``b"%010d" % k``. :func:`loader.format.manifest.read_manifest` dispatches here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from loader.errors import DatasetError
-from loader.shards import parse_shards
+from loader.format.shards import parse_shards
 
 __all__ = ["parse_legacy"]
 

@@ -8,8 +8,8 @@
         for images, labels in loader:
             ...
 
-It binds the pure pieces together: loader.dataset (records), loader.sampler
-(order, rank share, crops), loader.feed (DALI's source) and loader.pipeline (the
+It binds the pure pieces together: loader.format.dataset (records), loader.load.sampler
+(order, rank share, crops), loader.load.feed (DALI's source) and loader.load.pipeline (the
 DALI graph), and hands DALI's output to torch.
 """
 
@@ -26,17 +26,18 @@ import torch
 
 from loader.augment.batch import batch_generator
 from loader.augment.jitter import ColorJitter
+from loader.augment.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.augment.settings import Augment, ColorMode, EvalMode
-from loader.batches import BatchAssembler
-from loader.buffers import BatchBuffers
-from loader.dataset import open_dataset
 from loader.errors import DatasetError, LoaderError
-from loader.feed import EpochFeed, EpochPlan
-from loader.pipeline import CpuFinisher, GpuDecode, build_pipeline, resolve_gpu_decode
-from loader.placement import distributed_env, resolve_device, threads_per_rank
-from loader.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
-from loader.recordguard import RecordGuard, RecordRejected
-from loader.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
+from loader.format.dataset import open_dataset
+from loader.format.recordguard import RecordGuard, RecordRejected
+from loader.load.batches import BatchAssembler
+from loader.load.buffers import BatchBuffers
+from loader.load.feed import EpochFeed, EpochPlan
+from loader.load.finisher import CpuFinisher
+from loader.load.pipeline import GpuDecode, build_pipeline, resolve_gpu_decode
+from loader.load.placement import distributed_env, resolve_device, threads_per_rank
+from loader.load.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "resolve_device"]
 
@@ -105,7 +106,7 @@ class ImageLoader:
         rank, world_size: DDP sharding (default: torch.distributed, then RANK/WORLD_SIZE).
         with_indices: also yield the batch's global record indices.
         on_error: what a damaged record does (bytes that no longer match the manifest's checksum,
-            or a header whose size is not the manifest's; see :mod:`loader.recordguard`):
+            or a header whose size is not the manifest's; see :mod:`loader.format.recordguard`):
             "raise" (default) a :class:`DecodeError` naming it; "replace" its slot with the next
             good record of this rank's epoch order, warn once, and list it in ``bad_records``.
         gpu_decode: how the GPU path decodes (ignored on the CPU): "roi" decodes only the crop
@@ -408,7 +409,7 @@ class ImageLoader:
     def _decode_error(self, err: Exception) -> Exception:
         """Turn a DALI failure into an error naming the shard and record.
 
-        The culprit is searched with :class:`loader.decodecheck.DecodeCheck`,
+        The culprit is searched with :class:`loader.check.decodecheck.DecodeCheck`,
         the check ``loader verify`` runs: DALI's decoder and the manifest's
         height and width, which the crop windows come from (Pillow decodes
         records DALI rejects, and a wrong size only shows against the
@@ -416,7 +417,7 @@ class ImageLoader:
         failed batch is among them, and any further search would decode more
         data that DALI may crash on rather than reject.
         """
-        from loader.decodecheck import DecodeCheck
+        from loader.check.decodecheck import DecodeCheck
 
         records = list(dict.fromkeys(i for batch in list(self._feed.in_flight) for i in batch.tolist()))
         try:

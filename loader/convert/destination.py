@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from loader.errors import PackError
-from loader.manifest import MANIFEST_NAME
+from loader.format.manifest import MANIFEST_NAME
 
 __all__ = ["check_dst", "install", "make_partial", "remove_stale"]
 

@@ -1,7 +1,7 @@
-"""Writing the version 4 index of :mod:`loader.manifest`: per-record numpy columns, then the header.
+"""Writing the version 4 index of :mod:`loader.format.manifest`: per-record numpy columns, then the header.
 
 :class:`IndexWriter` collects every record's fields in numpy arrays as pack writes the
-shards (no per-record Python objects), writes the columns (:mod:`loader.columns`) and,
+shards (no per-record Python objects), writes the columns (:mod:`loader.format.columns`) and,
 last, ``manifest.json``: an index without its header is not a dataset, so a killed pack
 leaves nothing that opens.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from loader.columns import write_column
-from loader.manifest import (
+from loader.format.columns import write_column
+from loader.format.manifest import (
     _HEADER_KEYS,
     COLUMNS,
     FORMAT,
@@ -27,7 +27,7 @@ from loader.manifest import (
     SOURCES_NAME,
     VERSION,
 )
-from loader.shards import ShardInfo
+from loader.format.shards import ShardInfo
 
 __all__ = ["IndexWriter"]
 

@@ -206,7 +206,7 @@ def environment() -> Environment:
     gpu_decode = None
     if dali is not None:
         try:
-            from loader.pipeline import resolve_gpu_decode
+            from loader.load.pipeline import resolve_gpu_decode
 
             gpu_decode = resolve_gpu_decode("auto", nvimgcodec)
         except Exception:  # noqa: BLE001 - a DALI that does not import: the path checks will say why
@@ -231,7 +231,7 @@ def _check_batches(ld, ds, device_type: str, dtype, size: int, max_batches: int
 
     import torch
 
-    from loader.batches import host_targets
+    from loader.load.batches import host_targets
 
     plan = ld.epoch_plan(0).records.tolist()
     failures: list[str] = []
@@ -280,7 +280,7 @@ def _agreement(dst: str, batch_size: int, size: int) -> list[str]:
     """CPU vs GPU on the same records: labels and indices equal, images within the bound."""
     import torch
 
-    from loader.imageloader import ImageLoader
+    from loader.load.imageloader import ImageLoader
 
     kw = dict(batch_size=batch_size, image_size=size, train=True, seed=0, with_indices=True,
               dtype=torch.uint8, mean=None, std=None)
@@ -305,9 +305,9 @@ def _agreement(dst: str, batch_size: int, size: int) -> list[str]:
 def _child(dst: str, device: str, batch_size: int, size: int, max_batches: int) -> dict:
     import torch
 
-    from loader.batches import host_targets
-    from loader.dataset import open_dataset
-    from loader.imageloader import ImageLoader
+    from loader.format.dataset import open_dataset
+    from loader.load.batches import host_targets
+    from loader.load.imageloader import ImageLoader
 
     ds = open_dataset(dst)
     bs = max(1, min(batch_size, len(ds)))
@@ -340,7 +340,7 @@ def _child_main() -> None:
 
 def _path_check(dst: str, device: str, batch_size: int, size: int, max_batches: int, timeout: float) -> Check:
     name = f"{'gpu' if device == 'cuda' else 'cpu'} path"
-    code = "from loader.doctor import _child_main; _child_main()"
+    code = "from loader.check.doctor import _child_main; _child_main()"
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -399,7 +399,7 @@ def run_doctor(dst: str | os.PathLike | None = None, *, batch_size: int = 32, im
         from loader.errors import LoaderError
 
         try:
-            from loader.dataset import open_dataset
+            from loader.format.dataset import open_dataset
 
             n = len(open_dataset(dst))
             checks.append(Check("dataset", "ok", f"{n} records, manifest and shards open"))

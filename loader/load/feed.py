@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from loader.augment.settings import Augment
-from loader.recordguard import RecordRejected
-from loader.sampler import crop_windows
+from loader.format.recordguard import RecordRejected
+from loader.load.sampler import crop_windows
 
 __all__ = ["EpochPlan", "EpochFeed"]
 
@@ -48,7 +48,7 @@ class EpochFeed:
         self._dataset = dataset
         self._augment = augment if augment is not None else Augment()
         self._image_size = image_size
-        self._guard = guard      # loader.recordguard.RecordGuard: keeps damaged records from DALI
+        self._guard = guard      # loader.format.recordguard.RecordGuard: keeps damaged records from DALI
         # on_error="replace": a bad record's slot takes the next good record of this rank's
         # epoch order (cyclically), so batches stay full and the choice depends only on the plan.
         self._replace_bad = replace_bad

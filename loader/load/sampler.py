@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from loader.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
+from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
 __all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_size", "num_batches",
            "crop_windows"]

@@ -3,7 +3,7 @@
 Version 4 (written since loader 0.3; version 3, loader 0.2, is the same without the label
 keys and columns): ``manifest.json`` is a small JSON header (format, version, classes, where
 the labels came from, shards, counts, pack parameters); per-record data are ``.npy`` columns
-in global record order, memory-mapped and validated with numpy (:mod:`loader.columns`), so a
+in global record order, memory-mapped and validated with numpy (:mod:`loader.format.columns`), so a
 dataset of any size opens in about the same time and every process on a machine shares one
 copy:
 
@@ -35,13 +35,13 @@ single-label, 0 unlisted (its ``version`` stays 3).
 UTF-8 with surrogate escapes) end to end; it is read only when a path is
 asked for (:meth:`Manifest.source`: ``verify``, error messages).
 
-Several small records share one LMDB value (:mod:`loader.shards`), so a
+Several small records share one LMDB value (:mod:`loader.format.shards`), so a
 record is ``value[offset:offset + length]`` of the value stored under key
 ``keys[i]`` in the shard with the largest ``first <= i``.
 
 Nothing is pickled: ``np.load(..., allow_pickle=False)``. Versions 1 and 2
 (one JSON file holding every list, one record per LMDB value) are still read,
-as before (:mod:`loader.manifest_legacy`); re-pack to get version 4.
+as before (:mod:`loader.format.manifest_legacy`); re-pack to get version 4.
 
 >>> m = read_manifest("photos.packed")                  # doctest: +SKIP
 >>> m.num_records, m.classes, m.shards[0].name, m.source(0)  # doctest: +SKIP
@@ -59,9 +59,9 @@ from typing import Any
 
 import numpy as np
 
-from loader.columns import read_column, scan_column
 from loader.errors import DatasetError
-from loader.shards import ShardInfo, check_shard_name, parse_shards
+from loader.format.columns import read_column, scan_column
+from loader.format.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
     "FORMAT",
@@ -449,7 +449,7 @@ def read_manifest(dst: str | os.PathLike) -> Manifest:
     obj = _check_header(obj, str(path))
     if obj["version"] >= 3:
         return _read_v3(Path(dst), obj, str(path))
-    from loader.manifest_legacy import parse_legacy
+    from loader.format.manifest_legacy import parse_legacy
 
     f = parse_legacy(obj, str(path))
     return Manifest(format=FORMAT, version=obj["version"], classes=f["classes"], shards=f["shards"],

@@ -2,7 +2,7 @@
 
 torchvision's ``RandomResizedCrop`` defaults and ``Normalize`` statistics, and
 the eval convention (resize the shorter side to ``size / 0.875``, centre-crop
-``size``). :mod:`loader.sampler` draws windows with them, :mod:`loader.imageloader`
+``size``). :mod:`loader.load.sampler` draws windows with them, :mod:`loader.load.imageloader`
 normalizes with them, and the DataLoader baseline (:mod:`loader.bench.baseline`)
 and the decode ceiling use the same values, so every contender runs one recipe.
 """

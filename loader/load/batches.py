@@ -1,7 +1,7 @@
 """DALI's outputs -> the torch batch ``(images, targets[, indices])`` a training step takes.
 
 :class:`BatchAssembler` is the torch side of :class:`loader.ImageLoader`: it finishes
-the CPU graph's windows (:class:`loader.pipeline.CpuFinisher`), copies the GPU graph's
+the CPU graph's windows (:class:`loader.load.finisher.CpuFinisher`), copies the GPU graph's
 images into torch memory (colour jitter and normalization in torch when jitter is on),
 and builds the targets the dataset's labels call for:
 
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from loader.augment.settings import Augment
-from loader.buffers import BatchBuffers
-from loader.pipeline import CpuFinisher
+from loader.load.buffers import BatchBuffers
+from loader.load.finisher import CpuFinisher
 
 __all__ = ["BatchAssembler", "TargetKind", "host_targets", "target_kind"]
 
