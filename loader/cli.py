@@ -417,7 +417,8 @@ def _add_doctor(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=224, metavar="PX", help="output size of the self-check "
                    "(default: 224)")
     p.add_argument("--batches", type=int, default=8, metavar="N", help="eval batches per path, at most (default: 8)")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON (loader.check.doctor.DoctorReport.to_dict)")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the report as JSON (loader.check.doctor.DoctorReport.to_dict)")
     p.set_defaults(func=_cmd_doctor)
 
 
