@@ -18,10 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from loader import rng as rng_streams
+
 __all__ = ["batch_generator", "batch_seed"]
-
-_STREAM = 0xBA7C    # keeps these seeds apart from the crop and jitter streams of the same batch
-
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     """A 63-bit seed for batch ``batch`` of ``epoch`` on ``rank`` (numpy's SeedSequence mixing).
@@ -29,7 +28,7 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
     >>> batch_seed(0, 0, 0, 0) == batch_seed(0, 0, 0, 0) != batch_seed(0, 0, 0, 1)
     True
     """
-    state = np.random.SeedSequence([seed, epoch, rank, batch, _STREAM]).generate_state(2, np.uint32)
+    state = np.random.SeedSequence([seed, epoch, rank, batch, rng_streams.BATCH_TRANSFORM]).generate_state(2, np.uint32)
     return (int(state[0]) << 31 | int(state[1]) >> 1) & (2**63 - 1)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
 
+from loader import rng as rng_streams
 from loader.augment.recipe import RRC_RATIO, RRC_SCALE
 from loader.load.sampler import crop_windows
 
@@ -45,8 +46,8 @@ class DecodeLimit:
         self._batch = batch_size
         self._train = train
         self._gpu = device_id is not None
-        self._rng = np.random.default_rng([seed, 0xD1])
-        self._order = np.random.default_rng([seed, 0xD0]).permutation(len(dataset))
+        self._rng = np.random.default_rng([seed, rng_streams.DECODE_LIMIT_CROP])
+        self._order = np.random.default_rng([seed, rng_streams.DECODE_LIMIT_ORDER]).permutation(len(dataset))
         self._pos = 0
         self._pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                               prefetch_queue_depth=prefetch, seed=seed)

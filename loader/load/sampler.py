@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from loader import rng as rng_streams
 from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
 __all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_size", "num_batches",
@@ -45,7 +46,7 @@ def split_indices(n: int, validation_split: float | None, subset: str | None, se
         raise ValueError(f"validation_split must be a float in (0, 1), got {validation_split!r}")
     if subset not in ("training", "validation"):
         raise ValueError(f"subset must be 'training' or 'validation' with validation_split, got {subset!r}")
-    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    perm = np.random.default_rng([seed, rng_streams.SPLIT]).permutation(n)
     n_val = int(validation_split * n)
     chosen = perm[n - n_val:] if subset == "validation" else perm[: n - n_val]
     return np.sort(chosen).astype(_index_dtype(n))
@@ -64,6 +65,7 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """
     if not shuffle:
         return np.arange(n, dtype=np.int64)
+    # rng_streams' "epoch order": untagged
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
 
 
