@@ -13,11 +13,28 @@ error: photos/ does not exist; pass an image folder as SRC
 
 from __future__ import annotations
 
-__all__ = ["DaliMissingError", "DatasetError", "LoaderError", "PackError", "import_dali"]
+__all__ = ["ArgumentError", "DaliMissingError", "DatasetError", "LoaderError", "PackError", "import_dali"]
 
 
 class LoaderError(Exception):
-    """Base class: a user-facing error (bad input, bad dataset), not a bug."""
+    """Base class: a user-facing error (bad input, bad dataset), not a bug.
+
+    ``param``: the Python parameter the message names (e.g. ``"shard_size_mb"``), or None. The
+    library's messages name parameters; the CLI maps ``param`` to its flag (``--shard-size-mb``)
+    in one place (``loader.cli``), so a command-line user sees the flag.
+    """
+
+    def __init__(self, *args, param: str | None = None):
+        super().__init__(*args)
+        self.param = param
+
+
+class ArgumentError(LoaderError, ValueError, TypeError):
+    """An argument (or setting) is invalid; raised when the object is built, naming ``param``.
+
+    Both a ``ValueError`` and a ``TypeError``, so code that catches either, as for the built-ins'
+    argument errors, still does.
+    """
 
 
 class DatasetError(LoaderError, ValueError):
