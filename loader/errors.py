@@ -24,8 +24,8 @@ class LoaderError(Exception):
     in one place (``loader.cli``), so a command-line user sees the flag.
     """
 
-    def __init__(self, *args, param: str | None = None):
-        super().__init__(*args)
+    def __init__(self, *args, param: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)     # kwargs: ModuleNotFoundError's name= (DaliMissingError)
         self.param = param
 
 
