@@ -30,3 +30,11 @@ JITTER = 0xC1
 BATCH_TRANSFORM = 0xBA7C
 DECODE_LIMIT_ORDER = 0xD0
 DECODE_LIMIT_CROP = 0xD1
+
+
+def batch_rng(seed: int, epoch: int, first_position: int, stream: int):
+    """The generator of ``stream`` (CROP or JITTER) for the batch whose first record sits at epoch
+    position ``first_position``: the one key both the feed and ``loader show`` use."""
+    import numpy as np
+
+    return np.random.default_rng([seed, epoch, int(first_position), stream])

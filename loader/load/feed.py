@@ -115,13 +115,13 @@ class EpochFeed:
         if self._train:
             # One generator per batch, keyed by the batch's first epoch position:
             # the same crops whatever the prefetch depth, and after a resume.
-            rng = np.random.default_rng([self._seed, plan.epoch, int(plan.positions[lo]), rng_streams.CROP])
+            rng = rng_streams.batch_rng(self._seed, plan.epoch, plan.positions[lo], rng_streams.CROP)
             anchor, shape, flip = crop_windows(heights, widths, rng, scale=aug.scale, ratio=aug.ratio,
                                                hflip=aug.hflip)
             if aug.color_jitter.enabled:
                 # Its own stream, so that jitter on or off leaves the crops as they are.
                 p = aug.color_jitter.draw(
-                    np.random.default_rng([self._seed, plan.epoch, int(plan.positions[lo]), rng_streams.JITTER]), n)
+                    rng_streams.batch_rng(self._seed, plan.epoch, plan.positions[lo], rng_streams.JITTER), n)
                 jitter[:] = p.to_array()
         elif aug.eval_mode == "torchvision":
             from loader.augment.torchvision_eval import eval_geometry
