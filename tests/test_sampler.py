@@ -126,3 +126,23 @@ def test_rank_positions_equal_rank_share_of_a_range_without_the_range():
                         got = rank_positions(n, rank, world, bs, drop)
                         assert got.dtype == np.int32
                         assert got.tolist() == rank_share(np.arange(n), rank, world, bs, drop).tolist()
+
+
+@pytest.mark.parametrize("n,world", [(1, 1), (7, 2), (10, 3), (11, 4), (2, 3), (101, 8)])
+def test_unpadded_shares_hold_every_record_exactly_once(n, world):
+    """pad=False: the shares partition the epoch (a distributed sum counts each record once);
+    they differ by at most one, the longer ones first; padded shares repeat records instead."""
+    from loader.load.sampler import rank_positions
+
+    order = epoch_order(n, seed=4, epoch=1, shuffle=True)
+    shares = [rank_share(order, r, world, 3, drop_last=False, pad=False) for r in range(world)]
+    assert np.concatenate(shares).tolist() == order.tolist()
+    sizes = [len(s) for s in shares]
+    assert sizes == [share_size(n, world, 3, False, pad=False, rank=r) for r in range(world)]
+    assert sizes == sorted(sizes, reverse=True) and max(sizes) - min(sizes) <= (n % world != 0)
+    assert sum(sizes) == n
+    for r in range(world):
+        assert rank_positions(n, r, world, 3, False, pad=False).tolist() == \
+            rank_share(np.arange(n), r, world, 3, False, pad=False).tolist()
+    padded = sum(len(rank_share(order, r, world, 3, drop_last=False)) for r in range(world))
+    assert padded == math.ceil(n / world) * world          # > n whenever n % world: the double count

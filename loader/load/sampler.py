@@ -5,7 +5,8 @@ resumed runs and every DDP rank agree without talking to each other:
 
 - :func:`split_indices`   -- train/validation split of a packed dataset (Keras-style).
 - :func:`epoch_order`     -- the full permutation of one epoch (not a shuffle buffer).
-- :func:`rank_share`      -- this rank's slice of the epoch, equal-length on every rank.
+- :func:`rank_share`      -- this rank's slice of the epoch, equal-length on every rank
+                             (or, ``pad=False``, every record exactly once over the ranks).
 - :func:`crop_windows`    -- per-sample random-resized-crop (train) or centre crop (eval)
                              windows in source-pixel coordinates, plus flip flags.
 
@@ -22,8 +23,8 @@ import numpy as np
 from loader import rng as rng_streams
 from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
-__all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_size", "num_batches",
-           "crop_windows"]
+__all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_start", "share_size",
+           "num_batches", "crop_windows"]
 
 
 def split_indices(n: int, validation_split: float | None, subset: str | None, seed: int) -> np.ndarray:
@@ -70,53 +71,84 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
 
 
 def rank_share(order: np.ndarray, rank: int, world_size: int, batch_size: int,
-               drop_last: bool) -> np.ndarray:
+               drop_last: bool, *, pad: bool = True) -> np.ndarray:
     """This rank's contiguous slice of the epoch ``order``.
 
-    Every rank gets the same number of samples, hence the same number of
-    batches, so no rank waits in a collective for another:
-
     - ``drop_last``: each rank gets ``(n // world_size) // batch_size * batch_size``
-      samples; the remainder of the epoch is dropped (a different one each epoch
-      when shuffling).
-    - otherwise: like ``DistributedSampler``, the order is padded by wrapping
-      around to a multiple of ``world_size`` (only when it does not divide evenly;
-      with one rank nothing is repeated), and the last batch may be partial.
+      samples, the same on every rank, so no rank waits in a collective for another;
+      the remainder of the epoch is dropped (a different one each epoch when shuffling).
+    - otherwise, ``pad`` (default): like ``DistributedSampler``, the order is padded by
+      wrapping around to a multiple of ``world_size`` (only when it does not divide
+      evenly; with one rank nothing is repeated), every rank gets ``ceil(n / world_size)``
+      and the last batch may be partial.
+    - otherwise, ``pad=False``: every record exactly once over the ranks, in shares that
+      differ by at most one (the first ``n % world_size`` ranks get one more), so a sum
+      over the ranks (an evaluation's correct count) counts each record once; ranks may
+      then yield different numbers of batches.
 
     >>> rank_share(np.arange(10), rank=1, world_size=2, batch_size=2, drop_last=True).tolist()
     [4, 5, 6, 7]
+    >>> [rank_share(np.arange(5), r, 2, 2, False, pad=False).tolist() for r in range(2)]
+    [[0, 1, 2], [3, 4]]
     """
     n = len(order)
-    per_rank = share_size(n, world_size, batch_size, drop_last)
-    if not drop_last:
-        pad = per_rank * world_size - n
-        if pad:
-            order = np.concatenate([order, np.resize(order, pad)])
-    return order[rank * per_rank:(rank + 1) * per_rank]
+    return order[rank_positions(n, rank, world_size, batch_size, drop_last, pad=pad).astype(np.int64)]
 
 
-def rank_positions(n: int, rank: int, world_size: int, batch_size: int, drop_last: bool) -> np.ndarray:
+def rank_positions(n: int, rank: int, world_size: int, batch_size: int, drop_last: bool, *,
+                   pad: bool = True) -> np.ndarray:
     """Epoch positions of this rank's share: ``rank_share(np.arange(n), ...)`` without the
     O(n) array (int32 below 2**31 records).
 
     >>> rank_positions(5, rank=1, world_size=2, batch_size=2, drop_last=False).tolist()
     [3, 4, 0]
+    >>> rank_positions(5, rank=1, world_size=2, batch_size=2, drop_last=False, pad=False).tolist()
+    [3, 4]
     """
-    per_rank = share_size(n, world_size, batch_size, drop_last)
-    return (np.arange(rank * per_rank, (rank + 1) * per_rank, dtype=np.int64) % max(n, 1)).astype(_index_dtype(n))
+    per_rank = share_size(n, world_size, batch_size, drop_last, pad=pad, rank=rank)
+    first = share_start(n, rank, world_size, batch_size, drop_last, pad=pad)
+    return (np.arange(first, first + per_rank, dtype=np.int64) % max(n, 1)).astype(_index_dtype(n))
 
 
-def share_size(n: int, world_size: int, batch_size: int, drop_last: bool) -> int:
-    """Samples each rank gets from an epoch of ``n``: the length of every :func:`rank_share`.
+def share_start(n: int, rank: int, world_size: int, batch_size: int, drop_last: bool, *,
+                pad: bool = True) -> int:
+    """Epoch position of the first record of ``rank``'s share.
+
+    >>> [share_start(5, r, 2, 2, False, pad=False) for r in range(2)]
+    [0, 3]
+    """
+    if drop_last or pad:
+        return rank * share_size(n, world_size, batch_size, drop_last, pad=pad)
+    q, r = divmod(n, world_size)
+    return rank * q + min(rank, r)
+
+
+def share_size(n: int, world_size: int, batch_size: int, drop_last: bool, *, pad: bool = True,
+               rank: int = 0) -> int:
+    """Samples ``rank`` gets from an epoch of ``n``: the length of its :func:`rank_share`.
+
+    The same on every rank unless ``pad=False`` without ``drop_last``: then the first
+    ``n % world_size`` ranks get ``n // world_size + 1``, the others ``n // world_size``.
 
     >>> share_size(10, world_size=2, batch_size=2, drop_last=True), share_size(9, 2, 2, False)
     (4, 5)
+    >>> [share_size(9, 2, 2, False, pad=False, rank=r) for r in range(2)]
+    [5, 4]
     """
-    return (n // world_size) // batch_size * batch_size if drop_last else math.ceil(n / world_size)
+    if drop_last:
+        return (n // world_size) // batch_size * batch_size
+    if pad:
+        return math.ceil(n / world_size)
+    q, r = divmod(n, world_size)
+    return q + (rank < r)
 
 
 def num_batches(share: int, batch_size: int, drop_last: bool) -> int:
-    """Batches yielded for ``share`` samples."""
+    """Batches yielded for ``share`` samples.
+
+    >>> num_batches(10, 4, drop_last=True), num_batches(10, 4, drop_last=False)
+    (2, 3)
+    """
     return share // batch_size if drop_last else math.ceil(share / batch_size)
 
 
