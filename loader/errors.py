@@ -13,7 +13,8 @@ error: photos/ does not exist; pass an image folder as SRC
 
 from __future__ import annotations
 
-__all__ = ["ArgumentError", "DaliMissingError", "DatasetError", "LoaderError", "PackError", "import_dali"]
+__all__ = ["ArgumentError", "DaliMissingError", "DatasetError", "DecodeError", "LoaderError", "ModelSpecError",
+           "PackError", "import_dali", "one_line"]
 
 
 class LoaderError(Exception):
@@ -45,6 +46,14 @@ class PackError(LoaderError):
     """``pack`` cannot run with this input or these options."""
 
 
+class DecodeError(LoaderError, RuntimeError):
+    """A record could not be decoded at load time (``ImageLoader``); the message names the record."""
+
+
+class ModelSpecError(LoaderError, ValueError):
+    """``advise``'s ``model`` names nothing usable, or what it builds is not a classifier for this dataset."""
+
+
 class DaliMissingError(LoaderError, ModuleNotFoundError):
     """NVIDIA DALI is not installed (it is an extra: ``pip install 'loader[dali]'``)."""
 
@@ -64,3 +73,25 @@ def import_dali(needed_by: str):
             "pip install 'loader[dali]' (CUDA 12), or the nvidia-dali-cudaXXX wheel for your CUDA version",
             name=e.name) from None
     return nvidia.dali
+
+
+def one_line(exc_or_msg: BaseException | object, limit: int | None = None) -> str:
+    """An exception (or message) as one line: its lines stripped and joined by a space, at most ``limit`` chars.
+
+    The one home for "an error as a report line" (the CLI's ``error: ...``, doctor's checks,
+    a skipped file's reason, an advise row's error). An exception with no text gives its
+    class name; a line cut at ``limit`` ends with "...".
+
+    >>> one_line(ValueError("bad value\\n  in line 3\\n"))
+    'bad value in line 3'
+    >>> one_line(KeyError())
+    'KeyError'
+    >>> one_line("x" * 20, limit=10)
+    'xxxxxxx...'
+    """
+    text = " ".join(line.strip() for line in str(exc_or_msg).splitlines() if line.strip())
+    if not text and isinstance(exc_or_msg, BaseException):
+        text = type(exc_or_msg).__name__
+    if limit is not None and len(text) > limit:
+        text = text[:max(0, limit - 3)] + "..."
+    return text

@@ -28,11 +28,12 @@ are set by :func:`nvjpeg_arguments`; docs/gpu.md cites what each choice rests on
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import metadata
 from typing import Literal
 
 from nvidia.dali import fn, types
 from nvidia.dali.pipeline import Pipeline
+
+from loader.units import NVIMGCODEC_WHEELS, dist_version
 
 __all__ = ["image_graph", "build_pipeline", "DALI_DTYPES", "GpuDecode", "nvjpeg_arguments",
            "resolve_gpu_decode", "nvimgcodec_version"]
@@ -52,12 +53,7 @@ _ROI_BROKEN_NVIMGCODEC = ((0, 9),)
 
 def nvimgcodec_version() -> str | None:
     """The installed nvImageCodec wheel's version (``nvidia-nvimgcodec-cu12`` / ``-cu13``), or None."""
-    for dist in ("nvidia-nvimgcodec-cu12", "nvidia-nvimgcodec-cu13", "nvidia-nvimgcodec-cu11"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    return dist_version(*NVIMGCODEC_WHEELS)
 
 
 def resolve_gpu_decode(gpu_decode: str, nvimgcodec: str | None = None) -> Literal["roi", "full"]:
