@@ -28,7 +28,7 @@ from loader.augment.batch import batch_generator
 from loader.augment.jitter import ColorJitter
 from loader.augment.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.augment.settings import Augment, ColorMode, EvalMode
-from loader.errors import DatasetError, LoaderError
+from loader.errors import DatasetError, DecodeError  # DecodeError: its home is loader.errors (still exported here)
 from loader.format.dataset import open_dataset
 from loader.format.recordguard import RecordGuard, RecordRejected
 from loader.load.batches import BatchAssembler
@@ -47,10 +47,6 @@ _GRAY_MEAN, _GRAY_STD = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
 
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
-
-
-class DecodeError(LoaderError, RuntimeError):
-    """A record could not be decoded at load time."""
 
 
 class _EpochSetter:
