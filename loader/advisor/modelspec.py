@@ -17,13 +17,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from loader.errors import LoaderError
+from loader.errors import ModelSpecError  # its home is loader.errors (still exported here)
 
 __all__ = ["ModelSpecError", "build_model", "check_output", "load_factory"]
-
-
-class ModelSpecError(LoaderError, ValueError):
-    """``--model`` names nothing usable, or what it builds is not a classifier for this dataset."""
 
 
 def load_factory(spec: str) -> Callable:
