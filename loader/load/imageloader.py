@@ -28,7 +28,7 @@ from loader.augment.batch import batch_generator
 from loader.augment.jitter import ColorJitter
 from loader.augment.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.augment.settings import Augment, ColorMode, EvalMode
-from loader.errors import DatasetError, DecodeError  # DecodeError: its home is loader.errors (still exported here)
+from loader.errors import ArgumentError, DatasetError, DecodeError, LoaderError  # DecodeError: still exported here
 from loader.format.dataset import open_dataset
 from loader.format.recordguard import RecordGuard, RecordRejected
 from loader.load.batches import BatchAssembler
@@ -38,8 +38,9 @@ from loader.load.finisher import CpuFinisher
 from loader.load.pipeline import GpuDecode, build_pipeline, resolve_gpu_decode
 from loader.load.placement import distributed_env, resolve_device, threads_per_rank
 from loader.load.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
+from loader.load.state import dataset_fingerprint, parse_state, resume_point
 
-__all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "DecodeError", "resolve_device"]
+__all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "ConcurrentEpochError", "DecodeError", "resolve_device"]
 
 # Grayscale's default normalization: the mean of ImageNet's three channels (as for 1-channel
 # ImageNet models); explicit mean/std for grayscale take one number each.
@@ -50,13 +51,26 @@ _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uin
 
 
 class _EpochSetter:
-    """``ImageLoader.sampler``: forwards ``set_epoch`` to the loader."""
+    """``ImageLoader.sampler``: what scripts and trainers use of a ``DistributedSampler``."""
 
     def __init__(self, loader: ImageLoader):
         self._loader = loader
 
     def set_epoch(self, epoch: int) -> None:
+        """:meth:`ImageLoader.set_epoch`."""
         self._loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """``len(DistributedSampler)`` of the same split: records per rank per epoch, the longest
+        share (``ceil(n / world_size)`` without ``drop_last``). With ``pad=False`` the last ranks
+        yield one fewer (their own count: ``loader.num_samples``), and this keeps imagenet/main.py's
+        ``len(sampler) * world_size < len(dataset)`` (records no rank saw?) false on every rank."""
+        ld = self._loader
+        return ld._share(ld.world_size, 0)       # rank 0's share is the longest
+
+
+class ConcurrentEpochError(LoaderError, RuntimeError):
+    """An iterator of an :class:`ImageLoader` was used after another ``iter()`` started a new epoch."""
 
 
 class ImageLoader:
@@ -220,9 +234,16 @@ class ImageLoader:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         return rank, world_size, local_rank
 
-    def _share(self, world_size: int) -> int:
-        """Samples each rank gets per epoch with ``world_size`` ranks."""
-        share = share_size(self._n, world_size, self.batch_size, self.drop_last)
+    def _share(self, world_size: int, rank: int = 0) -> int:
+        """Samples ``rank`` gets per epoch with ``world_size`` ranks (the same on every rank but with ``pad=False``)."""
+        pad = getattr(self, "pad", True)
+        if not pad and self.drop_last:
+            # drop_last already gives every rank an equal share with nothing repeated; pad=False
+            # asks for every record once, which drop_last cannot give: say so rather than ignore it.
+            raise ArgumentError("pad=False (every record exactly once over the ranks) needs drop_last=False: "
+                                "with drop_last=True each rank gets an equal share and the remainder is "
+                                "dropped; pass drop_last=False (train=False does) or leave pad=True", param="pad")
+        share = share_size(self._n, world_size, self.batch_size, self.drop_last, pad=pad, rank=rank)
         if share == 0:
             raise ValueError(
                 f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.path} "
@@ -243,13 +264,15 @@ class ImageLoader:
     @property
     def num_samples(self) -> int:
         """Samples this rank yields per epoch, as of now."""
-        return self._share(self.world_size)
+        rank, world_size, _ = self._distribution()
+        return self._share(world_size, rank)
 
     # Lightning calls `dataloader.sampler.set_epoch(epoch)` at every epoch's start (and
     # restores the epoch from its checkpoints that way), as for a DistributedSampler.
     @property
     def sampler(self) -> _EpochSetter:
-        """An object whose ``set_epoch(e)`` is :meth:`set_epoch`: what trainers call on a DataLoader's sampler."""
+        """What trainers and scripts use of a DataLoader's sampler: ``set_epoch(e)`` (:meth:`set_epoch`)
+        and ``len()`` (``len(DistributedSampler)``: records per rank, the longest share)."""
         return _EpochSetter(self)
 
     batch_sampler = None   # no torch batch sampler (trainers probe for one next to ``sampler``)
@@ -274,7 +297,8 @@ class ImageLoader:
         rank, world_size, _ = self._distribution()
         # Per rank, only the share's arrays outlive this call (the epoch's permutation is
         # needed whole, as on every rank, to agree on the order).
-        positions = rank_positions(self._n, rank, world_size, self.batch_size, self.drop_last)
+        positions = rank_positions(self._n, rank, world_size, self.batch_size, self.drop_last,
+                                   pad=getattr(self, "pad", True))
         records = epoch_order(self._n, self.seed, epoch, self.shuffle)[positions]
         if self._subset is not None:
             records = self._subset[records]
@@ -287,14 +311,27 @@ class ImageLoader:
         and that must not use up an epoch."""
         return self._epoch_batches()
 
+    _generation = 0   # epochs started by this loader: tells an iterator whether its epoch is still the one running
+
     def _epoch_batches(self):
         with self._lock:
             epoch, start = self._epoch, self._resume_batch
             self._epoch, self._resume_batch = epoch + 1, 0
             plan = self.epoch_plan(epoch, start)
-            self._start_epoch(plan)
+            if len(plan.records):        # pad=False, fewer records than ranks: this rank has none
+                self._start_epoch(plan)
             self._running = (epoch, start)
-        yield from self._batches(epoch, start, plan)
+            self._generation = generation = self._generation + 1
+        for out in self._batches(epoch, start, plan):
+            yield out
+            # One pipeline serves one epoch at a time. An iterator abandoned for a newer one is
+            # fine (Lightning does that) until it is used again: then its batches would be the
+            # other epoch's, so it stops here, before touching the pipeline.
+            if self._generation != generation:
+                raise ConcurrentEpochError(
+                    f"this iterator's epoch {epoch} of {self.dataset.path} was abandoned when another iter() of "
+                    f"the same ImageLoader started a new epoch: one ImageLoader runs one epoch at a time; "
+                    f"build a second ImageLoader for a second stream (e.g. zip(loader, loader))")
 
     def _start_epoch(self, plan: EpochPlan) -> None:
         if self._pipe is None:
@@ -434,28 +471,47 @@ class ImageLoader:
 
     # -- resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Where the loader is: pass to :meth:`load_state_dict` to resume mid-epoch."""
+        """Where the loader is: pass to :meth:`load_state_dict` to resume mid-epoch (keys: :mod:`loader.load.state`)."""
         if self._running is not None:
             epoch, done = self._running
         else:
             epoch, done = self._epoch, self._resume_batch
+        rank, world_size, _ = self._distribution()
+        share = self._share(world_size, rank)
         return {"epoch": epoch, "batches_done": done, "seed": self.seed, "batch_size": self.batch_size,
-                "num_samples": self.num_samples, "world_size": self.world_size, "rank": self.rank,
-                "shuffle": self.shuffle, "num_records": len(self.dataset)}
+                "num_samples": share, "num_batches": num_batches(share, self.batch_size, self.drop_last),
+                "world_size": world_size, "rank": rank, "shuffle": self.shuffle, "drop_last": self.drop_last,
+                "pad": getattr(self, "pad", True), "num_records": len(self.dataset), "subset_records": self._n,
+                "dataset": dataset_fingerprint(self.dataset)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume: the next ``iter()`` yields the batches the saved run would have yielded next."""
-        for key in ("seed", "batch_size", "num_samples", "world_size", "shuffle", "num_records"):
-            if key in state and state[key] != self.state_dict()[key]:
-                raise ValueError(f"state_dict does not match this loader: {key}={state[key]!r}, "
-                                 f"loader has {self.state_dict()[key]!r}")
-        epoch, done = int(state["epoch"]), int(state["batches_done"])
-        if not (0 <= done <= len(self)):
-            raise ValueError(f"state_dict batches_done={done} out of range [0, {len(self)}]")
-        if done == len(self):
-            epoch, done = epoch + 1, 0
-        self._epoch, self._resume_batch = epoch, done
+        """Resume: the next ``iter()`` yields the batches the saved run would have yielded next.
+
+        A state saved at an epoch's end (or before its first batch) loads into any loader of the
+        same dataset; one saved mid-epoch needs the same ``seed``, ``batch_size``, ``world_size``,
+        ``shuffle``, ``drop_last``, ``pad`` and split. A loader built with ``seed=None`` takes the
+        state's seed. Raises :class:`loader.errors.ArgumentError` (``param="state_dict"``) otherwise.
+        """
+        saved = parse_state(state)
+        epoch, start, seed = resume_point(saved, self.state_dict(), seed_drawn=self._seed_drawn,
+                                          where=str(self.dataset.path))
+        if seed is not None:
+            self._adopt_seed(seed)
+        self._epoch, self._resume_batch = epoch, start
         self._running = None
+
+    @property
+    def _seed_drawn(self) -> bool:
+        """Whether ``seed=None`` drew this loader's seed (then :meth:`load_state_dict` adopts a state's)."""
+        return bool(getattr(getattr(self, "settings", None), "seed_drawn", False))
+
+    def _adopt_seed(self, seed: int) -> None:
+        """Take a restored run's seed: the order and crops follow it from the next epoch on (a drawn
+        seed never seeds a split: ``seed=None`` with ``validation_split`` is refused)."""
+        self.seed = seed
+        # The feed and DALI's graph were built with the old seed: the next epoch builds them anew.
+        self._release_pipeline()
+        self._feed = None
 
     # -- lifecycle ----------------------------------------------------------
     def _release_pipeline(self) -> None:

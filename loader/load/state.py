@@ -1,0 +1,189 @@
+"""`ImageLoader`'s resume state: what ``state_dict()`` holds and what ``load_state_dict()`` accepts.
+
+A state is a dict of plain ints, bools and strings (it survives ``torch.save``, JSON, YAML):
+
+================== ==========================================================================
+key                meaning
+================== ==========================================================================
+``epoch``          the epoch the state is in
+``batches_done``   its batches already yielded (0: not started; ``num_batches``: finished)
+``seed``           the loader's seed (a drawn one too: ``seed=None``)
+``batch_size``     per rank
+``world_size``     ranks; ``rank`` is recorded, never checked (rank 0's state resumes every rank)
+``shuffle``        whether epochs are shuffled
+``num_samples``    this rank's records per epoch
+``num_records``    records in the packed dataset
+``num_batches``    ``len(loader)`` when saved (since 0.4; tells an epoch's end from its middle)
+``drop_last``      ``pad``, ``subset_records`` (records per epoch over all ranks): since 0.4
+``dataset``        :func:`dataset_fingerprint` of the packed dataset (since 0.4)
+================== ==========================================================================
+
+What must match depends on where the state was saved:
+
+- **at an epoch boundary** (``batches_done`` 0, or ``num_batches``: "start epoch e", "start
+  epoch e + 1"): only the dataset. Any batch size, seed, world size, shuffle or split resumes.
+- **mid-epoch**: the dataset, and everything that decides which records the rest of the
+  epoch holds and in which order: ``seed``, ``batch_size``, ``world_size``, ``shuffle``,
+  ``drop_last``, ``pad`` and the records per epoch. Each mismatch is one error naming the
+  parameter as the loader takes it.
+
+A loader whose seed was drawn (``seed=None``) adopts the state's seed, so resuming it is exact;
+a seed the user gave is kept (and must match mid-epoch). States from loader 0.2/0.3 (no
+fingerprint, no ``num_batches``) still load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from loader.errors import ArgumentError
+from loader.load.sampler import num_batches
+
+__all__ = ["SavedState", "dataset_fingerprint", "parse_state", "resume_point"]
+
+_REQUIRED = ("epoch", "batches_done", "seed", "batch_size", "num_samples", "world_size", "shuffle",
+             "num_records")
+_INTS = {"epoch": 0, "batches_done": 0, "seed": 0, "batch_size": 1, "num_samples": 0, "world_size": 1,
+         "num_records": 0, "num_batches": 0, "subset_records": 0, "rank": 0}     # key -> least value
+_BOOLS = ("shuffle", "drop_last", "pad")
+_SEED_END = 2**63
+_UNCHANGED = "pass the dict ImageLoader.state_dict() returned, unchanged"
+# Records whose checksums join the fingerprint: enough to tell two packs of the same size apart,
+# few enough that a fingerprint costs the same for 10 records as for 10 million.
+_SAMPLED = 17
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """A validated state: ``values`` holds every key present, as int / bool / str."""
+
+    values: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` for a key an older loader did not save."""
+        return self.values.get(key, default)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A short hex digest of what identifies a packed dataset, in O(shards), not O(records).
+
+    It covers the record count, the classes and label kind, the payload bytes, and the
+    manifest checksums of 17 records spread over the dataset: two packs of different images
+    differ, a re-pack of the same images into other shard sizes does not.
+
+    >>> dataset_fingerprint(open_dataset("photos.packed"))      # doctest: +SKIP
+    '5c0f6f2d3e1a9b47'
+    """
+    m = dataset.manifest
+    n = m.num_records
+    sampled = sorted({int(i) for i in np.linspace(0, n - 1, _SAMPLED)}) if n else []
+    identity = {"records": n, "classes": list(m.classes), "labels": [m.label_source, m.multi_label],
+                "bytes": sum(s.bytes for s in m.shards), "checksums": [m.checksum(i) for i in sampled]}
+    return hashlib.blake2b(json.dumps(identity).encode(), digest_size=8).hexdigest()
+
+
+def _bad(key: str, what: str, value: Any) -> ArgumentError:
+    return ArgumentError(f"state_dict[{key!r}] must be {what}, got {value!r}: {_UNCHANGED}", param="state_dict")
+
+
+def parse_state(state: Any) -> SavedState:
+    """``state`` checked: a dict with every key loader 0.2 saved, each of its type and range.
+
+    Raises :class:`loader.errors.ArgumentError` (``param="state_dict"``) naming the first bad key.
+    """
+    if not isinstance(state, dict):
+        raise ArgumentError(f"state_dict must be the dict ImageLoader.state_dict() returned, got "
+                            f"{type(state).__name__}", param="state_dict")
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise ArgumentError(f"state_dict has no {missing[0]!r} (an ImageLoader state holds "
+                            f"{', '.join(_REQUIRED)}): {_UNCHANGED}", param="state_dict")
+    out: dict[str, Any] = {}
+    for key, least in _INTS.items():
+        if key not in state:
+            continue
+        v = state[key]
+        # bool is an int to Python; a True batch count is a tampered state, not 1.
+        if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)) or v < least or (
+                key == "seed" and v >= _SEED_END):
+            what = "an int in [0, 2**63)" if key == "seed" else f"an int >= {least}"
+            raise _bad(key, what, v)
+        out[key] = int(v)
+    for key in _BOOLS:
+        if key in state:
+            if not isinstance(state[key], (bool, np.bool_)):
+                raise _bad(key, "True or False", state[key])
+            out[key] = bool(state[key])
+    if "dataset" in state:
+        if not isinstance(state["dataset"], str):
+            raise _bad("dataset", "the dataset's fingerprint (a str)", state["dataset"])
+        out["dataset"] = state["dataset"]
+    if "rank" in out and out["rank"] >= out["world_size"]:
+        raise _bad("rank", f"an int in [0, world_size={out['world_size']})", out["rank"])
+    if "num_batches" in out and out["batches_done"] > out["num_batches"]:
+        raise _bad("batches_done", f"an int in [0, num_batches={out['num_batches']}]", out["batches_done"])
+    return SavedState(out)
+
+
+def resume_point(saved: SavedState, now: dict[str, Any], *, seed_drawn: bool,
+                 where: str) -> tuple[int, int, int | None]:
+    """``(epoch, first batch, seed to adopt or None)`` for a loader whose own state is ``now``.
+
+    ``seed_drawn``: the loader's seed was drawn (``seed=None``), so it takes the saved one.
+    ``where``: the dataset's path, for messages. Raises :class:`loader.errors.ArgumentError`
+    (``param="state_dict"``) when the state cannot resume this loader.
+    """
+    if saved["num_records"] != now["num_records"]:
+        raise ArgumentError(f"state_dict was saved for a dataset of {saved['num_records']} records, but "
+                            f"{where} holds {now['num_records']}: load it into a loader of the dataset "
+                            f"it was saved from", param="state_dict")
+    if "dataset" in saved.values and saved["dataset"] != now["dataset"]:
+        raise ArgumentError(f"state_dict was saved from another dataset than {where} (fingerprint "
+                            f"{saved['dataset']}, this one {now['dataset']}): load it into a loader of the "
+                            f"dataset it was saved from", param="state_dict")
+    epoch, done = saved["epoch"], saved["batches_done"]
+    adopt = saved["seed"] if seed_drawn and saved["seed"] != now["seed"] else None
+    # Old states lack num_batches: the saved length follows from their share, with this
+    # loader's drop_last (0.2/0.3 had no other way to say it).
+    saved_len = saved.get("num_batches")
+    if saved_len is None:
+        saved_len = num_batches(saved["num_samples"], saved["batch_size"], saved.get("drop_last", now["drop_last"]))
+    if done == 0:
+        return epoch, 0, adopt
+    if done == saved_len:
+        return epoch + 1, 0, adopt
+    # Mid-epoch: the rest of the epoch must be the batches the saved run would have yielded.
+    checks = [("seed", None if seed_drawn else saved["seed"]), ("batch_size", saved["batch_size"]),
+              ("world_size", saved["world_size"]), ("shuffle", saved["shuffle"]),
+              ("drop_last", saved.get("drop_last")), ("pad", saved.get("pad"))]
+    for key, value in checks:
+        if value is not None and value != now[key]:
+            raise ArgumentError(
+                f"state_dict was saved in the middle of epoch {epoch} (after batch {done} of {saved_len}) "
+                f"with {key}={value!r}, but this loader has {key}={now[key]!r}: build it with "
+                f"{key}={value!r} to resume mid-epoch, or resume from a state saved at an epoch's end "
+                f"(it loads into any loader of this dataset)", param="state_dict")
+    if "subset_records" in saved.values:
+        if saved["subset_records"] != now["subset_records"]:
+            raise ArgumentError(
+                f"state_dict was saved in the middle of epoch {epoch} by a loader of "
+                f"{saved['subset_records']} records per epoch, but this loader draws from "
+                f"{now['subset_records']}: build it with the same validation_split, subset and seed",
+                param="state_dict")
+    elif saved["num_samples"] != now["num_samples"]:
+        raise ArgumentError(
+            f"state_dict was saved in the middle of epoch {epoch} with num_samples={saved['num_samples']} "
+            f"per rank, but this loader has {now['num_samples']}: build it with the same "
+            f"validation_split, subset and drop_last", param="state_dict")
+    if done > now["num_batches"]:
+        raise _bad("batches_done", f"an int in [0, {now['num_batches']}] (this loader's batches per epoch)", done)
+    return epoch, done, adopt
