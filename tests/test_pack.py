@@ -13,7 +13,7 @@ from PIL import Image
 
 from loader import PackReport, open_dataset, pack
 from loader.convert.packing import plan_shards, shard_ranges
-from loader.errors import PackError
+from loader.errors import ArgumentError, PackError
 from loader.format.manifest import record_checksum
 from loader.synthetic import photo_like_image
 from tests.conftest import write
@@ -184,7 +184,7 @@ def test_strict_fails_on_first_bad_file_and_leaves_nothing(image_tree, tmp_path,
         quiet_pack(image_tree, tmp_path / "out", strict=True)
     msg = str(e.value)
     assert str(image_tree / "b_dog" / "corrupt.jpg") in msg and "corrupt or truncated JPEG" in msg
-    assert "--strict" in msg
+    assert "strict=True stops at the first bad file" in msg and e.value.param == "strict"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no DST, no partial folder
 
 
@@ -197,17 +197,17 @@ def test_all_files_bad(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"shards": 0}, "--shards must be an integer >= 1 (got 0)"),
-    ({"workers": 0}, "--workers must be an integer >= 1 (got 0)"),
-    ({"quality": 0}, "--quality must be an integer from 1 to 100 (got 0)"),
-    ({"quality": 101}, "--quality must be an integer from 1 to 100 (got 101)"),
-    ({"max_side": 15}, "--max-side must be an integer >= 16 pixels (got 15)"),
-    ({"shard_size_mb": 0}, "--shard-size-mb must be > 0 (got 0)"),
+    ({"shards": 0}, "shards must be None or an integer from 1 to 100,000 (got 0)"),
+    ({"workers": 0}, "workers must be None or an integer from 1 to 1024 (got 0)"),
+    ({"quality": 0}, "quality must be an integer from 1 to 100 (got 0)"),
+    ({"quality": 101}, "quality must be an integer from 1 to 100 (got 101)"),
+    ({"max_side": 15}, "max_side must be None or an integer from 16 to 65,500 pixels (got 15)"),
+    ({"shard_size_mb": 0}, "shard_size_mb must be a number of MB > 0 and <= 1,048,576 (got 0)"),
 ])
 def test_invalid_options(image_tree, tmp_path, kw, message):
-    with pytest.raises(PackError) as e:
+    with pytest.raises(ArgumentError) as e:     # library messages name the parameter (param=), not a flag
         quiet_pack(image_tree, tmp_path / "out", **kw)
-    assert str(e.value) == message
+    assert str(e.value) == message and e.value.param == next(iter(kw))
     assert not (tmp_path / "out").exists()
 
 
@@ -242,11 +242,15 @@ def test_dst_parent_not_creatable(image_tree, tmp_path):
 
 
 def test_stale_partial_folders_of_dead_packs_are_removed(image_tree, tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    stale = tmp_path / f"out.partial-{dead}"
-    stale.mkdir()
-    (stale / "shard-00000.lmdb").write_bytes(b"half")
+    # A pack that died after making its partial folder (marked as ours: name and marker file).
+    made = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                           "from loader.convert.destination import make_partial; "
+                           "p = make_partial(Path(sys.argv[1])); (p / 'shard-00000.lmdb').write_bytes(b'half'); "
+                           "print(p)", str(tmp_path / "out")],
+                          capture_output=True, text=True, check=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO))).stdout.strip()
+    stale = Path(made)
+    assert stale.name.startswith("out.partial-") and list(stale.glob(".loader-pack-temp-partial-*"))
     quiet_pack(image_tree, tmp_path / "out")
     assert not stale.exists()
 
@@ -272,12 +276,12 @@ def kill_pack_midway(src: Path, dst: Path, *extra: str) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "loader", "pack", str(src), str(dst),
                              "--workers", "1", "--quiet", *extra],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    partial = dst.with_name(f"{dst.name}.partial-{proc.pid}")
     deadline = time.monotonic() + 60
-    while not (partial / "shard-00000.lmdb").exists():
+    while not (found := list(dst.parent.glob(f"{dst.name}.partial-{proc.pid}-*/shard-00000.lmdb"))):
         assert proc.poll() is None, "pack ended before it could be interrupted"
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    partial = found[0].parent
     time.sleep(0.1)  # into the shard, far from done
     assert proc.poll() is None, "pack finished before it could be killed; use a bigger dataset"
     proc.send_signal(signal.SIGKILL)

@@ -39,8 +39,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-__all__ = ["STORAGE_POLICY", "BadImage", "CheckedImage", "check_bytes", "check_image", "jpeg_frame_marker",
-           "strict_truncation"]
+from loader.format.imageheader import PNG_SIGNATURE, jpeg_frame, jpeg_frame_marker
+
+__all__ = ["MAX_FILE_BYTES", "STORAGE_POLICY", "BadImage", "CheckedImage", "check_bytes", "check_image",
+           "jpeg_frame_marker", "read_capped", "strict_truncation", "suspect_reason"]
+
+# The most pack reads of one file: a bigger one is skipped, saying so. Far above any photo or
+# scan Pillow decodes by default (MAX_IMAGE_PIXELS, ~89M pixels: ~270 MB as raw 8-bit RGB, a
+# few MB as JPEG), and it bounds each pack worker's memory (a 40 GB sparse file in SRC once
+# made pack die with MemoryError, naming no file).
+MAX_FILE_BYTES = 256 * 2**20
 
 STORAGE_POLICY = """\
 Storage policy. Every file is decoded once with Pillow; files that are empty,
@@ -93,7 +101,6 @@ def strict_truncation() -> Iterator[None]:
 
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # orientations that transpose height and width
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _KEEP_MODES = ("RGB", "L")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
@@ -114,6 +121,7 @@ class CheckedImage:
     height: int
     width: int
     converted: str | None
+    suspect: str | None = None    # why the bytes look damaged though they decode (keep_suspect=True)
 
 
 def _short(e: BaseException) -> str:
@@ -127,33 +135,108 @@ def _short(e: BaseException) -> str:
 _HUFFMAN_DCT_FRAMES = (0xC0, 0xC1, 0xC2)
 
 
-def jpeg_frame_marker(data: bytes) -> int | None:
-    """The second byte of a JPEG's start-of-frame marker (0xC0 baseline, 0xC2
-    progressive, 0xC3 lossless, ...), or None if the header cannot be walked.
+# libjpeg, out of entropy-coded data (the scan cut short, an end-of-image marker after it),
+# warns "premature end of data segment", which Pillow drops, and decodes every remaining block
+# with zero coefficients: exactly this value in every band, a flat grey tail.
+_ZERO_FILL = 128
+# Bytes that replace the final end-of-image marker to test whether a grey tail is data or fill:
+# more than libjpeg's bit buffer reads ahead (57 bits), far fewer than a cut scan still needs.
+_PAD = bytes(8)
+_SUSPECT = "suspect JPEG"
 
-    >>> jpeg_frame_marker(bytes.fromhex("ffd8 ffe0 0004 0000 ffc2 0003 00".replace(" ", "")))
-    194
+
+def _missing_data(data: bytes, height: int, width: int) -> str | None:
+    """Why ``data`` is too small for the size its header claims (a Huffman-coded JPEG spends at
+    least 1 bit per 16x16 pixels, whatever the subsampling), or None."""
+    frame = jpeg_frame(data)
+    if frame is None or frame[1] not in (0xC0, 0xC1, 0xC2, 0xC3):   # arithmetic coding can go lower
+        return None
+    need = (width // 16) * (height // 16) // 8
+    if len(data) >= need:
+        return None
+    return (f"{_SUSPECT}: its header claims {height}x{width} pixels (height x width) but the file has "
+            f"only {len(data):,} bytes, fewer than the {need:,} that many pixels need at least: its "
+            f"image data is missing")
+
+
+def _zero_filled_corner(im: Image.Image) -> bool:
+    """Whether the bottom-right pixel is libjpeg's fill value in every band (cheap first test)."""
+    if im.mode not in _KEEP_MODES or not im.width or not im.height:
+        return False
+    px = im.im.getpixel((im.width - 1, im.height - 1))   # the core's: Image.getpixel would load() again
+    return all(v == _ZERO_FILL for v in (px if isinstance(px, tuple) else (px,)))
+
+
+def _ends_early(data: bytes) -> bool:
+    """Whether the scan of ``data`` stops before the image does (its end filled in as grey).
+
+    Decodes (at 1/8 scale) with the last end-of-image marker replaced by :data:`_PAD`: a complete
+    scan never reads those bytes as pixels, a cut one runs out and Pillow says "truncated".
+    Single-scan sequential frames only: libjpeg reads a progressive or multi-scan file to its
+    end-of-image marker before it outputs a row, so without one every such file is "truncated".
     """
-    i, n = 2, len(data)
-    while i + 4 <= n and data[i] == 0xFF:
-        marker = data[i + 1]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):   # not DHT, JPG, DAC
-            return marker
-        if marker == 0xFF:                          # fill byte
-            i += 1
-            continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
+    frame = jpeg_frame(data)
+    if frame is None or frame[1] not in (0xC0, 0xC1) or data.count(b"\xff\xda", frame[0]) != 1:
+        return False
+    k = data.rfind(b"\xff\xd9")
+    if k < 0:
+        return False
+    im = Image.open(io.BytesIO(data[:k] + _PAD))
+    im.draft(None, (1, 1))
+    try:
+        im.load()
+    except OSError as e:
+        return "truncated" in str(e)
+    except Exception:   # noqa: BLE001 - any other failure says nothing about the original's tail
+        return False
+    return False
+
+
+def _grey_tail(im: Image.Image, data: bytes) -> str | None:
+    """Why the decoded ``im`` of ``data`` ends in filled-in grey rather than image data, or None."""
+    if not _zero_filled_corner(im) or not _ends_early(data):
+        return None
+    a = np.asarray(im)
+    rows = (a == _ZERO_FILL).reshape(a.shape[0], -1).all(axis=1)
+    tail = int(np.argmin(rows[::-1])) if not rows.all() else len(rows)
+    return (f"{_SUSPECT}: its data stops early (premature end of data) and the bottom "
+            f"{max(1, round(100 * tail / len(rows)))}% decodes as flat grey; re-export or re-download it")
+
+
+def suspect_reason(data: bytes) -> str | None:
+    """Why the JPEG ``data`` decodes but is damaged, or None (also for anything not a JPEG).
+
+    Two kinds pack skips (``keep_suspect=False``) and ``loader verify`` reports: a header that
+    claims far more pixels than the file holds, and a scan cut short with an end-of-image marker
+    after it, which decoders fill with flat grey, warning only. Decodes at 1/8 scale.
+
+    >>> suspect_reason(b"not a jpeg") is None
+    True
+    """
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    with warnings.catch_warnings(), strict_truncation():
+        warnings.simplefilter("ignore")
+        try:
+            im = Image.open(io.BytesIO(data))
+            reason = _missing_data(data, im.height, im.width)
+            if reason is not None:
+                return reason
+            im.draft(None, (1, 1))
+            im.load()
+        except Exception:   # noqa: BLE001 - undecodable is the decoder check's verdict, not this one's
+            return None
+        return _grey_tail(im, data)
 
 
 def _png_bit_depth(data: bytes) -> int | None:
     """Bit depth from the PNG IHDR chunk (Pillow reads 16-bit RGB as 8-bit RGB)."""
-    if data.startswith(_PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) > 24:
+    if data.startswith(PNG_SIGNATURE) and data[12:16] == b"IHDR" and len(data) > 24:
         return data[24]
     return None
 
 
-_MAGIC = [(b"\xff\xd8\xff", "JPEG"), (_PNG_SIGNATURE, "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+_MAGIC = [(b"\xff\xd8\xff", "JPEG"), (PNG_SIGNATURE, "PNG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
           (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF")]
 
 
@@ -212,7 +295,8 @@ def _keep_bytes(fmt: str | None, im: Image.Image, png_depth: int | None,
     return fmt == "PNG" and png_depth == 8
 
 
-def check_bytes(data: bytes, *, max_side: int | None = None, quality: int = 95) -> CheckedImage:
+def check_bytes(data: bytes, *, max_side: int | None = None, quality: int = 95,
+                keep_suspect: bool = False) -> CheckedImage:
     """:func:`check_image` on bytes already in memory.
 
     >>> import io
@@ -224,7 +308,7 @@ def check_bytes(data: bytes, *, max_side: int | None = None, quality: int = 95) 
     # is in `converted` / BadImage, so the warnings would only be noise.
     with warnings.catch_warnings(), strict_truncation():
         warnings.simplefilter("ignore")
-        return _check(data, max_side, quality)
+        return _check(data, max_side, quality, keep_suspect)
 
 
 def _load(im: Image.Image, fmt: str | None) -> None:
@@ -234,7 +318,16 @@ def _load(im: Image.Image, fmt: str | None) -> None:
         raise BadImage(f"corrupt or truncated {fmt or 'image'}: {_short(e)}") from None
 
 
-def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
+def _check(data: bytes, max_side: int | None, quality: int, keep_suspect: bool) -> CheckedImage:
+    suspect = None
+
+    def found(reason: str | None) -> None:
+        nonlocal suspect
+        if reason is not None and suspect is None:
+            if not keep_suspect:
+                raise BadImage(reason)
+            suspect = reason
+
     if not data:
         raise BadImage("empty file (0 bytes)")
     try:
@@ -244,6 +337,8 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
     except Exception as e:  # broken headers raise all sorts of things
         raise BadImage(f"unreadable image header: {_short(e)}") from None
     fmt = im.format
+    if fmt == "JPEG":   # before decoding: such a header may claim gigapixels
+        found(_missing_data(data, im.height, im.width))
     target = fit_size(im.width, im.height, max_side)
     # A JPEG's EXIF is in its header; a PNG's may follow the pixels (read after load).
     orientation = _orientation(im) if fmt == "JPEG" else None
@@ -255,19 +350,22 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
         height, width = im.height, im.width
         im.draft(None, (1, 1))
         _load(im, fmt)
-        return CheckedImage(data, height, width, None)
+        found(_grey_tail(im, data))
+        return CheckedImage(data, height, width, None, suspect)
     if target is not None and fmt in ("JPEG", "MPO"):
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (still reading every byte,
         # so truncation is caught) but no smaller than twice the target: far
         # faster, and Lanczos from there looks the same (as Image.thumbnail does).
         im.draft(None, (2 * target[0], 2 * target[1]))
     _load(im, fmt)
+    if fmt == "JPEG":
+        found(_grey_tail(im, data))
 
     png_depth = _png_bit_depth(data)
     if fmt != "JPEG":
         orientation = _orientation(im)
     if _keep_bytes(fmt, im, png_depth, orientation, target):
-        return CheckedImage(data, im.height, im.width, None)
+        return CheckedImage(data, im.height, im.width, None, suspect)
 
     steps = []
     if orientation in _SWAPS_AXES and target is not None:
@@ -299,11 +397,23 @@ def _check(data: bytes, max_side: int | None, quality: int) -> CheckedImage:
 
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)
-    return CheckedImage(buf.getvalue(), im.height, im.width, ",".join(steps))
+    return CheckedImage(buf.getvalue(), im.height, im.width, ",".join(steps), suspect)
+
+
+def read_capped(f, size: int) -> bytes:
+    """All of the open binary file ``f`` whose size is ``size`` (from ``fstat``); :class:`BadImage` if
+    it is over :data:`MAX_FILE_BYTES`. Reads at most one byte over the cap, whatever the file says."""
+    if size <= MAX_FILE_BYTES:
+        data = f.read(MAX_FILE_BYTES + 1)
+        size = len(data)
+    if size > MAX_FILE_BYTES:
+        raise BadImage(f"file is {size:,} bytes, over the per-file cap of {MAX_FILE_BYTES:,} "
+                       f"(MAX_FILE_BYTES); shrink or split it, or leave it out of SRC")
+    return data
 
 
 def check_image(path: str | os.PathLike, *, max_side: int | None = None,
-                quality: int = 95) -> CheckedImage:
+                quality: int = 95, keep_suspect: bool = False) -> CheckedImage:
     """Decode the file at ``path`` (see the module docstring for how) and return what to store for it.
 
     Raises :class:`BadImage` (with a short ``reason``) for empty, unreadable,
@@ -315,7 +425,7 @@ def check_image(path: str | os.PathLike, *, max_side: int | None = None,
     """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = read_capped(f, os.fstat(f.fileno()).st_size)
     except OSError as e:
         raise BadImage(f"cannot read file: {e.strerror or e}") from None
-    return check_bytes(data, max_side=max_side, quality=quality)
+    return check_bytes(data, max_side=max_side, quality=quality, keep_suspect=keep_suspect)

@@ -51,10 +51,26 @@ from loader.errors import PackError
 __all__ = ["LABEL_EXTENSIONS", "LabelFile", "check_paths", "read_label_file"]
 
 LABEL_EXTENSIONS = (".csv", ".jsonl", ".json-lines")
+# The longest line a labels file may have (a row is one path and its labels): read no further
+# (a labels file that is /dev/zero, or a 50 MB line, once took all the memory it could get).
+MAX_LINE_BYTES = 2**20
+# How much of the user's text (a path, a label, a row) a message quotes at most.
+_QUOTE_CHARS = 200
+# A class index longer than this many digits is out of range whatever the classes (Python refuses
+# to parse ints over 4300 digits at all).
+_MAX_INDEX_DIGITS = 18
 # Class indices without a class list give classes "0".."max": keep that list (and the header) sane.
 MAX_IMPLICIT_CLASSES = 100_000
 _DIGITS = re.compile(r"[0-9]+")
 _NEGATIVE = re.compile(r"-[0-9]+")
+
+
+def _q(value: object) -> str:
+    """``repr(value)``, cut to :data:`_QUOTE_CHARS` characters: a message stays one readable line."""
+    text = repr(value)
+    if len(text) <= _QUOTE_CHARS:
+        return text
+    return f"{text[:_QUOTE_CHARS]}... ({len(text):,} characters)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,7 +116,7 @@ class _Rows:
         if isinstance(value, str):
             if self.pinned is not None:
                 if value not in self.pinned:
-                    raise self.error(line, f"class {value!r} is not in {self.origin} "
+                    raise self.error(line, f"class {_q(value)} is not in {self.origin} "
                                            f"({self.num_pinned} classes); fix the label or add the class")
                 return self.pinned[value]
             self._kind("name", value, line)
@@ -115,7 +131,7 @@ class _Rows:
         if value >= MAX_IMPLICIT_CLASSES:
             raise self.error(line, f"class index {value} is too large without a class list (classes "
                                    f"0 to {value} would be made; at most {MAX_IMPLICIT_CLASSES}); "
-                                   f"pass --classes or use class names")
+                                   f"pin the classes (classes / classes_from) or use class names")
         return value
 
     def _kind(self, kind: str, value: str | int, line: int) -> None:
@@ -123,10 +139,10 @@ class _Rows:
             self.kind, self.kind_line = kind, line
         elif self.kind != kind:
             was = "class names" if self.kind == "name" else "class indices"
-            now = f"class name {value!r}" if kind == "name" else f"class index {value}"
+            now = f"class name {_q(value)}" if kind == "name" else f"class index {value}"
             raise self.error(line, f"{now} mixes with the {was} used since line {self.kind_line}; "
-                                   f"use one kind throughout, or pass --classes / --classes-from so "
-                                   f"that names and indices both resolve")
+                                   f"use one kind throughout, or pin the classes (classes / "
+                                   f"classes_from) so that names and indices both resolve")
 
     def add(self, rel: str, labels: list[str | int] | str | int, is_list: bool, line: int) -> None:
         rel = _clean_path(rel, line, self)
@@ -151,14 +167,14 @@ def _clean_path(rel: object, line: int, rows: _Rows) -> str:
     if not isinstance(rel, str) or not rel.strip():
         raise rows.error(line, "empty path; give the image's path relative to SRC, e.g. cat/001.jpg")
     if rel.startswith("/") or re.match(r"[A-Za-z]:[/\\]", rel):
-        raise rows.error(line, f"path {rel!r} is absolute, outside SRC; give it relative to SRC "
+        raise rows.error(line, f"path {_q(rel)} is absolute, outside SRC; give it relative to SRC "
                                f"('/' separators)")
     parts = [p for p in rel.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise rows.error(line, f"path {rel!r} goes up with '..', outside SRC; give it relative to "
+        raise rows.error(line, f"path {_q(rel)} goes up with '..', outside SRC; give it relative to "
                                f"SRC, inside it")
     if not parts:
-        raise rows.error(line, f"path {rel!r} names SRC itself, not an image; give the image's path "
+        raise rows.error(line, f"path {_q(rel)} names SRC itself, not an image; give the image's path "
                                f"relative to SRC")
     return "/".join(parts)
 
@@ -166,15 +182,50 @@ def _clean_path(rel: object, line: int, rows: _Rows) -> str:
 # ---------------------------------------------------------------- reading
 
 
-def _lines(path: Path, where: str) -> Iterator[tuple[int, str]]:
-    """``(line number, text)`` of each line, strictly UTF-8 (a BOM at the start is dropped)."""
+def _open_regular(path: Path, where: str):
+    """``path`` opened for reading in binary, or :class:`PackError` if it is not a regular file.
+
+    Opened without blocking, then checked on the open file: a FIFO would block ``open`` until a
+    writer came (forever), and a device such as ``/dev/zero`` never ends.
+    """
+    import stat
+
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise PackError(f"cannot read labels file {where}: {e.strerror or e}; pass an existing "
-                        f"{'/'.join(LABEL_EXTENSIONS)} file to --labels") from None
+                        f"{'/'.join(LABEL_EXTENSIONS)} file", param="labels") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                    else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                    if stat.S_ISSOCK(mode) else "not a regular file")
+            raise PackError(f"labels file {where} is {what}, not a regular file; pass a "
+                            f"{'/'.join(LABEL_EXTENSIONS)} file", param="labels")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _lines(path: Path, where: str) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line, strictly UTF-8 (a BOM at the start is dropped); no line
+    longer than :data:`MAX_LINE_BYTES`."""
+    f = _open_regular(path, where)
     with f:
-        for k, raw in enumerate(f, 1):
+        k = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                break
+            k += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise PackError(f"{where}:{k}: line is longer than {MAX_LINE_BYTES:,} bytes "
+                                f"(MAX_LINE_BYTES); a row holds one path and its labels: is this the "
+                                f"labels file?")
             try:
                 text = raw.decode("utf-8-sig" if k == 1 else "utf-8")
             except UnicodeDecodeError as e:
@@ -188,6 +239,9 @@ def _csv_atom(text: str, rows: _Rows, line: int) -> str | int:
     if not text:
         raise rows.error(line, "empty label; give a class name or index (lists: cat|dog)")
     if _DIGITS.fullmatch(text):
+        if len(text) > _MAX_INDEX_DIGITS:
+            raise rows.error(line, f"class index {text[:20]}... ({len(text):,} digits) is too large; "
+                                   f"fix the label")
         return int(text)
     if _NEGATIVE.fullmatch(text):
         raise rows.error(line, f"negative class index {text}; class indices start at 0")
@@ -220,7 +274,7 @@ def _read_csv(path: Path, rows: _Rows) -> None:
         if not header_seen:
             names = [c.strip() for c in row]
             if names != ["path", "label"]:
-                raise rows.error(line, f"expected the header row 'path,label', found {','.join(row)!r}; "
+                raise rows.error(line, f"expected the header row 'path,label', found {_q(','.join(row))}; "
                                        f"add (or fix) the header row")
             header_seen = True
             continue
@@ -263,6 +317,12 @@ def _read_jsonl(path: Path, rows: _Rows) -> None:
         except json.JSONDecodeError as e:
             raise rows.error(line, f"bad JSON ({e.msg} at column {e.colno}); write one JSON object "
                                    f'per line, e.g. {{"path": "cat/1.jpg", "label": "cat"}}') from None
+        except RecursionError:
+            raise rows.error(line, "JSON nested too deeply to read; write one flat object per line, "
+                                   'e.g. {"path": "cat/1.jpg", "label": "cat"}') from None
+        except ValueError as e:   # e.g. an integer of over 4300 digits (Python's int limit)
+            raise rows.error(line, f"bad JSON ({str(e).split(';')[0][:_QUOTE_CHARS]}); write one JSON "
+                                   f'object per line, e.g. {{"path": "cat/1.jpg", "label": "cat"}}') from None
         if not isinstance(obj, dict):
             raise rows.error(line, f"expected a JSON object, found a {type(obj).__name__}; write "
                                    f'{{"path": "cat/1.jpg", "label": "cat"}} on each line')
@@ -281,12 +341,12 @@ def _read_jsonl(path: Path, rows: _Rows) -> None:
 
 
 def read_label_file(path: str | os.PathLike, *, classes: Sequence[str] | None = None,
-                    origin: str = "--classes") -> LabelFile:
+                    origin: str = "the given classes") -> LabelFile:
     """Parse the labels file ``path`` (see the module docstring); paths are not checked yet
     (:func:`check_paths`).
 
     ``classes``: the pinned class list (``origin`` names it in messages, e.g.
-    ``"--classes-from train.packed"``). Raises :class:`PackError` (one line, naming the file
+    ``"the classes of train.packed"``). Raises :class:`PackError` (one line, naming the file
     and line) for a bad extension, an unreadable or malformed file, or a bad label.
     """
     p = Path(path)
@@ -295,8 +355,6 @@ def read_label_file(path: str | os.PathLike, *, classes: Sequence[str] | None = 
     if ext is None:
         raise PackError(f"labels file {where}: unknown extension; use .csv (header path,label) or "
                         f".jsonl / .json-lines (one JSON object per line)")
-    if p.is_dir():
-        raise PackError(f"labels file {where} is a folder; pass a {'/'.join(LABEL_EXTENSIONS)} file")
     rows = _Rows(where, classes, origin)
     (_read_csv if ext == ".csv" else _read_jsonl)(p, rows)
     n = len(rows.lines)
@@ -365,18 +423,18 @@ def _why_not_usable(src: Path, rel: str, root: str) -> str | None:
         st = os.stat(p)
     except (OSError, ValueError):      # ValueError: a NUL in the path
         if "\0" not in p and os.path.lexists(p):
-            return f"{rel!r} is a dangling symlink in SRC; fix the link or drop the row"
-        return (f"{rel!r} does not exist in SRC {src}; fix the path (relative to SRC, '/' "
+            return f"{_q(rel)} is a dangling symlink in SRC; fix the link or drop the row"
+        return (f"{_q(rel)} does not exist in SRC {src}; fix the path (relative to SRC, '/' "
                 f"separators) or drop the row")
     import stat
 
     if stat.S_ISDIR(st.st_mode):
-        return f"{rel!r} is a folder, not an image file; list the images in it one per row"
+        return f"{_q(rel)} is a folder, not an image file; list the images in it one per row"
     if not stat.S_ISREG(st.st_mode):
-        return f"{rel!r} is not a regular file; list image files only"
+        return f"{_q(rel)} is not a regular file; list image files only"
     real = os.path.realpath(p)
     if not real.startswith(root.rstrip(os.sep) + os.sep):
-        return (f"{rel!r} is a symlink to {real}, outside SRC {src}; copy the file into SRC or drop "
+        return (f"{_q(rel)} is a symlink to {real}, outside SRC {src}; copy the file into SRC or drop "
                 f"the row")
     return None
 
@@ -393,7 +451,7 @@ def check_paths(lf: LabelFile, src: str | os.PathLike) -> int:
     dup = _duplicate(lf)
     if dup is not None:
         row, first = dup
-        raise PackError(f"{lf.path}:{int(lf.lines[row])}: {lf.items.relpath(row)!r} is listed twice "
+        raise PackError(f"{lf.path}:{int(lf.lines[row])}: {_q(lf.items.relpath(row))} is listed twice "
                         f"(first at line {int(lf.lines[first])}); keep one row per image")
     hashes = array("q")
     inside = array("b")

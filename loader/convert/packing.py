@@ -18,6 +18,11 @@ Guarantees:
   DST holds the previous complete dataset or nothing.
 * Bad files are skipped and listed in ``DST/skipped.tsv`` (or, with
   ``strict=True``, the first one stops the pack with :class:`PackError`).
+  So are files over :data:`~loader.convert.imagecheck.MAX_FILE_BYTES` (never read whole) and
+  suspect JPEGs (:func:`~loader.convert.imagecheck.suspect_reason`: data missing, filled in
+  as grey), unless ``keep_suspect=True`` stores those and lists them in ``DST/suspect.tsv``.
+* Out of disk space (or an I/O error) while writing: :class:`PackError` naming the file
+  system and its free space; nothing is left at DST.
 
 Label sources: the class folders (default; ``classes=`` / ``classes_from=`` pin the class
 list and order), a labels file (``labels=``: CSV or JSON Lines, records in its row order,
@@ -30,8 +35,10 @@ packed 2998 images (2 skipped) into photos.packed: 2 classes, 1 shard, ...
 
 from __future__ import annotations
 
+import errno
 import math
 import multiprocessing as mp
+import numbers
 import os
 import shutil
 import signal
@@ -48,15 +55,24 @@ import numpy as np
 from tqdm import tqdm
 
 from loader.convert.destination import check_dst, install, make_partial, remove_stale
-from loader.convert.imagecheck import BadImage, CheckedImage, check_bytes
+from loader.convert.imagecheck import MAX_FILE_BYTES, BadImage, CheckedImage, check_bytes, read_capped
 from loader.convert.indexwriter import IndexWriter
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
-from loader.errors import PackError
+from loader.errors import ArgumentError, PackError
 from loader.format.manifest import SKIPPED_NAME
 from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
 from loader.units import MB, available_cores
 
-__all__ = ["PackReport", "pack", "plan_shards", "shard_ranges"]
+__all__ = ["SUSPECT_NAME", "PackReport", "pack", "plan_shards", "shard_ranges"]
+
+# With keep_suspect=True: the suspect files that were stored, and why (source, reason; as skipped.tsv).
+SUSPECT_NAME = "suspect.tsv"
+# Upper bounds of pack's numeric options: beyond them a value is a typo, not a plan (a shard
+# size of inf once wrote Infinity, not JSON, into manifest.json; workers=10**6 would fork that many).
+MAX_SHARDS = 100_000
+MAX_SHARD_SIZE_MB = 2**20           # 1 TiB
+MAX_WORKERS = 1024
+MAX_SIDE_LIMIT = 65_500             # the largest side a JPEG can be written with
 
 # Items per pool task: 32 amortises the pool's per-task IPC (+5% pack rate over
 # 16, measured here), but at least ~8 tasks per worker keep the ends even.
@@ -83,6 +99,7 @@ class PackReport:
     num_unlisted: int = 0        # files under SRC the labels file does not list (not packed)
     label_source: str = "folders"   # "folders" | "file" | "none"
     multi_label: bool = False
+    suspect: tuple[tuple[str, str], ...] = ()   # stored with keep_suspect=True: (relpath, reason)
 
     def summary(self) -> str:
         """One line for humans.
@@ -99,7 +116,8 @@ class PackReport:
             classes = "unlabeled"
         else:
             classes = f"{len(self.classes)} classes{' (multi-label)' * self.multi_label}"
-        return (f"packed {self.num_records} images ({self.num_skipped} skipped{unlisted}) into {self.dst}: "
+        suspect = f", {len(self.suspect)} suspect kept" if self.suspect else ""
+        return (f"packed {self.num_records} images ({self.num_skipped} skipped{unlisted}{suspect}) into {self.dst}: "
                 f"{classes}, {self.shards} shard{'s' * (self.shards != 1)}, "
                 f"{self.input_bytes / MB:.1f} MB -> {self.output_bytes / MB:.1f} MB in "
                 f"{self.seconds:.1f} s ({self.images_per_sec:.0f} images/s, {self.mb_per_sec:.1f} MB/s)")
@@ -131,66 +149,81 @@ def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
     return [(s * n // num_shards, (s + 1) * n // num_shards) for s in range(num_shards)]
 
 
-def _check_options(shards, shard_size_mb, workers, max_side, quality) -> int:
-    """Validate option values; return the worker count to use."""
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-    if shards is not None and (not is_int(shards) or shards < 1):
-        raise PackError(f"--shards must be an integer >= 1 (got {shards!r})")
-    if not isinstance(shard_size_mb, (int, float)) or not shard_size_mb > 0:
-        raise PackError(f"--shard-size-mb must be > 0 (got {shard_size_mb!r})")
-    if workers is not None and (not is_int(workers) or workers < 1):
-        raise PackError(f"--workers must be an integer >= 1 (got {workers!r})")
-    if max_side is not None and (not is_int(max_side) or max_side < 16):
-        raise PackError(f"--max-side must be an integer >= 16 pixels (got {max_side!r})")
-    if not is_int(quality) or not 1 <= quality <= 100:
-        raise PackError(f"--quality must be an integer from 1 to 100 (got {quality!r})")
+
+def _check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict[str, object]) -> int:
+    """Validate option values (``flags``: the True/False ones, by name); return the worker count to use."""
+    if shards is not None and (not _is_int(shards) or not 1 <= shards <= MAX_SHARDS):
+        raise ArgumentError(f"shards must be None or an integer from 1 to {MAX_SHARDS:,} (got {shards!r})",
+                            param="shards")
+    if (not isinstance(shard_size_mb, numbers.Real) or isinstance(shard_size_mb, bool)
+            or not 0 < shard_size_mb <= MAX_SHARD_SIZE_MB):      # also refuses nan and inf
+        raise ArgumentError(f"shard_size_mb must be a number of MB > 0 and <= {MAX_SHARD_SIZE_MB:,} "
+                            f"(got {shard_size_mb!r})", param="shard_size_mb")
+    if workers is not None and (not _is_int(workers) or not 1 <= workers <= MAX_WORKERS):
+        raise ArgumentError(f"workers must be None or an integer from 1 to {MAX_WORKERS} (got {workers!r})",
+                            param="workers")
+    if max_side is not None and (not _is_int(max_side) or not 16 <= max_side <= MAX_SIDE_LIMIT):
+        raise ArgumentError(f"max_side must be None or an integer from 16 to {MAX_SIDE_LIMIT:,} pixels "
+                            f"(got {max_side!r})", param="max_side")
+    if not _is_int(quality) or not 1 <= quality <= 100:
+        raise ArgumentError(f"quality must be an integer from 1 to 100 (got {quality!r})", param="quality")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ArgumentError(f"{name} must be True or False (got {value!r})", param=name)
     return int(workers or available_cores())
 
 
 def _check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list[str] | None, str]:
     """Validate the label options; return ``(pinned classes or None, how to name them)``."""
-    if not isinstance(unlabeled, bool):
-        raise PackError(f"unlabeled must be True or False (got {unlabeled!r})")
     if unlabeled and (labels is not None or classes is not None or classes_from is not None):
-        given = [f for f, v in (("--labels", labels), ("--classes", classes),
-                                ("--classes-from", classes_from)) if v is not None]
-        raise PackError(f"--unlabeled cannot go with {given[0]}: an unlabeled dataset has no "
-                        f"classes; drop one of them")
+        given = [f for f, v in (("labels", labels), ("classes", classes),
+                                ("classes_from", classes_from)) if v is not None]
+        raise ArgumentError(f"unlabeled cannot go with {given[0]}: an unlabeled dataset has no "
+                            f"classes; drop one of them", param="unlabeled")
     if classes is not None and classes_from is not None:
-        raise PackError("--classes and --classes-from both pin the classes; pass only one")
+        raise ArgumentError("classes and classes_from both pin the classes; pass only one", param="classes")
     if labels is not None and not isinstance(labels, (str, os.PathLike)):
-        raise PackError(f"--labels must be a path to a labels file (got {labels!r})")
+        raise ArgumentError(f"labels must be a path to a labels file (got {_short(labels)})", param="labels")
     if classes is not None:
         if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
-            raise PackError(f"--classes must be a non-empty list of class names (got {classes!r}); "
-                            f"on the command line: --classes cat,dog")
+            raise ArgumentError(f"classes must be a non-empty list of class names (got {_short(classes)}), "
+                                f"e.g. ['cat', 'dog']", param="classes")
         for c in classes:
             if not isinstance(c, str) or not c.strip():
-                raise PackError(f"--classes has an empty or non-string class name ({c!r}); "
-                                f"give names like --classes cat,dog")
+                raise ArgumentError(f"classes has an empty or non-string class name ({_short(c)}); "
+                                    f"give names like ['cat', 'dog']", param="classes")
         seen: set[str] = set()
         for c in classes:
             if c in seen:
-                raise PackError(f"--classes names class {c!r} twice; give each class once")
+                raise ArgumentError(f"classes names class {_short(c)} twice; give each class once",
+                                    param="classes")
             seen.add(c)
-        return list(classes), "--classes"
+        return list(classes), "the given classes"
     if classes_from is not None:
         if not isinstance(classes_from, (str, os.PathLike)):
-            raise PackError(f"--classes-from must be the path of a packed dataset (got {classes_from!r})")
+            raise ArgumentError(f"classes_from must be the path of a packed dataset (got {_short(classes_from)})",
+                                param="classes_from")
         from loader.errors import DatasetError
         from loader.format.manifest import read_manifest
 
         try:
             m = read_manifest(classes_from)
         except DatasetError as e:
-            raise PackError(f"--classes-from {classes_from}: {e}") from None
+            raise PackError(f"classes_from {classes_from}: {e}", param="classes_from") from None
         if not m.classes:
-            raise PackError(f"--classes-from {classes_from}: that dataset has no classes (packed "
-                            f"with --unlabeled); pass a packed dataset with classes")
-        return list(m.classes), f"--classes-from {classes_from}"
+            raise PackError(f"classes_from {classes_from}: that dataset has no classes (packed "
+                            f"unlabeled); pass a packed dataset with classes", param="classes_from")
+        return list(m.classes), f"the classes of {classes_from}"
     return None, ""
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message must stay one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # ---------------------------------------------------------------- workers
@@ -217,20 +250,25 @@ def _result(c: CheckedImage, sig: tuple | None) -> tuple:
         # Stored as-is: the parent reads the file itself (from the page cache)
         # instead of receiving it through a pipe -- that transfer would cost
         # the parent more CPU than all its other work together.
-        return _KEEP, c.height, c.width, zlib.crc32(c.data), sig
-    return _DATA, c.data, c.height, c.width, c.converted, zlib.crc32(c.data)
+        return _KEEP, c.height, c.width, zlib.crc32(c.data), sig, c.suspect
+    return _DATA, c.data, c.height, c.width, c.converted, zlib.crc32(c.data), c.suspect
 
 
-def _process(path: str, max_side: int | None, quality: int) -> tuple:
+def _read(path: str) -> tuple[bytes, tuple]:
+    """The bytes of the file at ``path`` (at most MAX_FILE_BYTES: BadImage beyond) and its signature."""
+    with open(path, "rb", buffering=0) as f:
+        st = os.fstat(f.fileno())
+        return read_capped(f, st.st_size), _file_sig(st)
+
+
+def _process(path: str, max_side: int | None, quality: int, keep_suspect: bool) -> tuple:
     """Worker: check one file. Returns one of
-    ``(_KEEP, height, width, checksum, file_sig)``,
-    ``(_DATA, data, height, width, converted, checksum)``, ``(_BAD, reason)``.
+    ``(_KEEP, height, width, checksum, file_sig, suspect)``,
+    ``(_DATA, data, height, width, converted, checksum, suspect)``, ``(_BAD, reason)``.
     """
     try:
-        with open(path, "rb", buffering=0) as f:
-            sig = _file_sig(os.fstat(f.fileno()))
-            data = f.read()
-        c = check_bytes(data, max_side=max_side, quality=quality)
+        data, sig = _read(path)
+        c = check_bytes(data, max_side=max_side, quality=quality, keep_suspect=keep_suspect)
     except OSError as e:
         return _BAD, f"cannot read file: {e.strerror or e}"
     except BadImage as e:
@@ -238,24 +276,24 @@ def _process(path: str, max_side: int | None, quality: int) -> tuple:
     return _result(c, sig)
 
 
-def _load_kept(path: str, r: tuple, max_side: int | None, quality: int) -> tuple:
+def _load_kept(path: str, r: tuple, max_side: int | None, quality: int, keep_suspect: bool) -> tuple:
     """Parent: turn a ``_KEEP`` result into a ``_DATA`` one by reading the file.
 
     If the file changed since the worker checked it (other inode, size or
     mtime), what was read now is checked again here: only checked bytes are
     stored. (``loader verify`` compares checksums, as a last line of defence.)
     """
-    _, height, width, checksum, sig = r
+    _, height, width, checksum, sig, suspect = r
     try:
-        with open(path, "rb", buffering=0) as f:
-            st = os.fstat(f.fileno())
-            data = f.read()
+        data, now = _read(path)
     except OSError as e:
         return _BAD, f"cannot read file: {e.strerror or e}"
-    if _file_sig(st) == sig and len(data) == st.st_size:
-        return _DATA, data, height, width, None, checksum
+    except BadImage as e:
+        return _BAD, e.reason
+    if now == sig and len(data) == now[2]:
+        return _DATA, data, height, width, None, checksum, suspect
     try:
-        return _result(check_bytes(data, max_side=max_side, quality=quality), None)
+        return _result(check_bytes(data, max_side=max_side, quality=quality, keep_suspect=keep_suspect), None)
     except BadImage as e:
         return _BAD, e.reason
 
@@ -271,8 +309,8 @@ def _pool_context() -> mp.context.BaseContext:
 
 
 def _results(paths: Iterator[str], n: int, workers: int, max_side: int | None, quality: int,
-             stack: list) -> Iterator[tuple]:
-    fn = partial(_process, max_side=max_side, quality=quality)
+             keep_suspect: bool, stack: list) -> Iterator[tuple]:
+    fn = partial(_process, max_side=max_side, quality=quality, keep_suspect=keep_suspect)
     if workers == 1 or n == 1:
         return map(fn, paths)
     pool = _pool_context().Pool(min(workers, n), initializer=_init_worker)
@@ -286,19 +324,21 @@ def _results(paths: Iterator[str], n: int, workers: int, max_side: int | None, q
 
 def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
                   num_shards: int, workers: int, max_side: int | None, quality: int,
-                  strict: bool, progress: bool) -> tuple[IndexWriter, list[ShardInfo], list, np.ndarray]:
-    """Write the shards; return the index, the shards, the skipped ``(relpath, reason)`` and
-    which items were packed (bool per item)."""
+                  strict: bool, keep_suspect: bool, progress: bool
+                  ) -> tuple[IndexWriter, list[ShardInfo], list, list, np.ndarray]:
+    """Write the shards; return the index, the shards, the skipped and the kept suspect
+    ``(relpath, reason)`` and which items were packed (bool per item)."""
     index = IndexWriter(partial, capacity=len(items))
     shards: list[ShardInfo] = []
     skipped: list[tuple[str, str]] = []
+    suspect: list[tuple[str, str]] = []
     kept = np.zeros(len(items), dtype=bool)
     prefix = os.path.join(src, "")   # paths are built when used: no list of 1.281M strings
     pools: list = []
     bar = None
     try:
         results = _results((prefix + rel for rel, _ in items), len(items), workers, max_side,
-                           quality, pools)
+                           quality, keep_suspect, pools)
         bar = tqdm(total=len(items), unit="img", desc="pack", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
         for s, (lo, hi) in enumerate(shard_ranges(len(items), num_shards)):
@@ -311,15 +351,17 @@ def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
                     bar.update(1)
                     rel, label = items[j]
                     if r[0] == _KEEP:
-                        r = _load_kept(prefix + rel, r, max_side, quality)
+                        r = _load_kept(prefix + rel, r, max_side, quality, keep_suspect)
                     if r[0] == _BAD:
                         if strict:
-                            raise PackError(f"bad image {src / rel}: {r[1]} (--strict stops at the first "
+                            raise PackError(f"bad image {src / rel}: {r[1]} (strict=True stops at the first "
                                             f"bad file; without it bad files are skipped and listed in "
-                                            f"DST/{SKIPPED_NAME})")
+                                            f"DST/{SKIPPED_NAME})", param="strict")
                         skipped.append((rel, r[1]))
                         continue
-                    _, data, height, width, converted, crc = r
+                    _, data, height, width, converted, crc, why = r
+                    if why is not None:
+                        suspect.append((rel, why))
                     key, offset = w.append(data)
                     index.add(label=label, height=height, width=width, crc=crc, key=key, offset=offset,
                               length=len(data), converted=converted, source=rel)
@@ -334,7 +376,7 @@ def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
         for pool in pools:
             pool.terminate()
             pool.join()
-    return index, shards, skipped, kept
+    return index, shards, skipped, suspect, kept
 
 
 def _csr_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -350,8 +392,8 @@ def _tsv_field(s: str) -> str:
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _write_skipped(partial: Path, skipped: list[tuple[str, str]]) -> None:
-    with open(partial / SKIPPED_NAME, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+def _write_skipped(partial: Path, skipped: list[tuple[str, str]], name: str = SKIPPED_NAME) -> None:
+    with open(partial / name, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as f:
         f.write("source\treason\n")
         f.writelines(f"{_tsv_field(rel)}\t{_tsv_field(reason)}\n" for rel, reason in skipped)
 
@@ -362,9 +404,39 @@ def _folder_bytes(path: Path) -> int:
 
 def _file_size(path: str) -> int:
     try:
-        return os.path.getsize(path)
+        size = os.path.getsize(path)
     except OSError:  # vanished or unreadable: the checker will report it
         return 0
+    return size if size <= MAX_FILE_BYTES else 0     # skipped unread: plans no shard space
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds ``path`` (an existing folder)."""
+    p = path.resolve()
+    while not os.path.ismount(p) and p.parent != p:
+        p = p.parent
+    return p
+
+
+def _write_error(dst: Path, e: BaseException) -> PackError:
+    """The one-line PackError for an OSError / lmdb.Error while writing DST: a full disk (or an
+    I/O error, what LMDB's commit reports for one on some file systems) names where and how much
+    is free."""
+    text = getattr(e, "strerror", None) or str(e)
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, lmdb.DiskError) or "No space left" in text \
+            or "quota exceeded" in text.lower():
+        what = "the disk is full"
+    elif code == errno.EIO or "Input/output error" in text:
+        what = "an I/O error (often a full disk)"
+    else:
+        return PackError(f"writing {dst} failed: {text}")
+    try:
+        free = f"{shutil.disk_usage(dst.parent).free / MB:,.1f} MB free"
+    except OSError:
+        free = "free space unknown"
+    return PackError(f"writing {dst} failed: {what} ({text}); the file system at {_mount_point(dst.parent)} "
+                     f"has {free}; free some space or pass a DST on another disk (nothing was left at DST)")
 
 
 # ---------------------------------------------------------------- pack
@@ -374,8 +446,8 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
          shard_size_mb: float = 512, workers: int | None = None, max_side: int | None = None,
          quality: int = 95, overwrite: bool = False, strict: bool = False,
          progress: bool = True, labels: str | os.PathLike | None = None, unlabeled: bool = False,
-         classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None
-         ) -> PackReport:
+         classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None,
+         keep_suspect: bool = False) -> PackReport:
     """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
 
     ``shards``: number of shard files (default: one per ``shard_size_mb`` MB
@@ -398,8 +470,14 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
       pin the class list and its order, for the folders or a labels file; a folder or label
       not in it is an error, a class without images is kept (count 0).
 
-    Raises :class:`PackError` for bad input or options; nothing is left at
-    ``dst`` then.
+    ``keep_suspect``: store the JPEGs that decode only because the decoder filled in missing
+    data (:func:`loader.convert.imagecheck.suspect_reason`) and list them, with the reason, in
+    ``dst/suspect.tsv`` (and ``PackReport.suspect``) instead of skipping them. Files over
+    :data:`loader.convert.imagecheck.MAX_FILE_BYTES` are skipped unread.
+
+    Raises :class:`~loader.errors.ArgumentError` (naming the parameter) for a bad option,
+    :class:`PackError` for bad input, a failed write or a full disk; nothing is left at ``dst``
+    then.
 
     >>> pack("photos/", "photos.packed", max_side=512).num_records   # doctest: +SKIP
     3000
@@ -407,7 +485,9 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ('cat', 'dog')
     """
     t0 = time.perf_counter()
-    workers = _check_options(shards, shard_size_mb, workers, max_side, quality)
+    workers = _check_options(shards, shard_size_mb, workers, max_side, quality,
+                             dict(overwrite=overwrite, strict=strict, progress=progress, unlabeled=unlabeled,
+                                  keep_suspect=keep_suspect))
     pinned, origin = _check_label_options(labels, unlabeled, classes, classes_from)
     src, dst = Path(src), Path(os.path.abspath(dst))
     unlisted, label_csr = 0, None
@@ -417,7 +497,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
         from loader.convert.labelfile import check_paths, read_label_file
 
         check_src(src, "the folder the labels file's paths are relative to")
-        lf = read_label_file(labels, classes=pinned, origin=origin or "--classes")
+        lf = read_label_file(labels, classes=pinned, origin=origin or "the given classes")
         unlisted = check_paths(lf, src)
         label_source, class_list, items = "file", lf.classes, lf.items
         if lf.multi_label:
@@ -447,8 +527,9 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     partial_dir = make_partial(dst)
     try:
         try:
-            index, shard_infos, skipped, kept = _write_shards(src, partial_dir, items, sizes, num_shards,
-                                                              workers, max_side, quality, strict, progress)
+            index, shard_infos, skipped, suspect, kept = _write_shards(
+                src, partial_dir, items, sizes, num_shards, workers, max_side, quality, strict, keep_suspect,
+                progress)
             if not index.count:
                 index.close()
                 rel, reason = skipped[0]
@@ -462,10 +543,12 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                          label_source=label_source, unlisted=unlisted, label_offsets=label_offsets,
                          label_values=label_values)
             _write_skipped(partial_dir, skipped)
+            if suspect:
+                _write_skipped(partial_dir, suspect, SUSPECT_NAME)
             output_bytes = _folder_bytes(partial_dir)
             install(partial_dir, dst, overwrite)
         except (OSError, lmdb.Error) as e:  # disk full, quota, ...: the user's to fix, not a bug
-            raise PackError(f"writing {dst} failed: {getattr(e, 'strerror', None) or e}") from None
+            raise _write_error(dst, e) from None
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
@@ -477,7 +560,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
         skipped=tuple(skipped), classes=tuple(class_list), shards=num_shards, seconds=seconds,
         images_per_sec=len(items) / seconds, mb_per_sec=input_bytes / MB / seconds,
         input_bytes=input_bytes, output_bytes=output_bytes, num_unlisted=unlisted,
-        label_source=label_source, multi_label=label_csr is not None)
+        label_source=label_source, multi_label=label_csr is not None, suspect=tuple(suspect))
 
 
 def _pack_params(shards: int | None, shard_size_mb: float, max_side: int | None, quality: int,

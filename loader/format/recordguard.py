@@ -25,57 +25,13 @@ pack time and DALI rejects. Those still reach DALI.
 
 from __future__ import annotations
 
-import struct
 import zlib
 
 import numpy as np
 
-__all__ = ["RecordGuard", "RecordRejected", "header_size"]
+from loader.format.imageheader import header_size
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Start-of-frame markers: every SOFn except DHT (C4), JPG (C8) and DAC (CC).
-_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def header_size(data) -> tuple[int, int] | None:
-    """``(height, width)`` from a JPEG's SOF or a PNG's IHDR, or None if the header is not one.
-
-    Reads only the header (a few hundred bytes of a photo), never the pixels.
-
-    >>> header_size(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(4) + b"IHDR" + struct.pack(">II", 640, 480))
-    (480, 640)
-    >>> header_size(b"\\x00\\x00\\x00\\x00") is None
-    True
-    """
-    b = memoryview(data).cast("B") if not isinstance(data, bytes) else data
-    n = len(b)
-    if n >= 24 and bytes(b[:8]) == _PNG_SIGNATURE and bytes(b[12:16]) == b"IHDR":
-        w, h = struct.unpack(">II", bytes(b[16:24]))
-        return h, w
-    if n < 4 or b[0] != 0xFF or b[1] != 0xD8:
-        return None
-    i = 2
-    while i + 4 <= n:
-        if b[i] != 0xFF:
-            return None
-        marker = b[i + 1]
-        if marker == 0xFF:            # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:   # stand-alone markers
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):    # end of image / start of scan before any frame header
-            return None
-        length = (b[i + 2] << 8) | b[i + 3]
-        if length < 2:
-            return None
-        if marker in _SOF:
-            if i + 9 > n:
-                return None
-            return (b[i + 5] << 8) | b[i + 6], (b[i + 7] << 8) | b[i + 8]
-        i += 2 + length
-    return None
+__all__ = ["RecordGuard", "RecordRejected", "header_size"]   # header_size: re-exported (its home: imageheader)
 
 
 class RecordRejected(Exception):
