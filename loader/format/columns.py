@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from loader.errors import DatasetError
+from loader.format.files import REPACK_HINT, check_inside
 
 __all__ = ["read_column", "scan_column", "write_column"]
 
 # 1 MB validation buffer (256k int32 values): its temporaries stay a few MB, which the
 # allocator may keep; 4 MB chunks left +13.7 MB resident after opening 2M records.
 _CHUNK_BYTES = 1 << 20
-_REPACK = "re-pack with `loader pack SRC DST --overwrite`"
 
 
 def write_column(path: str | os.PathLike, values: np.ndarray) -> Path:
@@ -57,35 +57,33 @@ def _header(f, where: str) -> tuple[tuple, bool, np.dtype]:
             return np.lib.format.read_array_header_2_0(f)
         raise ValueError(f"npy format version {major}")
     except (ValueError, SyntaxError, TypeError, OSError, EOFError) as e:
-        raise DatasetError(f"{where} is not a valid .npy column ({e}); {_REPACK}") from None
+        raise DatasetError(f"{where} is not a valid .npy column ({e}); {REPACK_HINT}") from None
 
 
 def _open_checked(path: Path, name: str, dtype: np.dtype, n: int, promise: str | None = None):
     """Open ``path`` and check its header: ``dtype`` exactly, shape ``(n,)``, exact file size.
     ``promise``: where ``n`` comes from, for the message (default: the manifest's record count)."""
     where = str(path)
-    if path.is_symlink() and os.path.dirname(os.path.realpath(path)) != os.path.realpath(path.parent):
-        raise DatasetError(f"{where}: column {name!r} is a link to {os.path.realpath(path)}, outside the "
-                           f"dataset folder; copy the dataset with its files (cp -rL) or re-pack it")
+    check_inside(path, f"column {name!r}")
     try:
         f = open(path, "rb")
     except FileNotFoundError:
-        raise DatasetError(f"{where} is missing (column {name!r} of the index); {_REPACK}") from None
+        raise DatasetError(f"{where} is missing (column {name!r} of the index); {REPACK_HINT}") from None
     except OSError as e:
         raise DatasetError(f"cannot read {where}: {e.strerror or e}") from None
     try:
         shape, fortran, found = _header(f, where)
         if found.hasobject or found != dtype:
             raise DatasetError(f"{where}: column {name!r} has dtype {found}, expected {dtype}; "
-                               f"the index is corrupt or was tampered with, {_REPACK}")
+                               f"the index is corrupt or was tampered with, {REPACK_HINT}")
         if shape != (n,):
             raise DatasetError(f"{where}: column {name!r} has shape {shape} but "
                                f"{promise or f'the manifest promises {n} records'}; the index is corrupt, "
-                               f"{_REPACK}")
+                               f"{REPACK_HINT}")
         size = os.fstat(f.fileno()).st_size
         if size != f.tell() + n * dtype.itemsize:
             raise DatasetError(f"{where}: column {name!r} is {size} bytes, expected "
-                               f"{f.tell() + n * dtype.itemsize} (truncated or padded); {_REPACK}")
+                               f"{f.tell() + n * dtype.itemsize} (truncated or padded); {REPACK_HINT}")
     except BaseException:
         f.close()
         raise
@@ -104,10 +102,10 @@ def scan_column(path: str | os.PathLike, name: str, dtype, n: int,
         for first in range(0, n, per_chunk):
             part = buf[:min(per_chunk, n - first)]
             if f.readinto(memoryview(part).cast("B")) != part.nbytes:
-                raise DatasetError(f"{path}: column {name!r} ended early; {_REPACK}")
+                raise DatasetError(f"{path}: column {name!r} ended early; {REPACK_HINT}")
             reason = check(part, first)
             if reason is not None:
-                raise DatasetError(f"{path}: {reason}; the index is corrupt or was tampered with, {_REPACK}")
+                raise DatasetError(f"{path}: {reason}; the index is corrupt or was tampered with, {REPACK_HINT}")
 
 
 def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | None = None,
@@ -146,4 +144,4 @@ def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | 
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
-        raise DatasetError(f"{path}: cannot map column {name!r} ({e}); {_REPACK}") from None
+        raise DatasetError(f"{path}: cannot map column {name!r} ({e}); {REPACK_HINT}") from None

@@ -23,9 +23,11 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import lmdb
 import numpy as np
 
 from loader.errors import DatasetError
+from loader.format.files import REPACK_HINT, check_inside
 from loader.format.manifest import Manifest, read_manifest
 from loader.format.shards import ShardReader, record_key
 
@@ -89,17 +91,19 @@ class PackedDataset:
     def read(self, i: int) -> bytes:
         """Stored encoded bytes of record ``i`` (JPEG or PNG).
 
+        Raises :class:`DatasetError` naming the record if it cannot be read (see :meth:`read_batch`).
+
         >>> ds.read(0)[:2]                                  # doctest: +SKIP
         b'\\xff\\xd8'
         """
-        i = self._check_index(i)
-        s = int(np.searchsorted(self._firsts, i, side="right")) - 1
-        if self._keys is None:
-            return self._readers[s].read(i - int(self._firsts[s]))
-        return self._readers[s].read(int(self._keys[i]), int(self._offsets[i]), int(self._lengths[i]))
+        return self.read_batch([self._check_index(i)])[0].tobytes()
 
-    def read_batch(self, indices: Iterable[int]) -> list[np.ndarray]:
+    def read_batch(self, indices: Iterable[int], *, unreadable: dict[int, str] | None = None) -> list[np.ndarray]:
         """Records ``indices`` as uint8 1-D arrays (the loader's fast path).
+
+        A record that cannot be read (missing from its shard, cut short, or on an LMDB page that
+        is damaged) raises :class:`DatasetError` naming it; given a dict ``unreadable``, it is
+        added there instead (record -> why) and its array is empty, so a caller can replace it.
 
         >>> [a.dtype for a in ds.read_batch([0, 5])]        # doctest: +SKIP
         [dtype('uint8'), dtype('uint8')]
@@ -122,14 +126,28 @@ class PackedDataset:
             starts = starts.tolist()
         out = []
         for k, (s, key) in enumerate(zip(shard_list, keys)):
-            value = gets[s](b"%010d" % key)   # a view into the map: copy only the record's slice
+            try:
+                value = gets[s](b"%010d" % key)   # a view into the map: copy only the record's slice
+            except lmdb.Error as e:   # a damaged page (LMDB checks page types and numbers): not a crash
+                out.append(self._unreadable(int(idx[k]), f"cannot be read (LMDB: {e}): the shard is damaged",
+                                            unreadable))
+                continue
             if value is None or (ends[k] is not None and ends[k] > len(value)):
-                i = int(idx[k])
-                what = "is missing" if value is None else "is cut short"
-                raise DatasetError(f"{self.path}: record {i} ({self.locate(i)[0]} key "
-                                   f"{record_key(self.locate(i)[1]).decode()}) {what}; re-pack the dataset")
+                why = ("is missing from its shard" if value is None else
+                       f"is cut short: the value is {len(value)} bytes, the index wants bytes {starts[k]}..{ends[k]}")
+                out.append(self._unreadable(int(idx[k]), why, unreadable))
+                continue
             out.append(np.frombuffer(value[starts[k]:ends[k]], dtype=np.uint8).copy())
         return out
+
+    def _unreadable(self, i: int, why: str, unreadable: dict[int, str] | None) -> np.ndarray:
+        """Record ``i`` cannot be read: raise, or note it in ``unreadable`` and stand in an empty array."""
+        shard, key = self.locate(i)
+        why = f"({shard} key {record_key(key).decode()}) {why}"
+        if unreadable is None:
+            raise DatasetError(f"{self.path}: record {i} {why}; {REPACK_HINT}")
+        unreadable[i] = why
+        return np.zeros(0, dtype=np.uint8)
 
     def multi_hot(self, records: np.ndarray) -> np.ndarray:
         """Targets of ``records`` as float32 ``[len(records), len(classes)]``: 1.0 where the
@@ -183,21 +201,23 @@ class PackedDataset:
 
 
 def _check_shards(path: Path, ds: PackedDataset) -> None:
-    root = os.path.realpath(path)
     for info, reader in zip(ds.manifest.shards, ds._readers):
         f = path / info.name
         if not f.is_file():
             raise DatasetError(f"{path}: shard {info.name} is missing (the manifest lists it with "
-                               f"{info.records} records); re-pack with `loader pack SRC DST --overwrite`")
+                               f"{info.records} records); {REPACK_HINT}")
         # A shard is a plain file name (the manifest checks that), but the file may be a link:
         # nothing outside DST is read.
-        if os.path.dirname(os.path.realpath(f)) != root:
-            raise DatasetError(f"{path}: shard {info.name} is a link to {os.path.realpath(f)}, outside the "
-                               f"dataset folder; copy the dataset with its files (cp -rL) or re-pack it")
+        check_inside(f, f"shard {info.name}")
+        size = f.stat().st_size
+        if size < info.bytes:    # the records' bytes alone need that much (LMDB's header: at first use)
+            raise DatasetError(f"{path}: shard {info.name} is {size} bytes, but the manifest says it holds "
+                               f"{info.bytes} bytes of records: the file is truncated; copy it again or "
+                               f"{REPACK_HINT}")
         entries = len(reader)
         if entries != info.entries:
             raise DatasetError(f"{path}: shard {info.name} holds {entries} values but the manifest "
-                               f"says {info.entries}; re-pack with `loader pack SRC DST --overwrite`")
+                               f"says {info.entries}; {REPACK_HINT}")
 
 
 def open_dataset(dst: str | os.PathLike) -> PackedDataset:

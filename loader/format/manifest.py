@@ -50,8 +50,11 @@ as before (:mod:`loader.format.manifest_legacy`); re-pack to get version 4.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +64,7 @@ import numpy as np
 
 from loader.errors import DatasetError
 from loader.format.columns import read_column, scan_column
+from loader.format.files import REPACK_HINT, check_inside
 from loader.format.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
@@ -70,6 +74,7 @@ __all__ = [
     "SKIPPED_NAME",
     "VERSION",
     "Manifest",
+    "is_dataset_file_name",
     "ShardInfo",
     "check_shard_name",
     "read_manifest",
@@ -100,7 +105,23 @@ _HEADER_KEYS_V3 = ("format", "version", "classes", "shards", "num_records", "con
 _HEADER_KEYS = ("format", "version", "classes", "label_source", "multi_label", "shards", "num_records",
                 "conversions", "pack_params", "skipped", "unlisted")
 _INT32_MAX = 2**31 - 1
-_REPACK = "re-pack with `loader pack SRC DST --overwrite`"
+# Largest manifest.json read. Since version 3 it is a few KB (a line per shard); a version 1/2
+# one lists every record (~150 bytes each): 1 GiB is ~7M records. Anything larger is not ours,
+# and is refused before it is read into memory.
+MAX_MANIFEST_BYTES = 1 << 30
+# Shard files pack writes: shard_name(i), and the -lock file an early release could leave.
+_SHARD_FILE = re.compile(r"shard-\d{5,}\.lmdb(-lock)?")
+
+
+def is_dataset_file_name(name: str) -> bool:
+    """Whether pack writes files called ``name`` into a packed dataset's folder (any version).
+
+    >>> is_dataset_file_name("labels.npy"), is_dataset_file_name("shard-00012.lmdb"), is_dataset_file_name("notes.txt")
+    (True, True, False)
+    """
+    return (name in (MANIFEST_NAME, SKIPPED_NAME, SOURCES_NAME)
+            or any(name == f for f, _ in (*COLUMNS.values(), *LABEL_COLUMNS.values()))
+            or _SHARD_FILE.fullmatch(name) is not None)
 
 
 def record_checksum(data: bytes, version: int = VERSION) -> str:
@@ -260,8 +281,7 @@ def _check_header(obj: object, where: str) -> dict[str, Any]:
     if type(version) is not int or version not in READABLE_VERSIONS:
         raise DatasetError(f"{where}: unsupported manifest version {version!r} (this loader reads "
                            f"versions {', '.join(map(str, READABLE_VERSIONS))}); "
-                           f"re-pack with `loader pack SRC DST --overwrite` "
-                           f"or use a matching loader release")
+                           f"{REPACK_HINT} or use a matching loader release")
     return obj
 
 
@@ -340,15 +360,15 @@ def _label_keys(obj: dict[str, Any], where: str, version: int, num_classes: int)
     source, multi, unlisted = obj["label_source"], obj["multi_label"], obj["unlisted"]
     if not isinstance(source, str) or source not in LABEL_SOURCES:
         raise DatasetError(f"{where}: 'label_source' must be one of {', '.join(LABEL_SOURCES)} "
-                           f"(got {source!r}); {_REPACK}")
+                           f"(got {source!r}); {REPACK_HINT}")
     if type(multi) is not bool or (multi and source != "file"):
         raise DatasetError(f"{where}: 'multi_label' must be true or false, and true only with "
-                           f"label_source 'file' (got {multi!r} with {source!r}); {_REPACK}")
+                           f"label_source 'file' (got {multi!r} with {source!r}); {REPACK_HINT}")
     if type(unlisted) is not int or unlisted < 0:
-        raise DatasetError(f"{where}: bad 'unlisted' {unlisted!r} (a count of files); {_REPACK}")
+        raise DatasetError(f"{where}: bad 'unlisted' {unlisted!r} (a count of files); {REPACK_HINT}")
     if source == "none" and num_classes:
         raise DatasetError(f"{where}: an unlabeled dataset (label_source 'none') has no classes, "
-                           f"but 'classes' lists {num_classes}; {_REPACK}")
+                           f"but 'classes' lists {num_classes}; {REPACK_HINT}")
     return source, multi, unlisted
 
 
@@ -412,12 +432,13 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
     scan_column(path / COLUMNS["source_offsets"][0], "source_offsets", COLUMNS["source_offsets"][1],
                 n + 1, check)
     blob = path / SOURCES_NAME
+    check_inside(blob, "the file of source paths")
     try:
         blob_size = blob.stat().st_size
     except OSError:
-        raise DatasetError(f"{blob} is missing (the source paths of the index); {_REPACK}") from None
+        raise DatasetError(f"{blob} is missing (the source paths of the index); {REPACK_HINT}") from None
     if last[0] != blob_size:
-        raise DatasetError(f"{blob} is {blob_size} bytes but source_offsets end at {last[0]}; {_REPACK}")
+        raise DatasetError(f"{blob} is {blob_size} bytes but source_offsets end at {last[0]}; {REPACK_HINT}")
     label_offsets, label_values = _read_label_csr(path, n, len(classes)) if multi else (None, None)
     return Manifest(format=FORMAT, version=version, classes=tuple(classes), shards=shards, num_records=n,
                     labels=labels, heights=heights, widths=widths, keys=keys, offsets=offsets,
@@ -425,6 +446,51 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
                     label_source=label_source, multi_label=multi, unlisted=unlisted,
                     label_offsets=label_offsets, label_values=label_values,
                     _records=_ColumnRecords(path, n, tuple(conversions), converted))
+
+
+def _interrupted_hint(dst: str | os.PathLike) -> str:
+    """Where an interrupted ``pack --overwrite`` left the previous dataset, if it did (see
+    :mod:`loader.convert.destination`), for the message of a DST that has no manifest."""
+    left = sorted(glob.glob(glob.escape(os.fspath(dst).rstrip("/\\")) + ".old-*-*"))
+    if not left:
+        return ""
+    return (f"; {left[-1]} may hold the previous dataset, left by a pack that was interrupted while "
+            f"replacing it: the next `loader pack` to {dst} moves it back")
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The parsed JSON of a manifest file, read safely: at most :data:`MAX_MANIFEST_BYTES`, only a
+    regular file inside its folder; any reason it is not JSON (bad syntax or encoding, nesting too
+    deep, a number too long) is one :class:`DatasetError` line. Never changes interpreter limits."""
+    path = Path(path)
+    check_inside(path, "the manifest")
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DatasetError(f"{path} is not a regular file; {REPACK_HINT}")
+            if st.st_size > MAX_MANIFEST_BYTES:
+                raise DatasetError(f"{path} is {st.st_size} bytes, more than any loader manifest "
+                                   f"({MAX_MANIFEST_BYTES}); it is not one, {REPACK_HINT}")
+            text = f.read(MAX_MANIFEST_BYTES + 1)  # bytes: a non-UTF-8 file is reported as invalid JSON
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise DatasetError(f"{path} grew past {MAX_MANIFEST_BYTES} bytes while being read; {REPACK_HINT}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DatasetError(f"{path} nests lists or objects too deeply to be a loader manifest; "
+                           f"{REPACK_HINT}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); {REPACK_HINT}") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); {REPACK_HINT}") from None
+    except ValueError as e:   # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise DatasetError(f"{path} is not a loader manifest: it holds a number too long to read "
+                           f"({str(e).split(';')[0]}); {REPACK_HINT}") from None
 
 
 def read_manifest(dst: str | os.PathLike) -> Manifest:
@@ -435,17 +501,10 @@ def read_manifest(dst: str | os.PathLike) -> Manifest:
     """
     path = Path(dst) / MANIFEST_NAME
     try:
-        text = path.read_bytes()  # bytes: a non-UTF-8 file is reported as invalid JSON
+        obj = read_json(path)
     except (FileNotFoundError, NotADirectoryError):
         raise DatasetError(f"not a packed dataset: {dst} has no {MANIFEST_NAME}; create one with "
-                           f"`loader pack SRC DST`") from None
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); re-create the dataset with "
-                           f"`loader pack SRC DST --overwrite`") from None
+                           f"`loader pack SRC DST`{_interrupted_hint(dst)}") from None
     obj = _check_header(obj, str(path))
     if obj["version"] >= 3:
         return _read_v3(Path(dst), obj, str(path))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from loader.errors import DatasetError
+from loader.format.files import REPACK_HINT
 from loader.format.shards import parse_shards
 
 __all__ = ["parse_legacy"]
@@ -63,7 +64,7 @@ def parse_legacy(obj: dict[str, Any], where: str) -> dict[str, Any]:
     for key in _RECORD_FIELDS:
         if len(f[key]) != n:
             raise DatasetError(f"{where}: {key!r} has {len(f[key])} entries but "
-                               f"num_records is {n}; the manifest is corrupt, re-pack the dataset")
+                               f"num_records is {n}; the manifest is corrupt, {REPACK_HINT}")
     classes, labels = f["classes"], f["labels"]
     if len(set(classes)) != len(classes):
         raise DatasetError(f"{where}: duplicate class names")

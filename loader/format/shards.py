@@ -25,15 +25,17 @@ True
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from dataclasses import dataclass
 
 import lmdb
 
 from loader.errors import DatasetError
+from loader.format.files import REPACK_HINT
 
-__all__ = ["BLOCK_BYTES", "ShardInfo", "ShardReader", "ShardWriter", "check_shard_name",
-           "parse_shards", "record_key", "shard_name"]
+__all__ = ["BLOCK_BYTES", "ShardInfo", "ShardReader", "ShardWriter", "check_shard_file", "check_shard_name",
+           "lmdb_needs_bytes", "parse_shards", "record_key", "shard_name"]
 
 _MIB = 1 << 20
 # Largest block of small records (bytes). 64 KB: at 2.7 KB records the last page's
@@ -53,7 +55,7 @@ def check_shard_name(name: object, where: str = "manifest") -> str:
             or "\\" in name or "\0" in name or os.path.isabs(name) or ":" in name):
         raise DatasetError(f"{where}: unsafe shard name {name!r}: shard names must be plain file "
                            f"names inside the dataset folder; the manifest was tampered with or "
-                           f"corrupted, re-create it with `loader pack SRC DST --overwrite`")
+                           f"corrupted, {REPACK_HINT}")
     return name
 
 
@@ -101,6 +103,50 @@ def parse_shards(raw: object, where: str, *, with_values: bool) -> tuple[ShardIn
     return tuple(shards)
 
 
+
+
+# LMDB's file header (lmdb 0.9, the version py-lmdb bundles): pages 0 and 1 each hold a meta
+# record after a 16-byte page header; the newer one (larger txnid) says how many pages the file has.
+_META_MAGIC, _META_VERSION = 0xBEEFC0DE, 1
+_META = struct.Struct("<II8x8xI44x48xQQ")  # magic, version, page size (free DB's md_pad), last page, txnid
+_PAGE_HEADER = 16
+
+
+def lmdb_needs_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes the LMDB file at ``path`` must have by its own header: (last page + 1) x page size,
+    from the newer of its two meta pages; None if no meta page is valid (LMDB itself then refuses it).
+
+    LMDB maps the file for as many pages as its header says: a file cut short maps past its
+    end, and the first read there kills the process with SIGBUS instead of raising.
+    """
+    with open(path, "rb") as f:
+        best = None
+        offset = 0
+        for _ in range(2):
+            f.seek(offset + _PAGE_HEADER)
+            raw = f.read(_META.size)
+            if len(raw) < _META.size:
+                break
+            magic, version, psize, last_page, txnid = _META.unpack(raw)
+            if magic != _META_MAGIC or version != _META_VERSION or psize < 512 or psize & (psize - 1):
+                break
+            if best is None or txnid > best[0]:
+                best = (txnid, (last_page + 1) * psize)
+            offset = psize if offset == 0 else offset
+        return None if best is None else best[1]
+
+
+def check_shard_file(path: str | os.PathLike) -> None:
+    """Raise :class:`DatasetError` if the shard file at ``path`` is shorter than its LMDB header
+    says (see :func:`lmdb_needs_bytes`): checked before LMDB maps it."""
+    try:
+        size = os.path.getsize(path)
+        need = lmdb_needs_bytes(path)
+    except OSError as e:
+        raise DatasetError(f"cannot read shard {path}: {e.strerror or e}") from None
+    if need is not None and size < need:
+        raise DatasetError(f"shard {path} is {size} bytes, its LMDB header needs {need}: the file is "
+                           f"truncated (a copy cut short?); copy it again or {REPACK_HINT}")
 
 
 def shard_name(index: int) -> str:
@@ -274,6 +320,7 @@ def _acquire(path: str) -> tuple[tuple[int, int], lmdb.Environment, lmdb.Transac
             key = (st.st_dev, st.st_ino)
             entry = _OPEN.get(key)
             if entry is None:
+                check_shard_file(path)     # before LMDB maps it: a short file would kill us with SIGBUS
                 env = lmdb.open(path, subdir=False, readonly=True, lock=False, readahead=False,
                                 meminit=False, max_readers=2048)
                 # buffers=True: get() returns a view into the map, so a reader copies just
@@ -281,7 +328,7 @@ def _acquire(path: str) -> tuple[tuple[int, int], lmdb.Environment, lmdb.Transac
                 entry = _OPEN[key] = [env, env.begin(buffers=True), 0]
         except (OSError, lmdb.Error) as e:
             raise DatasetError(f"cannot open shard {path}: {getattr(e, 'strerror', None) or e}; "
-                               f"re-pack the dataset with `loader pack SRC DST --overwrite`") from None
+                               f"{REPACK_HINT}") from None
         entry[2] += 1
         return key, entry[0], entry[1]
 
@@ -324,14 +371,19 @@ class ShardReader:
     def read(self, key: int, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[offset, offset + length)`` of the value under ``key`` (all of it by default);
         :class:`DatasetError` if the value is missing or shorter."""
-        value = self.txn().get(record_key(key))
+        txn = self.txn()
+        try:
+            value = txn.get(record_key(key))
+        except lmdb.Error as e:   # a damaged page: LMDB's checks raise (MDB_CORRUPTED, MDB_PAGE_NOTFOUND)
+            raise DatasetError(f"shard {self.path} cannot be read at key {record_key(key).decode()} "
+                               f"(LMDB: {e}): the shard is damaged; {REPACK_HINT}") from None
         if value is None:
             raise DatasetError(f"shard {self.path} has no value with key {record_key(key).decode()}; "
-                               f"the dataset is damaged, re-pack it")
+                               f"the dataset is damaged, {REPACK_HINT}")
         end = len(value) if length is None else offset + length
         if end > len(value):
             raise DatasetError(f"shard {self.path}: value {record_key(key).decode()} is {len(value)} "
-                               f"bytes, the index wants bytes {offset}..{end}; the dataset is damaged, re-pack it")
+                               f"bytes, the index wants bytes {offset}..{end}; the dataset is damaged, {REPACK_HINT}")
         return bytes(value[offset:end])
 
     def __len__(self) -> int:
