@@ -15,6 +15,8 @@ from PIL import Image
 import loader
 from loader import ImageLoader
 from loader.augment.jitter import ColorJitter
+from loader.augment.settings import Augment
+from loader.errors import ArgumentError
 
 V3 = Path(__file__).parent / "data" / "v3"
 # Photo-like test images of odd sizes, both orientations, one upscaled (short side < 256).
@@ -74,23 +76,23 @@ def test_scale_and_ratio_reach_the_crop(odd_ds):
     ds = loader.open_dataset(odd_ds)
     i = next(i for i in range(len(ds)) if (ds.widths[i], ds.heights[i]) == (500, 375))
     r = 500 / 375
-    ld = ImageLoader(odd_ds, batch_size=16, image_size=40, scale=(1.0, 1.0), ratio=(r, r), hflip=0.0,
+    ld = ImageLoader(odd_ds, batch_size=16, image_size=40, augment=Augment(scale=(1.0, 1.0), ratio=(r, r), hflip=0.0),
                      **raw())
     images, _, idx = next(iter(ld))
     k = idx.tolist().index(i)
     ref = np.asarray(decoded(ds, i).resize((40, 40), Image.BILINEAR)).transpose(2, 0, 1)
     assert np.array_equal(images[k].numpy(), ref)
-    with pytest.raises(ValueError, match="scale"):
-        ImageLoader(odd_ds, batch_size=4, scale=(0.5, 1.5))
-    with pytest.raises(ValueError, match="ratio"):
-        ImageLoader(odd_ds, batch_size=4, ratio=(2.0, 1.0))
+    with pytest.raises(ArgumentError, match="scale"):
+        Augment(scale=(0.5, 1.5))
+    with pytest.raises(ArgumentError, match="ratio"):
+        Augment(ratio=(2.0, 1.0))
 
 
 def test_hflip_probability(odd_ds):
     """hflip=0 never flips, hflip=1 always does, on the same crops (the draw does not move)."""
     batches = {}
     for p in (0.0, 0.5, 1.0):
-        ld = ImageLoader(odd_ds, batch_size=16, image_size=24, hflip=p, seed=2, **raw())
+        ld = ImageLoader(odd_ds, batch_size=16, image_size=24, augment=Augment(hflip=p), seed=2, **raw())
         batches[p] = next(iter(ld))
         ld.close()
     never, half, always = batches[0.0][0], batches[0.5][0], batches[1.0][0]
@@ -98,15 +100,15 @@ def test_hflip_probability(odd_ds):
     flipped = [torch.equal(half[k], always[k]) and not torch.equal(half[k], never[k]) for k in range(16)]
     kept = [torch.equal(half[k], never[k]) for k in range(16)]
     assert all(f or k for f, k in zip(flipped, kept)) and 0 < sum(flipped) < 16
-    with pytest.raises(ValueError, match="hflip"):
-        ImageLoader(odd_ds, batch_size=4, hflip=1.5)
+    with pytest.raises(ArgumentError, match="hflip"):
+        Augment(hflip=1.5)
 
 
 def test_fast_eval_crop_fraction(odd_ds):
     """eval_mode="fast" crops the centre square of crop_fraction x the shorter side."""
     ds = loader.open_dataset(odd_ds)
-    ld = ImageLoader(odd_ds, batch_size=16, image_size=32, train=False, eval_mode="fast", crop_fraction=0.5,
-                     **raw())
+    ld = ImageLoader(odd_ds, batch_size=16, image_size=32, train=False,
+                     augment=Augment(eval_mode="fast", crop_fraction=0.5), **raw())
     images, _, idx = next(iter(ld))
     for img, i in zip(images, idx.tolist()):
         im = decoded(ds, i)
@@ -116,8 +118,8 @@ def test_fast_eval_crop_fraction(odd_ds):
         ref = np.asarray(im.crop((x, y, x + side, y + side)).resize((32, 32), Image.BILINEAR)).transpose(2, 0, 1)
         assert np.array_equal(img.numpy(), ref), i
     for bad in (0.0, 1.2, "x"):
-        with pytest.raises(ValueError, match="crop_fraction"):
-            ImageLoader(odd_ds, batch_size=4, crop_fraction=bad)
+        with pytest.raises(ArgumentError, match="crop_fraction"):
+            Augment(crop_fraction=bad)
 
 
 # ------------------------------------------------------------------ torchvision-exact eval
@@ -143,8 +145,8 @@ def test_torchvision_eval_matches_torchvision_pixels(odd_ds, size, crop_fraction
     """eval_mode="torchvision" is torchvision's Resize + CenterCrop on the same decoded pixels: per image
     mean |difference| <= 1 grey level and 99% of pixels within 2 (measured: identical)."""
     ds = loader.open_dataset(odd_ds)
-    ld = ImageLoader(odd_ds, batch_size=16, image_size=size, train=False, crop_fraction=crop_fraction,
-                     eval_mode="torchvision", **raw())
+    ld = ImageLoader(odd_ds, batch_size=16, image_size=size, train=False,
+                     augment=Augment(crop_fraction=crop_fraction, eval_mode="torchvision"), **raw())
     images, _, idx = next(iter(ld))
     assert sorted(idx.tolist()) == list(range(16))
     exact = 0
@@ -172,8 +174,8 @@ def test_fast_eval_is_not_torchvision_eval(odd_ds):
 
 def test_grayscale_is_one_channel_like_pil_convert_l(odd_ds):
     ds = loader.open_dataset(odd_ds)
-    ld = ImageLoader(odd_ds, batch_size=16, image_size=64, train=False, color_mode="grayscale",
-                     eval_mode="torchvision", **raw())
+    gray = Augment(color_mode="grayscale", eval_mode="torchvision")
+    ld = ImageLoader(odd_ds, batch_size=16, image_size=64, train=False, augment=gray, **raw())
     images, _, idx = next(iter(ld))
     assert images.shape == (16, 1, 64, 64) and images.dtype == torch.uint8
     for img, i in zip(images, idx.tolist()):
@@ -181,20 +183,20 @@ def test_grayscale_is_one_channel_like_pil_convert_l(odd_ds):
         diff = np.abs(ref.astype(int) - img[0].numpy().astype(int))
         # DALI decodes the JPEG's luma directly; PIL converts the decoded RGB back to L.
         assert diff.mean() <= 1.0 and diff.max() <= 4, (i, diff.mean(), diff.max())
-    norm = ImageLoader(odd_ds, batch_size=16, image_size=64, train=False, color_mode="grayscale",
-                       eval_mode="torchvision", device="cpu")
+    norm = ImageLoader(odd_ds, batch_size=16, image_size=64, train=False, augment=gray, device="cpu")
     x, _ = next(iter(norm))
     want = (images.float() / 255 - 0.449) / 0.226
     assert x.shape == (16, 1, 64, 64) and torch.allclose(x, want, atol=1e-5)
-    train = ImageLoader(odd_ds, batch_size=8, image_size=32, color_mode="grayscale", color_jitter=(0.4, 0.4, 0),
-                        device="cpu")
+    train = ImageLoader(odd_ds, batch_size=8, image_size=32, device="cpu",
+                        augment=Augment(color_mode="grayscale", color_jitter=(0.4, 0.4, 0)))
     assert next(iter(train))[0].shape == (8, 1, 32, 32)
-    with pytest.raises(ValueError, match="grayscale"):
-        ImageLoader(odd_ds, batch_size=4, color_mode="grayscale", color_jitter=0.4)    # saturation too
-    with pytest.raises(ValueError, match="1 number"):
-        ImageLoader(odd_ds, batch_size=4, color_mode="grayscale", mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2))
-    with pytest.raises(ValueError, match="color_mode"):
-        ImageLoader(odd_ds, batch_size=4, color_mode="gray")
+    with pytest.raises(ArgumentError, match="grayscale"):
+        Augment(color_mode="grayscale", color_jitter=0.4)    # saturation too
+    with pytest.raises(ArgumentError, match="mean must be 1 number"):
+        ImageLoader(odd_ds, batch_size=4, augment=Augment(color_mode="grayscale"), mean=(0.5, 0.5, 0.5),
+                    std=(0.2, 0.2, 0.2))
+    with pytest.raises(ArgumentError, match="color_mode"):
+        Augment(color_mode="gray")
 
 
 # ------------------------------------------------------------------ batch hook
@@ -248,7 +250,7 @@ def test_batch_transform_is_called_once_per_batch_with_a_seeded_generator(odd_ds
                      batch_transform=lambda x, y, g: (x[:, :1], y + 100))
     x, y, idx = next(iter(ld))
     assert x.shape == (4, 1, 16, 16) and y.tolist() == [int(ld.dataset.labels[i]) + 100 for i in idx.tolist()]
-    with pytest.raises(ValueError, match="batch_transform"):
+    with pytest.raises(ArgumentError, match="batch_transform"):
         ImageLoader(odd_ds, batch_size=4, batch_transform="mixup")
 
 
@@ -289,7 +291,7 @@ def test_color_jitter_pixels_parameters_resume_and_ranks(odd_ds):
     jit = ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
     kw = dict(batch_size=4, image_size=24, seed=9, device="cpu", with_indices=True, mean=None, std=None)
     plain = ImageLoader(odd_ds, **kw)
-    jittered = ImageLoader(odd_ds, color_jitter=jit, **kw)
+    jittered = ImageLoader(odd_ds, augment=Augment(color_jitter=jit), **kw)
     plain.set_epoch(1), jittered.set_epoch(1)
     plan = jittered.epoch_plan(1)
     batches = list(jittered)
@@ -305,12 +307,12 @@ def test_color_jitter_pixels_parameters_resume_and_ranks(odd_ds):
     it = iter(jittered)
     next(it)
     state = jittered.state_dict()
-    again = ImageLoader(odd_ds, color_jitter=jit, **kw)
+    again = ImageLoader(odd_ds, augment=Augment(color_jitter=jit), **kw)
     again.load_state_dict(state)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(again, batches[1:]))
     # Two ranks: rank r's batches are what the single formula gives for its own positions.
     for rank in (0, 1):
-        ld = ImageLoader(odd_ds, color_jitter=jit, rank=rank, world_size=2, **kw)
+        ld = ImageLoader(odd_ds, augment=Augment(color_jitter=jit), rank=rank, world_size=2, **kw)
         ref = ImageLoader(odd_ds, rank=rank, world_size=2, **kw)
         ld.set_epoch(1), ref.set_epoch(1)
         plan = ld.epoch_plan(1)
@@ -320,12 +322,12 @@ def test_color_jitter_pixels_parameters_resume_and_ranks(odd_ds):
                              for k in range(4)])
             assert np.abs(y.double().numpy() - want).max() <= TOL + 1e-3
     # uint8 output rounds the jittered values.
-    u8 = ImageLoader(odd_ds, color_jitter=jit, **dict(kw, dtype=torch.uint8))
+    u8 = ImageLoader(odd_ds, augment=Augment(color_jitter=jit), **dict(kw, dtype=torch.uint8))
     u8.set_epoch(1)
     assert torch.equal(next(iter(u8))[0], batches[0][0].round().to(torch.uint8))
     for bad in (-0.1, (0.2, 0.3, 0.4, 0.9), "strong"):
-        with pytest.raises(ValueError):
-            ImageLoader(odd_ds, batch_size=4, color_jitter=bad)
+        with pytest.raises(ArgumentError, match="color_jitter"):
+            Augment(color_jitter=bad)
 
 
 # ------------------------------------------------------------------ targets

@@ -17,6 +17,7 @@ from typing import Literal
 
 from loader.augment.jitter import ColorJitter
 from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
+from loader.errors import ArgumentError
 
 __all__ = ["Augment", "ColorMode", "EvalMode", "COLOR_MODES", "EVAL_MODES", "as_color_jitter"]
 
@@ -28,11 +29,13 @@ EVAL_MODES = ("torchvision", "fast")
 
 def _pair(name: str, v, lo: float, what: str) -> tuple[float, float]:
     try:
+        if isinstance(v, (str, bytes)) or any(isinstance(x, bool) for x in v):
+            raise TypeError
         a, b = (float(x) for x in v)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a pair (min, max) of numbers, got {v!r}") from None
+        raise ArgumentError(f"{name} must be a pair (min, max) of numbers, got {v!r}", param=name) from None
     if not (math.isfinite(a) and math.isfinite(b)) or a <= lo or a > b:
-        raise ValueError(f"{name} must be (min, max) with {what} and min <= max, got {v!r}")
+        raise ArgumentError(f"{name} must be (min, max) with {what} and min <= max, got {v!r}", param=name)
     return a, b
 
 
@@ -51,12 +54,15 @@ def as_color_jitter(v) -> ColorJitter:
         return ColorJitter()
     if isinstance(v, ColorJitter):
         return v
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return ColorJitter(brightness=v, contrast=v, saturation=v)
-    if isinstance(v, (tuple, list)) and len(v) in (3, 4):
-        return ColorJitter(*v)
-    raise ValueError(f"color_jitter must be None, a float, a (brightness, contrast, saturation[, hue]) "
-                     f"tuple or a loader.ColorJitter, got {v!r}")
+    try:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return ColorJitter(brightness=v, contrast=v, saturation=v)
+        if isinstance(v, (tuple, list)) and len(v) in (3, 4):
+            return ColorJitter(*v)
+    except ValueError as e:          # ColorJitter's message names the op ("brightness=-1: ...")
+        raise ArgumentError(f"color_jitter: {e}", param="color_jitter") from None
+    raise ArgumentError(f"color_jitter must be None, a float, a (brightness, contrast, saturation[, hue]) "
+                     f"tuple or a loader.ColorJitter, got {v!r}", param="color_jitter")
 
 
 @dataclass(frozen=True)
@@ -85,25 +91,27 @@ class Augment:
     def __post_init__(self) -> None:
         scale = _pair("scale", self.scale, 0.0, "0 < min")
         if scale[1] > 1.0:
-            raise ValueError(f"scale must be within (0, 1] (area fractions), got {self.scale!r}")
+            raise ArgumentError(f"scale must be within (0, 1] (area fractions), got {self.scale!r}", param="scale")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "ratio", _pair("ratio", self.ratio, 0.0, "0 < min"))
         if isinstance(self.hflip, bool) or not isinstance(self.hflip, (int, float)) or not 0 <= self.hflip <= 1:
-            raise ValueError(f"hflip must be a probability in [0, 1], got {self.hflip!r}")
+            raise ArgumentError(f"hflip must be a probability in [0, 1], got {self.hflip!r}", param="hflip")
         object.__setattr__(self, "hflip", float(self.hflip))
         object.__setattr__(self, "color_jitter", as_color_jitter(self.color_jitter))
         cf = self.crop_fraction
         if isinstance(cf, bool) or not isinstance(cf, (int, float)) or not 0 < cf <= 1:
-            raise ValueError(f"crop_fraction must be in (0, 1] (timm's crop_pct, e.g. 0.875), got {cf!r}")
+            raise ArgumentError(f"crop_fraction must be in (0, 1] (timm's crop_pct, e.g. 0.875), got {cf!r}",
+                                param="crop_fraction")
         object.__setattr__(self, "crop_fraction", float(cf))
         if self.color_mode not in COLOR_MODES:
-            raise ValueError(f"color_mode must be 'rgb' or 'grayscale', got {self.color_mode!r}")
+            raise ArgumentError(f"color_mode must be 'rgb' or 'grayscale', got {self.color_mode!r}", param="color_mode")
         if self.eval_mode not in EVAL_MODES:
-            raise ValueError(f"eval_mode must be 'torchvision' or 'fast', got {self.eval_mode!r}")
+            raise ArgumentError(f"eval_mode must be 'torchvision' or 'fast', got {self.eval_mode!r}", param="eval_mode")
         j = self.color_jitter
         if self.color_mode == "grayscale" and (j.ranges[2] is not None or j.ranges[3] is not None):
-            raise ValueError("color_mode='grayscale' has no colour: color_jitter may set brightness and "
-                             "contrast only (saturation and hue would do nothing)")
+            raise ArgumentError("color_jitter: color_mode='grayscale' has no colour, so color_jitter may set "
+                                "brightness and contrast only (saturation and hue would do nothing)",
+                                param="color_jitter")
 
     @property
     def channels(self) -> int:

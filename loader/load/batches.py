@@ -54,7 +54,7 @@ class BatchAssembler:
 
     def __init__(self, *, dataset, device: torch.device, dtype: torch.dtype, image_size: int,
                  channels_last: bool, augment: Augment, train: bool,
-                 mean: Sequence[float] | None, std: Sequence[float] | None, buffers: BatchBuffers,
+                 pixel_mean: Sequence[float] | None, pixel_std: Sequence[float] | None, buffers: BatchBuffers,
                  finisher: CpuFinisher | None):
         self.dataset, self.device, self.dtype, self.size = dataset, device, dtype, image_size
         self.channels_last, self.augment, self.finisher, self._buffers = channels_last, augment, finisher, buffers
@@ -63,14 +63,15 @@ class BatchAssembler:
         self.exact_eval = not train and augment.eval_mode == "torchvision"
         self.kind = target_kind(dataset)
         c = self.channels
-        # Pixel units (0..255). The finisher normalizes in the output dtype (built as loader 0.2
-        # built them: the same float16 rounding), the GPU jitter path in float32.
-        pixel_mean = None if mean is None else [255.0 * m for m in mean]
-        self._mean = None if mean is None else torch.tensor(pixel_mean, dtype=dtype).view(c, 1, 1)
-        self._inv_std = None if std is None else (1 / torch.tensor([255.0 * s for s in std])).to(dtype).view(c, 1, 1)
+        # ``pixel_mean``/``pixel_std``: 0..255 units (loader.augment.recipe.pixel_units, the GPU
+        # graph's too). The finisher normalizes in the output dtype (built as loader 0.2 built
+        # them: the same float16 rounding), the GPU jitter path in float32.
+        mean, std = pixel_mean, pixel_std
+        self._mean = None if mean is None else torch.tensor(mean, dtype=dtype).view(c, 1, 1)
+        self._inv_std = None if std is None else (1 / torch.tensor(std)).to(dtype).view(c, 1, 1)
         if device.type == "cuda" and mean is not None:
-            self._mean_dev = torch.tensor(pixel_mean).view(c, 1, 1).to(device)
-            self._inv_std_dev = (1 / torch.tensor([255.0 * s for s in std])).view(c, 1, 1).to(device)
+            self._mean_dev = torch.tensor(mean).view(c, 1, 1).to(device)
+            self._inv_std_dev = (1 / torch.tensor(std)).view(c, 1, 1).to(device)
 
     def _images_out(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
         s, c = self.size, self.channels
