@@ -127,12 +127,13 @@ class Contender:
 
 class _LoaderContender(Contender):
     def create(self) -> None:
+        from loader.augment.settings import Augment
         from loader.load.imageloader import ImageLoader
 
         s = self.spec
         self.obj = ImageLoader(s.packed, s.batch_size, image_size=s.image_size, train=s.train,
                                num_threads=s.threads, prefetch=s.prefetch, seed=s.seed, device=s.device,
-                               eval_mode=s.eval_mode, color_jitter=s.color_jitter or None)
+                               augment=Augment(eval_mode=s.eval_mode, color_jitter=s.color_jitter or None))
 
     def step(self) -> int:
         _, labels = self._next_batch()
