@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from loader.augment.batch import batch_generator
-from loader.augment.jitter import ColorJitter
-from loader.augment.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
-from loader.augment.settings import Augment, ColorMode, EvalMode
+from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD
+from loader.augment.settings import Augment
 from loader.errors import ArgumentError, DatasetError, DecodeError, LoaderError  # DecodeError: still exported here
 from loader.format.dataset import open_dataset
 from loader.format.recordguard import RecordGuard, RecordRejected
@@ -35,19 +34,27 @@ from loader.load.batches import BatchAssembler
 from loader.load.buffers import BatchBuffers
 from loader.load.feed import EpochFeed, EpochPlan
 from loader.load.finisher import CpuFinisher
-from loader.load.pipeline import GpuDecode, build_pipeline, resolve_gpu_decode
+from loader.load.pipeline import GpuDecode, build_pipeline
 from loader.load.placement import distributed_env, resolve_device, threads_per_rank
 from loader.load.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
+from loader.load.settings import LoaderSettings, check_path, resolve_augment
 from loader.load.state import dataset_fingerprint, parse_state, resume_point
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "ConcurrentEpochError", "DecodeError", "resolve_device"]
 
-# Grayscale's default normalization: the mean of ImageNet's three channels (as for 1-channel
-# ImageNet models); explicit mean/std for grayscale take one number each.
-_GRAY_MEAN, _GRAY_STD = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+
+def _from_settings(name: str) -> property:
+    """A read-only attribute of the loader that is its validated setting ``name`` (one source of truth)."""
+    return property(lambda self: getattr(self.settings, name),
+                    doc=f"``{name}`` as validated at construction (:class:`loader.load.settings.LoaderSettings`).")
 
 
-_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint8"}
+def _check_seed_agrees(settings: LoaderSettings, world_size: int) -> None:
+    """A drawn seed (``seed=None``) is this process's own: with more than one rank the ranks would
+    each shuffle their own way and share records out twice or not at all."""
+    if settings.seed_drawn and world_size > 1:
+        raise ArgumentError(f"seed=None draws a seed per process, but the {world_size} ranks must agree on the "
+                            f"order: pass the same int seed on every rank (e.g. seed=0)", param="seed")
 
 
 class _EpochSetter:
@@ -80,33 +87,25 @@ class ImageLoader:
         path: a directory written by ``loader pack``.
         batch_size: images per batch.
         image_size: output height and width.
-        train: random-resized-crop (``scale``, ``ratio``) + flip (``hflip``) + ``color_jitter``,
-            shuffled; else ``Resize(floor(image_size / crop_fraction))`` + ``CenterCrop(image_size)``
-            (``eval_mode``), in order.
+        train: random-resized-crop + flip + colour jitter (``augment``), shuffled; else eval's
+            resize + centre crop (``augment.eval_mode``, ``augment.crop_fraction``), in order.
         shuffle: default ``train``. drop_last: default ``train`` (every batch full).
-        seed: seeds the shuffle, the split and the augmentation, with the epoch.
+        seed: seeds the shuffle, the split and the augmentation, with the epoch: an int in
+            ``[0, 2**63)``, or None (a DataLoader's default) for a fresh random seed drawn here,
+            then readable as ``.seed`` and saved by :meth:`state_dict` (a ``seed=None`` loader
+            takes a loaded state's seed). None needs one rank and no ``validation_split``.
         device: "auto" (CUDA if available), "cpu", "cuda", "cuda:N".
         num_threads: DALI CPU threads (default: cores / local ranks).
         prefetch: batches DALI prepares ahead.
         dtype: torch.float32, torch.float16 or torch.uint8 (uint8 needs mean=std=None).
         channels_last: images in channels_last memory format (no extra copy).
         mean, std: per-channel, in 0..1 units (like torchvision); None = no normalization.
-        scale, ratio: RandomResizedCrop's area fraction and aspect ratio (w/h) ranges
-            (torchvision's defaults (0.08, 1) and (3/4, 4/3)).
-        hflip: probability of a horizontal flip in training (0 disables; default 0.5).
-        color_jitter: torchvision's ``ColorJitter`` after the flip, training only: None (off), a
-            float ``j`` (brightness = contrast = saturation = j, as timm's ``--color-jitter``), a
-            (brightness, contrast, saturation[, hue]) tuple, or a :class:`loader.ColorJitter`.
-            Same parameters on the CPU and GPU graphs, drawn from (seed, epoch, position).
-        crop_fraction: eval's centre crop as a fraction of the resized shorter side (timm's
-            ``crop_pct``; default 0.875, i.e. resize to 256 for 224).
-        eval_mode: "fast" (default): crop the centre ``crop_fraction`` of the shorter side, then
-            resize (loader 0.2's eval; up to ~1 output pixel off torchvision's); "torchvision":
-            the pixels of torchvision's ``Resize(floor(size / crop_fraction))`` +
-            ``CenterCrop(size)`` on PIL images (identical on the CPU graph; ~15% slower there),
-            for models validated with torchvision's transforms. See docs/imageloader.md.
-        color_mode: "rgb" (3 channels) or "grayscale" (1 channel, decoded as such; ``mean``/``std``
-            then take one number each, default the mean of ImageNet's: 0.449, 0.226).
+        augment: a :class:`loader.Augment`: what each image goes through (default ``Augment()``, the
+            ImageNet recipe): ``scale``, ``ratio`` (RandomResizedCrop), ``hflip``, ``color_jitter``
+            (training); ``crop_fraction``, ``eval_mode`` ("fast" or "torchvision") for eval;
+            ``color_mode`` ("rgb" or "grayscale": ``mean``/``std`` then take one number each,
+            default the mean of ImageNet's: 0.449, 0.226). The same keywords passed to ImageLoader
+            one by one (``hflip=0.0``) still work for one release, with a DeprecationWarning.
         batch_transform: ``f(images, targets, generator)`` called on every batch on the output
             device, after normalization; the loader yields what it returns (plus the indices
             with ``with_indices``). ``generator`` is a ``torch.Generator`` on that device seeded
@@ -124,10 +123,16 @@ class ImageLoader:
             included) and crops it on the GPU; "auto" (default) is "full" while the installed
             nvImageCodec is 0.9.x, whose region decode NVIDIA/nvImageCodec#55 reports crashing
             on H100, else "roi". Same pixels either way; see docs/gpu.md.
+        pad: DDP only: False gives ranks uneven shares instead of repeating records to even them
+            (eval: every record counted once).
+
+    Every argument is checked here (:class:`loader.load.settings.LoaderSettings`): a bad one is
+    an :class:`loader.errors.ArgumentError` naming it (``e.param``), before any data is read.
 
     Example:
-        >>> loader = ImageLoader("photos.packed", batch_size=256)     # doctest: +SKIP
-        >>> for images, labels in loader:                            # doctest: +SKIP
+        >>> train_loader = ImageLoader("photos.packed", batch_size=256,               # doctest: +SKIP
+        ...                            augment=loader.Augment(color_jitter=0.4))
+        >>> for images, labels in train_loader:                                     # doctest: +SKIP
         ...     loss = criterion(model(images), labels)
 
     Targets follow the dataset's labels: int64 ``[B]`` class indices; float32 ``[B, classes]``
@@ -136,81 +141,43 @@ class ImageLoader:
 
     def __init__(self, path: str | os.PathLike, batch_size: int, *, image_size: int = 224,
                  train: bool = True, shuffle: bool | None = None, drop_last: bool | None = None,
-                 seed: int = 0, device: str | torch.device = "auto", num_threads: int | None = None,
+                 seed: int | None = 0, device: str | torch.device = "auto", num_threads: int | None = None,
                  prefetch: int = 2, dtype: torch.dtype = torch.float32, channels_last: bool = False,
                  mean: Sequence[float] | None = IMAGENET_MEAN, std: Sequence[float] | None = IMAGENET_STD,
                  validation_split: float | None = None, subset: str | None = None,
                  rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
                  on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto",
-                 scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
-                 hflip: float = 0.5, color_jitter: float | tuple | ColorJitter | None = None,
-                 crop_fraction: float = EVAL_CROP_FRACTION,
-                 eval_mode: EvalMode = "fast", color_mode: ColorMode = "rgb",
-                 batch_transform: Callable[..., Any] | None = None):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(image_size, int) or image_size < 8:
-            raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
-        if not isinstance(prefetch, int) or prefetch < 1:
-            raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"num_threads must be a positive int or None, got {num_threads!r}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of torch.float32, torch.float16, torch.uint8, got {dtype!r}")
-        if on_error not in ("raise", "replace"):
-            raise ValueError(f"on_error must be 'raise' or 'replace', got {on_error!r}")
-        self.gpu_decode = resolve_gpu_decode(gpu_decode)    # validates; "auto" resolved once, here
-        self.augment = Augment(scale=scale, ratio=ratio, hflip=hflip, color_jitter=color_jitter,
-                               crop_fraction=crop_fraction, eval_mode=eval_mode, color_mode=color_mode)
-        if batch_transform is not None and not callable(batch_transform):
-            raise ValueError(f"batch_transform must be callable as f(images, targets, generator), "
-                             f"got {batch_transform!r}")
-        self.batch_transform = batch_transform
-        if (mean is None) != (std is None):
-            raise ValueError("mean and std must both be given or both be None")
-        if dtype == torch.uint8 and mean is not None:
-            raise ValueError("dtype=torch.uint8 gives raw pixels: pass mean=None, std=None")
-        channels = self.augment.channels
-        if channels == 1 and mean is IMAGENET_MEAN and std is IMAGENET_STD:
-            mean, std = _GRAY_MEAN, _GRAY_STD
-        for name, v in (("mean", mean), ("std", std)):
-            if v is not None and (len(v) != channels or (name == "std" and min(v) <= 0)):
-                raise ValueError(f"{name} must be {channels} number{'s' * (channels > 1)} (std > 0) in 0..1 "
-                                 f"units for color_mode={color_mode!r}, got {v!r}")
+                 augment: Augment | None = None, batch_transform: Callable[..., Any] | None = None,
+                 pad: bool = True, **deprecated_augment: Any):
+        check_path(path)
+        self.settings = s = LoaderSettings(
+            batch_size=batch_size, image_size=image_size, train=train, shuffle=shuffle, drop_last=drop_last,
+            seed=seed, device=device, num_threads=num_threads, prefetch=prefetch, dtype=dtype,
+            channels_last=channels_last, mean=mean, std=std, validation_split=validation_split, subset=subset,
+            rank=rank, world_size=world_size, with_indices=with_indices, on_error=on_error, gpu_decode=gpu_decode,
+            augment=resolve_augment(augment, deprecated_augment, stacklevel=2), batch_transform=batch_transform,
+            pad=pad)
 
         # Rank and world size are looked up again at each epoch's start (and by len()) unless
         # given here: trainers such as Lightning build the loader first and start the other
         # ranks and the process group later, inside fit().
-        self._rank_arg, self._world_arg = rank, world_size
-        self._device_arg, self._threads_arg = device, num_threads
+        self._rank_arg, self._world_arg = s.rank, s.world_size
         rank, world_size, local_rank = self._distribution()
+        _check_seed_agrees(s, world_size)
 
         self.dataset = open_dataset(path)
         # The records this loader draws from: None is all of them (no O(records) index array
         # per rank); a validation split keeps its subset, int32 below 2**31 records.
-        self._subset = (None if validation_split is None and subset is None
-                        else split_indices(len(self.dataset), validation_split, subset, seed))
+        self._subset = (None if s.validation_split is None
+                        else split_indices(len(self.dataset), s.validation_split, s.subset, s.seed))
         self._n = len(self.dataset) if self._subset is None else len(self._subset)
         if self._n == 0:
-            raise ValueError(f"subset {subset!r} of {path} is empty "
-                             f"(validation_split={validation_split}, {len(self.dataset)} records)")
-
-        self.batch_size = batch_size
-        self.image_size = image_size
-        self.train = bool(train)
-        self.shuffle = self.train if shuffle is None else bool(shuffle)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
-        self.seed = int(seed)
-        self.device = resolve_device(device, local_rank)
-        self.prefetch = prefetch
-        self.dtype = dtype
-        self.channels_last = bool(channels_last)
-        self.with_indices = bool(with_indices)
-        self.on_error = on_error
-        self.num_threads = num_threads or threads_per_rank()
-        self._norm = (mean, std)                   # 0..1 units, as given (the assembler's)
-        self._mean = None if mean is None else [255.0 * m for m in mean]      # the GPU graph's
-        self._std = None if std is None else [255.0 * s for s in std]
+            raise ArgumentError(f"validation_split={s.validation_split} leaves subset {s.subset!r} of {path} empty "
+                                f"({len(self.dataset)} records): raise validation_split or pack more records",
+                                param="validation_split")
+        # Resolved again (the local rank's GPU, its share of the cores) when the first pipeline is built.
+        self.device = resolve_device(s.device, local_rank)
+        self.num_threads = s.num_threads or threads_per_rank()
         self._assemble: BatchAssembler | None = None
 
         self._share(world_size)      # a batch larger than a rank's share is an error now, not at fit()
@@ -226,12 +193,31 @@ class ImageLoader:
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
 
+    batch_size = _from_settings("batch_size")
+    image_size = _from_settings("image_size")
+    train = _from_settings("train")
+    shuffle = _from_settings("shuffle")
+    drop_last = _from_settings("drop_last")
+    seed = _from_settings("seed")
+    prefetch = _from_settings("prefetch")
+    dtype = _from_settings("dtype")
+    channels_last = _from_settings("channels_last")
+    mean = _from_settings("mean")
+    std = _from_settings("std")
+    with_indices = _from_settings("with_indices")
+    on_error = _from_settings("on_error")
+    gpu_decode = _from_settings("gpu_decode")
+    augment = _from_settings("augment")
+    batch_transform = _from_settings("batch_transform")
+    pad = _from_settings("pad")
+
     # -- ranks ----------------------------------------------------------------
     def _distribution(self) -> tuple[int, int, int]:
         """(rank, world_size, local_rank) now: the explicit arguments, else torch.distributed, else env."""
         rank, world_size, local_rank = distributed_env(self._rank_arg, self._world_arg)
         if world_size < 1 or not (0 <= rank < world_size):
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+            raise ArgumentError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}",
+                                param="rank")
         return rank, world_size, local_rank
 
     def _share(self, world_size: int, rank: int = 0) -> int:
@@ -319,7 +305,7 @@ class ImageLoader:
             self._epoch, self._resume_batch = epoch + 1, 0
             plan = self.epoch_plan(epoch, start)
             if len(plan.records):        # pad=False, fewer records than ranks: this rank has none
-                self._start_epoch(plan)
+                self._build(plan) if self._pipe is None else self._restart(plan)
             self._running = (epoch, start)
             self._generation = generation = self._generation + 1
         for out in self._batches(epoch, start, plan):
@@ -333,36 +319,37 @@ class ImageLoader:
                     f"the same ImageLoader started a new epoch: one ImageLoader runs one epoch at a time; "
                     f"build a second ImageLoader for a second stream (e.g. zip(loader, loader))")
 
-    def _start_epoch(self, plan: EpochPlan) -> None:
-        if self._pipe is None:
-            # The device and thread count follow the local rank as of the first epoch.
-            _, _, local_rank = self._distribution()
-            self.device = resolve_device(self._device_arg, local_rank)
-            self.num_threads = self._threads_arg or threads_per_rank()
-            if self._guard is None:
-                self._guard = RecordGuard(self.dataset)
-            self._feed = EpochFeed(self.dataset, train=self.train, seed=self.seed,
-                                   history=self.prefetch + 4, guard=self._guard,
-                                   replace_bad=self.on_error == "replace", augment=self.augment,
-                                   image_size=self.image_size)
-            self._feed.start(plan)
-            if self.device.type == "cpu":
-                self._finisher = CpuFinisher(self.num_threads)
-            self._assemble = BatchAssembler(
-                dataset=self.dataset, device=self.device, dtype=self.dtype, image_size=self.image_size,
-                channels_last=self.channels_last, augment=self.augment, train=self.train,
-                mean=self._norm[0], std=self._norm[1], buffers=self._buffers, finisher=self._finisher)
-            self._pipe = build_pipeline(
-                self._feed, batch_size=self.batch_size, num_threads=self.num_threads,
-                device_id=self.device.index if self.device.type == "cuda" else None,
-                prefetch=self.prefetch, seed=self.seed, image_size=self.image_size,
-                dtype=_DTYPES[self.dtype], layout="HWC" if self.channels_last else "CHW",
-                mean=self._mean, std=self._std, gpu_decode=self.gpu_decode,
-                color_mode=self.augment.color_mode, exact_eval=self._assemble.exact_eval,
-                jitter=self._assemble.jitter, **self._largest_image())
-            return
-        # Finish the previous epoch (it may have been abandoned mid-way): DALI
-        # has batches in flight; drain them, then reset, which re-iterates the feed.
+    def _build(self, plan: EpochPlan) -> None:
+        """Start ``plan`` on a new pipeline: the first epoch's, or the next one's after a DALI error."""
+        s = self.settings
+        # The device and thread count follow the local rank as of the first epoch.
+        _, world_size, local_rank = self._distribution()
+        _check_seed_agrees(s, world_size)
+        self.device = resolve_device(s.device, local_rank)
+        self.num_threads = s.num_threads or threads_per_rank()
+        if self._guard is None:
+            self._guard = RecordGuard(self.dataset)
+        self._feed = EpochFeed(self.dataset, train=s.train, seed=s.seed, history=s.prefetch + 4, guard=self._guard,
+                               replace_bad=s.on_error == "replace", augment=s.augment, image_size=s.image_size)
+        self._feed.start(plan)
+        if self.device.type == "cpu":
+            self._finisher = CpuFinisher(self.num_threads)
+        self._assemble = BatchAssembler(
+            dataset=self.dataset, device=self.device, dtype=s.dtype, image_size=s.image_size,
+            channels_last=s.channels_last, augment=s.augment, train=s.train,
+            pixel_mean=s.pixel_mean, pixel_std=s.pixel_std, buffers=self._buffers, finisher=self._finisher)
+        self._pipe = build_pipeline(
+            self._feed, batch_size=s.batch_size, num_threads=self.num_threads,
+            device_id=self.device.index if self.device.type == "cuda" else None,
+            prefetch=s.prefetch, seed=s.seed, image_size=s.image_size,
+            dtype=s.dali_dtype, layout="HWC" if s.channels_last else "CHW",
+            mean=s.pixel_mean, std=s.pixel_std, gpu_decode=s.gpu_decode,
+            color_mode=s.augment.color_mode, exact_eval=self._assemble.exact_eval,
+            jitter=self._assemble.jitter, **self._largest_image())
+
+    def _restart(self, plan: EpochPlan) -> None:
+        """Start ``plan`` on the running pipeline: finish the previous epoch (it may have been
+        abandoned mid-way: DALI has batches in flight), drain it, then reset, which re-iterates the feed."""
         self._feed.stop()
         for _ in range(self.prefetch + 8):      # at most `prefetch` batches are in flight
             try:
@@ -508,7 +495,7 @@ class ImageLoader:
     def _adopt_seed(self, seed: int) -> None:
         """Take a restored run's seed: the order and crops follow it from the next epoch on (a drawn
         seed never seeds a split: ``seed=None`` with ``validation_split`` is refused)."""
-        self.seed = seed
+        self.settings = self.settings.with_seed(seed)
         # The feed and DALI's graph were built with the old seed: the next epoch builds them anew.
         self._release_pipeline()
         self._feed = None
