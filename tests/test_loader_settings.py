@@ -31,7 +31,8 @@ def ds(tmp_path_factory):
 # batch_size=4), all of which must fail with ArgumentError(param=<the key>) at ImageLoader(...).
 BAD = {
     "batch_size": [dict(batch_size=0), dict(batch_size=-1), dict(batch_size=2.0), dict(batch_size=True),
-                   dict(batch_size="4"), dict(batch_size=2**31), dict(batch_size=MAX_BATCH_SIZE + 1)],
+                   dict(batch_size="4"), dict(batch_size=2**31), dict(batch_size=MAX_BATCH_SIZE + 1),
+                   dict(batch_size=9)],                                 # over the 8 records, with drop_last
     "image_size": [dict(image_size=7), dict(image_size=MAX_SIDE + 1), dict(image_size=224.0), dict(image_size=None)],
     "train": [dict(train="yes"), dict(train=1), dict(train=None)],
     "shuffle": [dict(shuffle="no"), dict(shuffle=0)],
@@ -62,7 +63,7 @@ BAD = {
     "gpu_decode": [dict(gpu_decode="fast"), dict(gpu_decode=None)],
     "augment": [dict(augment="strong"), dict(augment={"hflip": 0.5}), dict(augment=Augment(), hflip=0.0)],
     "batch_transform": [dict(batch_transform="mixup"), dict(batch_transform=3)],
-    "pad": [dict(pad="no"), dict(pad=None), dict(pad=0)],
+    "pad": [dict(pad="no"), dict(pad=None), dict(pad=0), dict(pad=False, drop_last=True)],
     # The deprecated flat keywords (ImageLoader's **deprecated_augment), validated by Augment.
     "scale": [dict(scale=(0.5, 1.5)), dict(scale="ab"), dict(scale=(NAN, 1.0))],
     "ratio": [dict(ratio=(2.0, 1.0)), dict(ratio=None)],

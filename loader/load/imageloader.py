@@ -231,10 +231,10 @@ class ImageLoader:
                                 "dropped; pass drop_last=False (train=False does) or leave pad=True", param="pad")
         share = share_size(self._n, world_size, self.batch_size, self.drop_last, pad=pad, rank=rank)
         if share == 0 and self.drop_last:     # (pad=False: fewer records than ranks leaves a rank none; fine)
-            raise ValueError(
+            raise ArgumentError(
                 f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.path} "
                 f"({self._n // world_size} of {self._n} records over {world_size} "
-                f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False")
+                f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False", param="batch_size")
         return share
 
     @property
