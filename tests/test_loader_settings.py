@@ -261,3 +261,14 @@ def test_seed_none_resume_is_exact(ds):
     pinned = ImageLoader(ds, **dict(kw, seed=run.seed))
     pinned.set_epoch(1)
     assert all(torch.equal(s, t) for x, y in zip(epoch(pinned)[2:], rest) for s, t in zip(x, y))
+
+
+def test_seed_none_is_refused_when_a_second_rank_appears_before_the_first_epoch(ds, monkeypatch):
+    """Trainers start the other ranks after building the loader: the first epoch checks again."""
+    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(v, raising=False)
+    ld = ImageLoader(ds, batch_size=2, image_size=16, seed=None, device="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ArgumentError, match="seed=None draws a seed per process, but the 2 ranks") as info:
+        next(iter(ld))
+    assert info.value.param == "seed" and ld._pipe is None
