@@ -13,8 +13,8 @@ error: photos/ does not exist; pass an image folder as SRC
 
 from __future__ import annotations
 
-__all__ = ["ArgumentError", "DaliMissingError", "DatasetError", "DecodeError", "LoaderError", "ModelSpecError",
-           "PackError", "import_dali", "one_line"]
+__all__ = ["ArgumentError", "ConcurrentEpochError", "DaliMissingError", "DatasetError", "DecodeError", "LoaderError",
+           "ModelSpecError", "PackError", "import_dali", "one_line"]
 
 
 class LoaderError(Exception):
@@ -48,6 +48,10 @@ class PackError(LoaderError):
 
 class DecodeError(LoaderError, RuntimeError):
     """A record could not be decoded at load time (``ImageLoader``); the message names the record."""
+
+
+class ConcurrentEpochError(LoaderError, RuntimeError):
+    """An iterator of an ``ImageLoader`` was used after another ``iter()`` started a new epoch."""
 
 
 class ModelSpecError(LoaderError, ValueError):
