@@ -17,7 +17,7 @@ from PIL import Image
 import loader
 from loader import ImageLoader
 from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD
-from loader.errors import DatasetError
+from loader.errors import ArgumentError, DatasetError
 from loader.load.sampler import crop_windows
 from tests.conftest import edit_columns, pack_photo_dataset, replace_records
 
@@ -371,15 +371,18 @@ def test_trainers_set_the_epoch_through_the_sampler(photo_ds):
     (dict(batch_size=100), "batch_size=100 is larger"),
 ])
 def test_bad_arguments_raise_value_error_naming_them(colour_ds, kwargs, match):
+    """An ArgumentError (a ValueError) at construction; every parameter: tests/test_loader_settings.py."""
     if kwargs.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ArgumentError, match=match) as info:
         ImageLoader(colour_ds, **kwargs)
+    assert isinstance(info.value, ValueError) and info.value.param in str(info.value)
 
 
 def test_empty_subset_is_an_error(colour_ds):
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ArgumentError, match="leaves subset 'validation' of .* empty") as info:
         ImageLoader(colour_ds, batch_size=1, validation_split=0.01, subset="validation")
+    assert info.value.param == "validation_split"
 
 
 def test_not_a_packed_dataset(tmp_path):
