@@ -27,7 +27,7 @@ import torch
 from loader.augment.batch import batch_generator
 from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.augment.settings import Augment
-from loader.errors import ArgumentError, DatasetError, DecodeError, LoaderError  # DecodeError: still exported here
+from loader.errors import ArgumentError, ConcurrentEpochError, DatasetError, DecodeError  # both: also exported here
 from loader.format.dataset import open_dataset
 from loader.format.recordguard import RecordGuard, RecordRejected
 from loader.load.batches import BatchAssembler
@@ -74,10 +74,6 @@ class _EpochSetter:
         ``len(sampler) * world_size < len(dataset)`` (records no rank saw?) false on every rank."""
         ld = self._loader
         return ld._share(ld.world_size, 0)       # rank 0's share is the longest
-
-
-class ConcurrentEpochError(LoaderError, RuntimeError):
-    """An iterator of an :class:`ImageLoader` was used after another ``iter()`` started a new epoch."""
 
 
 class ImageLoader:
@@ -222,7 +218,7 @@ class ImageLoader:
 
     def _share(self, world_size: int, rank: int = 0) -> int:
         """Samples ``rank`` gets per epoch with ``world_size`` ranks (the same on every rank but with ``pad=False``)."""
-        pad = getattr(self, "pad", True)
+        pad = self.pad
         if not pad and self.drop_last:
             # drop_last already gives every rank an equal share with nothing repeated; pad=False
             # asks for every record once, which drop_last cannot give: say so rather than ignore it.
@@ -284,7 +280,7 @@ class ImageLoader:
         # Per rank, only the share's arrays outlive this call (the epoch's permutation is
         # needed whole, as on every rank, to agree on the order).
         positions = rank_positions(self._n, rank, world_size, self.batch_size, self.drop_last,
-                                   pad=getattr(self, "pad", True))
+                                   pad=self.pad)
         records = epoch_order(self._n, self.seed, epoch, self.shuffle)[positions]
         if self._subset is not None:
             records = self._subset[records]
@@ -468,7 +464,7 @@ class ImageLoader:
         return {"epoch": epoch, "batches_done": done, "seed": self.seed, "batch_size": self.batch_size,
                 "num_samples": share, "num_batches": num_batches(share, self.batch_size, self.drop_last),
                 "world_size": world_size, "rank": rank, "shuffle": self.shuffle, "drop_last": self.drop_last,
-                "pad": getattr(self, "pad", True), "num_records": len(self.dataset), "subset_records": self._n,
+                "pad": self.pad, "num_records": len(self.dataset), "subset_records": self._n,
                 "dataset": dataset_fingerprint(self.dataset)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -490,7 +486,7 @@ class ImageLoader:
     @property
     def _seed_drawn(self) -> bool:
         """Whether ``seed=None`` drew this loader's seed (then :meth:`load_state_dict` adopts a state's)."""
-        return bool(getattr(getattr(self, "settings", None), "seed_drawn", False))
+        return self.settings.seed_drawn
 
     def _adopt_seed(self, seed: int) -> None:
         """Take a restored run's seed: the order and crops follow it from the next epoch on (a drawn
