@@ -202,7 +202,7 @@ def test_all_files_bad(tmp_path):
     ({"quality": 0}, "quality must be an integer from 1 to 100 (got 0)"),
     ({"quality": 101}, "quality must be an integer from 1 to 100 (got 101)"),
     ({"max_side": 15}, "max_side must be None or an integer from 16 to 65,500 pixels (got 15)"),
-    ({"shard_size_mb": 0}, "shard_size_mb must be a number of MB > 0 and <= 1,048,576 (got 0)"),
+    ({"shard_size_mb": 0}, "shard_size_mb must be a number of MB from 1e-06 (one byte) to 1,048,576 (got 0)"),
 ])
 def test_invalid_options(image_tree, tmp_path, kw, message):
     with pytest.raises(ArgumentError) as e:     # library messages name the parameter (param=), not a flag

@@ -6,20 +6,42 @@ path in it (``pkg.mod:Factory.build`` works). The callable gets
 ``num_classes=`` when it accepts that keyword, and must return a
 ``torch.nn.Module`` whose output for a ``[B, 3, H, W]`` batch is ``[B, num_classes]``.
 Every way this can go wrong is a :class:`ModelSpecError`: one line naming the
-spec and what to change.
+spec and what to change, including user code that calls ``sys.exit`` (or runs argparse on
+loader's own command line) while it is imported or called: what it printed then is held back
+and its last line quoted instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from loader.errors import ModelSpecError  # its home is loader.errors (still exported here)
 
 __all__ = ["ModelSpecError", "build_model", "check_output", "load_factory"]
+
+
+def _exit_text(e: SystemExit, held: str) -> str:
+    """``sys.exit(CODE)``, plus the last line the user code printed (argparse's error, say)."""
+    last = next((line.strip() for line in reversed(held.splitlines()) if line.strip()), "")
+    said = f"; its last output: {last[:200]!r}" if last else ""
+    return f"called sys.exit({e.code!r}){said}"
+
+
+@contextlib.contextmanager
+def _held_output() -> Iterator[io.StringIO]:
+    """Hold what user code prints (Python-level stdout/stderr) for the duration of the block:
+    passed on to stderr if the block ends normally (stdout may carry loader's own output),
+    dropped if it raises (the caller quotes its last line). sys.stdout / sys.stderr are restored."""
+    held = io.StringIO()
+    with contextlib.redirect_stdout(held), contextlib.redirect_stderr(held):
+        yield held
+    sys.stderr.write(held.getvalue())
 
 
 def load_factory(spec: str) -> Callable:
@@ -38,13 +60,19 @@ def load_factory(spec: str) -> Callable:
     cwd_added = os.getcwd() not in sys.path and "" not in sys.path
     if cwd_added:
         sys.path.insert(0, os.getcwd())
+    held = None
     try:
-        module = importlib.import_module(module_name)
+        with _held_output() as held:
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ModelSpecError(f"--model {spec}: cannot import {module_name!r} ({e}); is it on PYTHONPATH "
                              f"or in the current directory?") from None
+    except SystemExit as e:   # sys.exit or argparse at import time: not loader's exit
+        raise ModelSpecError(f"--model {spec}: importing {module_name!r} {_exit_text(e, held.getvalue())}; "
+                             f"put the module's script code under `if __name__ == '__main__':`") from None
     except Exception as e:  # noqa: BLE001 - any error inside the user's module is a spec problem
-        raise ModelSpecError(f"--model {spec}: importing {module_name!r} failed: {type(e).__name__}: {e}") from None
+        raise ModelSpecError(f"--model {spec}: importing {module_name!r} failed: {type(e).__name__}: "
+                             f"{_one_line(e)}") from None
     finally:
         if cwd_added and os.getcwd() in sys.path:
             sys.path.remove(os.getcwd())
@@ -57,6 +85,12 @@ def load_factory(spec: str) -> Callable:
     if not callable(obj):
         raise ModelSpecError(f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a callable")
     return obj
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """An exception's text on one line, at most ``limit`` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _takes_num_classes(factory: Callable) -> bool:
@@ -72,10 +106,15 @@ def build_model(factory: Callable, num_classes: int, *, spec: str = "the model")
     """``factory(num_classes=num_classes)`` (or ``factory()`` if it takes no such keyword), checked to be a Module."""
     import torch
 
+    held = None
     try:
-        model = factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
+        with _held_output() as held:
+            model = factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
+    except SystemExit as e:
+        raise ModelSpecError(f"--model {spec}: calling it {_exit_text(e, held.getvalue())}; a model "
+                             f"factory must return a torch.nn.Module") from None
     except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
-        raise ModelSpecError(f"--model {spec}: calling it failed: {type(e).__name__}: {e}") from None
+        raise ModelSpecError(f"--model {spec}: calling it failed: {type(e).__name__}: {_one_line(e)}") from None
     if not isinstance(model, torch.nn.Module):
         raise ModelSpecError(f"--model {spec}: returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -94,9 +133,12 @@ def check_output(model, num_classes: int, image_size: int, device, *, spec: str 
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, 3, image_size, image_size, device=device))
+    except SystemExit as e:
+        raise ModelSpecError(f"--model {spec}: a forward pass of a [2, 3, {image_size}, {image_size}] batch "
+                             f"called sys.exit({e.code!r})") from None
     except Exception as e:  # noqa: BLE001
         raise ModelSpecError(f"--model {spec}: a forward pass of a [2, 3, {image_size}, {image_size}] batch "
-                             f"failed: {type(e).__name__}: {' '.join(str(e).split())}") from None
+                             f"failed: {type(e).__name__}: {_one_line(e)}") from None
     finally:
         model.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from loader.check.decodecheck import DecodeCheck
-from loader.errors import DatasetError
+from loader.convert.imagecheck import suspect_reason
 from loader.format.dataset import PackedDataset, open_dataset
 from loader.format.manifest import record_checksum
 
@@ -33,16 +33,22 @@ BadRecord = tuple  # (index, shard name, local key, source, reason)
 _BATCH = 64
 
 
-def _read_checked(ds: PackedDataset, i: int) -> bytes | str:
-    """Record ``i``'s bytes, or why they are bad (missing, checksum)."""
-    try:
-        data = ds.read(i)
-    except DatasetError:
-        return "record missing from its shard"
-    digest = record_checksum(data, ds.manifest.version)
-    if digest != ds.checksum(i):
-        return f"checksum mismatch (stored bytes hash to {digest}, manifest says {ds.checksum(i)})"
-    return data
+def _read_checked(ds: PackedDataset, lo: int, hi: int) -> list[np.ndarray | str]:
+    """Records ``lo..hi-1``: each one's bytes, or why they are bad: it cannot be read (missing
+    from its shard, cut short, on a damaged LMDB page: the rest of the shard is still checked)
+    or its checksum does not match."""
+    unreadable: dict[int, str] = {}
+    out: list[np.ndarray | str] = []
+    for i, data in zip(range(lo, hi), ds.read_batch(np.arange(lo, hi), unreadable=unreadable)):
+        if i in unreadable:
+            out.append(unreadable[i])
+            continue
+        digest = record_checksum(data, ds.manifest.version)
+        if digest != ds.checksum(i):
+            out.append(f"checksum mismatch (stored bytes hash to {digest}, manifest says {ds.checksum(i)})")
+        else:
+            out.append(data)
+    return out
 
 
 def verify(dst: str | os.PathLike, *, decode: bool = True, progress: bool = True) -> list[BadRecord]:
@@ -66,17 +72,18 @@ def verify(dst: str | os.PathLike, *, decode: bool = True, progress: bool = True
               dynamic_ncols=True) as bar:
         for lo in range(0, len(ds), _BATCH):
             good_idx, arrays = [], []
-            for i in range(lo, min(lo + _BATCH, len(ds))):
-                data = _read_checked(ds, i)
+            for i, data in enumerate(_read_checked(ds, lo, min(lo + _BATCH, len(ds))), start=lo):
                 if isinstance(data, str):
                     report(i, data)
                 else:
                     good_idx.append(i)
-                    arrays.append(np.frombuffer(data, dtype=np.uint8))
+                    arrays.append(data)
             if decoder is not None and arrays:
                 # The bytes already read (and checksummed) are the ones decoded.
                 reasons = decoder.check_arrays(arrays, ds.heights[good_idx], ds.widths[good_idx])
-                for i, reason in zip(good_idx, reasons):
+                for i, reason, a in zip(good_idx, reasons, arrays):
+                    if reason is None:   # decodes, but the decoder filled in missing data (pack skips these)
+                        reason = suspect_reason(a.tobytes())
                     if reason is not None:
                         report(i, reason)
             bar.update(min(lo + _BATCH, len(ds)) - lo)

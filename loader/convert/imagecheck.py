@@ -17,6 +17,15 @@ progressive: :func:`jpeg_frame_marker`) are checked this way; rare kinds
 padded: ``ImageFile.LOAD_TRUNCATED_IMAGES`` is False while this module
 decodes, and the caller's value is restored afterwards (:func:`strict_truncation`).
 
+Suspect JPEGs (:func:`suspect_reason`) decode without an error but are damaged: libjpeg
+warns (which Pillow drops) and fills in what is missing. Two kinds are caught: a header
+claiming more pixels than the file's bytes can code (checked before decoding), and a scan
+cut short with an end-of-image marker after it, whose tail decodes flat grey (value 128):
+when the decoded bottom-right pixel is that grey, the file is decoded once more with its end
+marker replaced by a few padding bytes, and Pillow's "truncated" then tells fill from image.
+Only single-scan sequential JPEGs get that second test (a progressive file cut short keeps a
+blurry but whole image). Files over :data:`MAX_FILE_BYTES` are not read at all.
+
 :attr:`CheckedImage.converted` says what happened, e.g. ``"exif-rotate"``,
 ``"cmyk->rgb"``, ``"p->rgb,gif->jpeg"``, ``"max-side"``, and is ``None`` for
 byte-for-byte. :attr:`CheckedImage.height` and ``width`` are those of the
@@ -52,9 +61,12 @@ MAX_FILE_BYTES = 256 * 2**20
 
 STORAGE_POLICY = """\
 Storage policy. Every file is decoded once with Pillow; files that are empty,
-not images, corrupt or truncated are skipped and listed with a short reason in
-DST/skipped.tsv (--strict: the first one is an error). Truncated images are
-never padded.
+over 256 MB, not images, corrupt or truncated are skipped and listed with a
+short reason in DST/skipped.tsv (--strict: the first one is an error).
+Truncated images are never padded, nor stored when the decoder padded them: a
+JPEG cut short with an end marker appended (decodes grey from the cut on) or
+whose header claims more pixels than its bytes can hold is "suspect", skipped
+too unless kept on request (then listed in DST/suspect.tsv).
 
 A file is stored byte-for-byte (its original bytes) when all hold: it is a JPEG
 or an 8-bit PNG; its mode is RGB or L (grayscale); it has no EXIF orientation

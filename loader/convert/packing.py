@@ -38,7 +38,6 @@ from __future__ import annotations
 import errno
 import math
 import multiprocessing as mp
-import numbers
 import os
 import shutil
 import signal
@@ -57,22 +56,17 @@ from tqdm import tqdm
 from loader.convert.destination import check_dst, install, make_partial, remove_stale
 from loader.convert.imagecheck import MAX_FILE_BYTES, BadImage, CheckedImage, check_bytes, read_capped
 from loader.convert.indexwriter import IndexWriter
+from loader.convert.options import MAX_SHARDS, check_label_options, check_options
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
-from loader.errors import ArgumentError, PackError
+from loader.errors import PackError
 from loader.format.manifest import SKIPPED_NAME
 from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
-from loader.units import MB, available_cores
+from loader.units import MB
 
 __all__ = ["SUSPECT_NAME", "PackReport", "pack", "plan_shards", "shard_ranges"]
 
 # With keep_suspect=True: the suspect files that were stored, and why (source, reason; as skipped.tsv).
 SUSPECT_NAME = "suspect.tsv"
-# Upper bounds of pack's numeric options: beyond them a value is a typo, not a plan (a shard
-# size of inf once wrote Infinity, not JSON, into manifest.json; workers=10**6 would fork that many).
-MAX_SHARDS = 100_000
-MAX_SHARD_SIZE_MB = 2**20           # 1 TiB
-MAX_WORKERS = 1024
-MAX_SIDE_LIMIT = 65_500             # the largest side a JPEG can be written with
 
 # Items per pool task: 32 amortises the pool's per-task IPC (+5% pack rate over
 # 16, measured here), but at least ~8 tasks per worker keep the ends even.
@@ -128,7 +122,7 @@ class PackReport:
 
 def plan_shards(total_bytes: int, num_items: int, shards: int | None, shard_size_mb: float) -> int:
     """Number of shards: ``shards`` if given, else ``ceil(total / shard size)``;
-    at least 1 and at most one per image. Never depends on ``workers``.
+    at least 1, at most one per image and at most ``MAX_SHARDS``. Never depends on ``workers``.
 
     >>> plan_shards(1_300 * MB, 5000, None, 512)
     3
@@ -137,7 +131,7 @@ def plan_shards(total_bytes: int, num_items: int, shards: int | None, shard_size
     """
     if shards is None:
         shards = math.ceil(total_bytes / (shard_size_mb * MB))
-    return max(1, min(shards, num_items))
+    return max(1, min(shards, num_items, MAX_SHARDS))
 
 
 def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
@@ -147,83 +141,6 @@ def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
     [(0, 3), (3, 6), (6, 10)]
     """
     return [(s * n // num_shards, (s + 1) * n // num_shards) for s in range(num_shards)]
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict[str, object]) -> int:
-    """Validate option values (``flags``: the True/False ones, by name); return the worker count to use."""
-    if shards is not None and (not _is_int(shards) or not 1 <= shards <= MAX_SHARDS):
-        raise ArgumentError(f"shards must be None or an integer from 1 to {MAX_SHARDS:,} (got {shards!r})",
-                            param="shards")
-    if (not isinstance(shard_size_mb, numbers.Real) or isinstance(shard_size_mb, bool)
-            or not 0 < shard_size_mb <= MAX_SHARD_SIZE_MB):      # also refuses nan and inf
-        raise ArgumentError(f"shard_size_mb must be a number of MB > 0 and <= {MAX_SHARD_SIZE_MB:,} "
-                            f"(got {shard_size_mb!r})", param="shard_size_mb")
-    if workers is not None and (not _is_int(workers) or not 1 <= workers <= MAX_WORKERS):
-        raise ArgumentError(f"workers must be None or an integer from 1 to {MAX_WORKERS} (got {workers!r})",
-                            param="workers")
-    if max_side is not None and (not _is_int(max_side) or not 16 <= max_side <= MAX_SIDE_LIMIT):
-        raise ArgumentError(f"max_side must be None or an integer from 16 to {MAX_SIDE_LIMIT:,} pixels "
-                            f"(got {max_side!r})", param="max_side")
-    if not _is_int(quality) or not 1 <= quality <= 100:
-        raise ArgumentError(f"quality must be an integer from 1 to 100 (got {quality!r})", param="quality")
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise ArgumentError(f"{name} must be True or False (got {value!r})", param=name)
-    return int(workers or available_cores())
-
-
-def _check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list[str] | None, str]:
-    """Validate the label options; return ``(pinned classes or None, how to name them)``."""
-    if unlabeled and (labels is not None or classes is not None or classes_from is not None):
-        given = [f for f, v in (("labels", labels), ("classes", classes),
-                                ("classes_from", classes_from)) if v is not None]
-        raise ArgumentError(f"unlabeled cannot go with {given[0]}: an unlabeled dataset has no "
-                            f"classes; drop one of them", param="unlabeled")
-    if classes is not None and classes_from is not None:
-        raise ArgumentError("classes and classes_from both pin the classes; pass only one", param="classes")
-    if labels is not None and not isinstance(labels, (str, os.PathLike)):
-        raise ArgumentError(f"labels must be a path to a labels file (got {_short(labels)})", param="labels")
-    if classes is not None:
-        if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
-            raise ArgumentError(f"classes must be a non-empty list of class names (got {_short(classes)}), "
-                                f"e.g. ['cat', 'dog']", param="classes")
-        for c in classes:
-            if not isinstance(c, str) or not c.strip():
-                raise ArgumentError(f"classes has an empty or non-string class name ({_short(c)}); "
-                                    f"give names like ['cat', 'dog']", param="classes")
-        seen: set[str] = set()
-        for c in classes:
-            if c in seen:
-                raise ArgumentError(f"classes names class {_short(c)} twice; give each class once",
-                                    param="classes")
-            seen.add(c)
-        return list(classes), "the given classes"
-    if classes_from is not None:
-        if not isinstance(classes_from, (str, os.PathLike)):
-            raise ArgumentError(f"classes_from must be the path of a packed dataset (got {_short(classes_from)})",
-                                param="classes_from")
-        from loader.errors import DatasetError
-        from loader.format.manifest import read_manifest
-
-        try:
-            m = read_manifest(classes_from)
-        except DatasetError as e:
-            raise PackError(f"classes_from {classes_from}: {e}", param="classes_from") from None
-        if not m.classes:
-            raise PackError(f"classes_from {classes_from}: that dataset has no classes (packed "
-                            f"unlabeled); pass a packed dataset with classes", param="classes_from")
-        return list(m.classes), f"the classes of {classes_from}"
-    return None, ""
-
-
-def _short(value: object, limit: int = 200) -> str:
-    """``repr(value)``, cut to ``limit`` characters (a message must stay one readable line)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 # ---------------------------------------------------------------- workers
@@ -485,10 +402,10 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ('cat', 'dog')
     """
     t0 = time.perf_counter()
-    workers = _check_options(shards, shard_size_mb, workers, max_side, quality,
+    workers = check_options(shards, shard_size_mb, workers, max_side, quality,
                              dict(overwrite=overwrite, strict=strict, progress=progress, unlabeled=unlabeled,
                                   keep_suspect=keep_suspect))
-    pinned, origin = _check_label_options(labels, unlabeled, classes, classes_from)
+    pinned, origin = check_label_options(labels, unlabeled, classes, classes_from)
     src, dst = Path(src), Path(os.path.abspath(dst))
     unlisted, label_csr = 0, None
     if unlabeled:

@@ -1,0 +1,109 @@
+"""Validation of :func:`loader.convert.packing.pack`'s options, before anything is read or written.
+
+Messages name the Python parameter and set ``param=`` (:class:`~loader.errors.ArgumentError`);
+the CLI maps it to its flag.
+
+>>> check_options(None, 512, 2, None, 95, {"strict": False})
+2
+>>> check_options(None, float("inf"), None, None, 95, {})
+Traceback (most recent call last):
+...
+loader.errors.ArgumentError: shard_size_mb must be a number of MB from 1e-06 (one byte) to 1,048,576 (got inf)
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+
+from loader.errors import ArgumentError, PackError
+from loader.units import available_cores
+
+__all__ = ["MAX_SHARDS", "MAX_SHARD_SIZE_MB", "MAX_SIDE_LIMIT", "MAX_WORKERS", "MIN_SHARD_SIZE_MB",
+           "check_label_options", "check_options"]
+
+# Upper bounds of pack's numeric options: beyond them a value is a typo, not a plan (a shard
+# size of inf once wrote Infinity, not JSON, into manifest.json; workers=10**6 would fork that many).
+MAX_SHARDS = 100_000
+MIN_SHARD_SIZE_MB = 1e-6            # one byte (MB = 10**6): smaller ones overflow the shard count
+MAX_SHARD_SIZE_MB = 2**20           # ~1 TB
+MAX_WORKERS = 1024
+MAX_SIDE_LIMIT = 65_500             # the largest side a JPEG can be written with
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict[str, object]) -> int:
+    """Validate option values (``flags``: the True/False ones, by name); return the worker count to use."""
+    if shards is not None and (not _is_int(shards) or not 1 <= shards <= MAX_SHARDS):
+        raise ArgumentError(f"shards must be None or an integer from 1 to {MAX_SHARDS:,} (got {shards!r})",
+                            param="shards")
+    if (not isinstance(shard_size_mb, numbers.Real) or isinstance(shard_size_mb, bool)
+            or not MIN_SHARD_SIZE_MB <= shard_size_mb <= MAX_SHARD_SIZE_MB):      # also refuses nan and inf
+        raise ArgumentError(f"shard_size_mb must be a number of MB from {MIN_SHARD_SIZE_MB:g} (one byte) to "
+                            f"{MAX_SHARD_SIZE_MB:,} (got {shard_size_mb!r})", param="shard_size_mb")
+    if workers is not None and (not _is_int(workers) or not 1 <= workers <= MAX_WORKERS):
+        raise ArgumentError(f"workers must be None or an integer from 1 to {MAX_WORKERS} (got {workers!r})",
+                            param="workers")
+    if max_side is not None and (not _is_int(max_side) or not 16 <= max_side <= MAX_SIDE_LIMIT):
+        raise ArgumentError(f"max_side must be None or an integer from 16 to {MAX_SIDE_LIMIT:,} pixels "
+                            f"(got {max_side!r})", param="max_side")
+    if not _is_int(quality) or not 1 <= quality <= 100:
+        raise ArgumentError(f"quality must be an integer from 1 to 100 (got {quality!r})", param="quality")
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ArgumentError(f"{name} must be True or False (got {value!r})", param=name)
+    return int(workers or available_cores())
+
+
+def check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list[str] | None, str]:
+    """Validate the label options; return ``(pinned classes or None, how to name them)``."""
+    if unlabeled and (labels is not None or classes is not None or classes_from is not None):
+        given = [f for f, v in (("labels", labels), ("classes", classes),
+                                ("classes_from", classes_from)) if v is not None]
+        raise ArgumentError(f"unlabeled cannot go with {given[0]}: an unlabeled dataset has no "
+                            f"classes; drop one of them", param="unlabeled")
+    if classes is not None and classes_from is not None:
+        raise ArgumentError("classes and classes_from both pin the classes; pass only one", param="classes")
+    if labels is not None and not isinstance(labels, (str, os.PathLike)):
+        raise ArgumentError(f"labels must be a path to a labels file (got {_short(labels)})", param="labels")
+    if classes is not None:
+        if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
+            raise ArgumentError(f"classes must be a non-empty list of class names (got {_short(classes)}), "
+                                f"e.g. ['cat', 'dog']", param="classes")
+        for c in classes:
+            if not isinstance(c, str) or not c.strip():
+                raise ArgumentError(f"classes has an empty or non-string class name ({_short(c)}); "
+                                    f"give names like ['cat', 'dog']", param="classes")
+        seen: set[str] = set()
+        for c in classes:
+            if c in seen:
+                raise ArgumentError(f"classes names class {_short(c)} twice; give each class once",
+                                    param="classes")
+            seen.add(c)
+        return list(classes), "the given classes"
+    if classes_from is not None:
+        if not isinstance(classes_from, (str, os.PathLike)):
+            raise ArgumentError(f"classes_from must be the path of a packed dataset (got {_short(classes_from)})",
+                                param="classes_from")
+        from loader.errors import DatasetError
+        from loader.format.manifest import read_manifest
+
+        try:
+            m = read_manifest(classes_from)
+        except DatasetError as e:
+            raise PackError(f"classes_from {classes_from}: {e}", param="classes_from") from None
+        if not m.classes:
+            raise PackError(f"classes_from {classes_from}: that dataset has no classes (packed "
+                            f"unlabeled); pass a packed dataset with classes", param="classes_from")
+        return list(m.classes), f"the classes of {classes_from}"
+    return None, ""
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message must stay one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
