@@ -67,7 +67,7 @@ def bench_packed(bench_images) -> Path:
 
 
 class Rate:
-    """Times each round with the bench harness's clock (:func:`loader.bench.time_steps`);
+    """Times each round with the clock of every measuring command (:func:`loader.measure.time_steps`);
     writes images/s into ``benchmark.extra_info``."""
 
     def __init__(self, benchmark, unit: str = "images"):
@@ -76,7 +76,7 @@ class Rate:
 
     def timed(self, fn, sync=None):
         """Wrap ``fn() -> count`` so each call is one timed step of the harness."""
-        from loader.bench import time_steps
+        from loader.measure import time_steps
 
         def target():
             t = time_steps(fn, batches=1, sync=sync)

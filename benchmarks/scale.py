@@ -44,7 +44,7 @@ print(json.dumps({"images_per_sec": r.images_per_sec, "seconds": r.seconds, "rec
 _OPEN = """
 import json, sys, time
 import torch, nvidia.dali  # imported before the clocks: the loader's own cost is measured
-from loader.bench.procstat import rss_bytes
+from loader.measure import rss_bytes
 from loader import ImageLoader, open_dataset
 before = rss_bytes(); t0 = time.perf_counter()
 ds = open_dataset(sys.argv[1])

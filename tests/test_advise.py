@@ -24,13 +24,13 @@ from loader.advisor import AdviseInterrupted, AdviseSettings, ModelSpecError, ad
 from loader.advisor.modelspec import load_factory
 from loader.advisor.training import seeded, state_digest
 from loader.advisor.trial import trial_budget
-from loader.bench.recommend import batch_bytes
-from loader.errors import LoaderError
+from loader.errors import ArgumentError, LoaderError
 from loader.load.sampler import split_indices
+from loader.measure import batch_bytes
 from loader.units import MB
 from tests.conftest import REPO, pack_small_images
 
-FAST = dict(image_sizes=(16,), steps=2, warmup=1, repeats=2, threads=1, device="cpu")
+FAST = dict(image_sizes=(16,), steps=2, warmup=1, repeats=2, rounds=1, threads=1, device="cpu")
 CLASSES, PER_CLASS = 3, 20          # 60 records: 48 training, 12 validation at validation_split 0.2
 
 # The models the CLI imports (written next to the dataset, found through PYTHONPATH).
@@ -113,31 +113,47 @@ def test_cli_json_schema_oom_rows_and_exit_0(packed, tmp_path):
     assert list(d) == ["device", "model", "image_size", "rows", "recommendation"]
     assert (d["device"], d["model"], d["image_size"]) == ("cpu", "advise_models:OomAbove", 16)
     row_keys = ["batch_size", "image_size", "status", "step_ms", "model_images_per_sec", "loader_images_per_sec",
-                "end_to_end_images_per_sec", "data_wait_fraction", "peak_memory_mb", "bound", "trial"]
+                "end_to_end_images_per_sec", "data_wait_fraction", "peak_memory_mb", "bound", "trial",
+                # issue 21 E: the rounds and the range of each rate (added; nothing removed)
+                "rounds", "model_images_per_sec_min", "model_images_per_sec_max", "loader_images_per_sec_min",
+                "loader_images_per_sec_max", "end_to_end_images_per_sec_min", "end_to_end_images_per_sec_max"]
     assert all(list(row) == row_keys for row in d["rows"])
     # 16 raises CUDA's OutOfMemoryError: an `oom` row, and 32 is never tried
     assert [(row["batch_size"], row["status"]) for row in d["rows"]] == [(4, "ok"), (8, "ok"), (16, "oom")]
     oom = d["rows"][2]
-    assert all(oom[k] is None for k in row_keys[3:])
+    assert all(oom[k] is None for k in row_keys[3:] if k != "rounds") and oom["rounds"] == 0
+    for row in d["rows"][:2]:    # the default 3 rounds, each of --repeats 1
+        assert row["rounds"] == 3
+        for k in ("model", "loader", "end_to_end"):
+            assert row[f"{k}_images_per_sec_min"] <= row[f"{k}_images_per_sec"] <= row[f"{k}_images_per_sec_max"]
     for row in d["rows"][:2]:
         assert list(row["trial"]) == ["images", "steps", "train_loss", "val_loss", "val_accuracy"]
         assert row["trial"]["images"] == 24 and row["trial"]["steps"] == 24 // row["batch_size"]
         assert row["bound"] in ("input", "compute") and 0 <= row["data_wait_fraction"] <= 1
     rec = d["recommendation"]
-    assert list(rec) == ["batch_size", "largest_fitting", "input_bound", "lr", "text"]
+    assert list(rec) == ["batch_size", "largest_fitting", "input_bound", "lr", "text", "measurements_overlap"]
+    assert isinstance(rec["measurements_overlap"], bool)
     assert rec["largest_fitting"] == 8 and rec["batch_size"] in (4, 8) and rec["lr"] is None
     assert "batch 16 is oom" in rec["text"]
     assert "oom" in r.stdout and "recommendation:" in r.stdout
 
 
 def test_figures_come_from_counts_and_timers(packed):
-    s = AdviseSettings(batch_sizes=(4, 8), prefetch=2, **FAST)
+    s = AdviseSettings(batch_sizes=(4, 8), prefetch=2, **dict(FAST, rounds=2))
     res = advise(packed, model=tiny, settings=s, progress=False)
     assert [r.status for r in res.rows] == ["ok", "ok"]
     for r in res.rows:
         b = r.batch_size
-        for ts in (r.model_timings, r.loader_timings, r.end_to_end_timings):
-            assert [(t.steps, t.count) for t in ts] == [(s.steps, s.steps * b)] * s.repeats
+        assert r.rounds == 2
+        for ts in (r.model_timings, r.loader_timings, r.end_to_end_timings):   # every round's measurements
+            assert [(t.steps, t.count) for t in ts] == [(s.steps, s.steps * b)] * (s.repeats * s.rounds)
+        for k, ts in (("model", r.model_timings), ("loader", r.loader_timings),
+                      ("end_to_end", r.end_to_end_timings)):
+            rates = [t.rate for t in ts]
+            assert getattr(r, f"{k}_images_per_sec_min") == min(rates)
+            assert getattr(r, f"{k}_images_per_sec_max") == max(rates)
+            assert getattr(r, f"{k}_images_per_sec") == statistics.median(rates)
+        assert len(r.data_wait_s) == s.repeats * s.rounds
         assert r.model_images_per_sec == statistics.median(t.count / t.seconds for t in r.model_timings)
         assert r.step_ms == 1e3 * statistics.median(t.seconds / t.steps for t in r.model_timings)
         assert r.loader_images_per_sec == statistics.median(t.rate for t in r.loader_timings)
@@ -281,17 +297,28 @@ def test_host_globals_untouched(packed):
     assert torch.get_num_threads() == threads and torch.equal(torch.random.get_rng_state(), rng)
 
 
-@pytest.mark.parametrize("options, msg", [
-    (dict(base_lr=0.1), "--base-batch-size and --base-lr go together"),
-    (dict(batch_sizes=(0, 8)), "--batch-sizes must be"),
-    (dict(image_sizes=(4,)), "--image-size must be"),
-    (dict(optimizer="lamb"), "--optimizer must be one of sgd, adamw"),
-    (dict(safety_margin=1.5), "--safety-margin must be a fraction"),
-    (dict(memory_budget_mb=-1.0), "--memory-budget must be a positive number"),
+@pytest.mark.parametrize("options, param, msg", [
+    (dict(base_lr=0.1), "base_batch_size",
+     "base_batch_size and base_lr go together: give both or neither, got base_batch_size=None, base_lr=0.1"),
+    (dict(batch_sizes=(0, 8)), "batch_sizes", "batch_sizes must be a non-empty sequence of integers >= 1, got (0, 8)"),
+    (dict(image_sizes=(4,)), "image_sizes",
+     "image_sizes must be a non-empty sequence of integers >= 8 (pixels), got (4,)"),
+    (dict(optimizer="lamb"), "optimizer", "optimizer must be one of sgd, adamw, got 'lamb'"),
+    (dict(safety_margin=1.5), "safety_margin", "safety_margin must be a fraction in [0, 1), got 1.5"),
+    (dict(tolerance=-0.1), "tolerance", "tolerance must be a fraction in [0, 1), got -0.1"),
+    (dict(validation_split=1.0), "validation_split", "validation_split must be a fraction in (0, 1), got 1.0"),
+    (dict(memory_budget_mb=-1.0), "memory_budget_mb", "memory_budget_mb must be None or a positive number, got -1.0"),
+    (dict(rounds=0), "rounds", "rounds must be an integer >= 1, got 0"),
+    (dict(rounds=True), "rounds", "rounds must be an integer >= 1, got True"),
+    (dict(steps=0), "steps", "steps must be an integer >= 1, got 0"),
+    (dict(trial_images=0), "trial_images", "trial_images must be None or an integer >= 1, got 0"),
+    (dict(max_batch_size=0), "max_batch_size", "max_batch_size must be an integer >= 1, got 0"),
 ])
-def test_settings_are_validated(options, msg):
-    with pytest.raises(LoaderError, match=msg):
+def test_settings_are_validated(options, param, msg):
+    """Messages name the Python parameter (the CLI maps it to its flag), exactly; ArgumentError carries it."""
+    with pytest.raises(ArgumentError) as e:
         AdviseSettings(**options)
+    assert (str(e.value), e.value.param) == (msg, param)
 
 
 def test_lr_scaling_and_default_batch_sizes():
@@ -305,13 +332,14 @@ def test_every_advise_flag_has_help():
     from loader.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    actions = [a for a in sub.choices["advise"]._actions if not isinstance(a, argparse._HelpAction)]
+    actions = [a for a in sub.choices["advise"]._actions
+               if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS]   # hidden: old spellings
     assert len(actions) >= 20 and all(a.help and len(a.help) > 15 for a in actions), \
         [a.dest for a in actions if not a.help or len(a.help) <= 15]
     fields = set(AdviseSettings.__dataclass_fields__) - {"tolerance"}   # the 5% rule is an API-only knob
     flags = {a.dest for a in actions}
     renamed = {"image_sizes": "image_size", "memory_budget_mb": "memory_budget", "trial_images": "trial"}
-    assert {renamed.get(f, f) for f in fields} <= flags
+    assert {f for f in fields if f not in flags and renamed.get(f) not in flags} == set()
 
 
 def _row(b, size, e2e, *, loader=1000.0, model=2000.0, wait=0.2, acc=None):
@@ -358,3 +386,107 @@ def test_advise_refuses_packs_without_one_class_per_image(tmp_path):
     with pytest.raises(LoaderError, match="is unlabeled; loader advise trains a classifier"):
         advise(tmp_path / "packed", model="scripts.example_model:small_cnn", settings=AdviseSettings(batch_sizes=(4,)),
                progress=False)
+
+
+# ------------------------------------------------------------------ issue 21 E: a noisy machine
+
+
+def _noisy(b, lo, med, hi, rounds=3, size=224):
+    """An ok row whose end-to-end rate is ``med`` images/s, measured between ``lo`` and ``hi``; compute-bound."""
+    from loader.advisor.results import AdviseRow
+
+    return AdviseRow(b, size, "ok", step_ms=1.0, model_images_per_sec=2000.0, loader_images_per_sec=3000.0,
+                     end_to_end_images_per_sec=med, end_to_end_images_per_sec_min=lo,
+                     end_to_end_images_per_sec_max=hi, data_wait_fraction=0.05, peak_memory_mb=float(b),
+                     bound="compute", rounds=rounds)
+
+
+def test_overlapping_measurements_are_said_not_picked_confidently():
+    """The issue's run: one busy spell made batch 32 look ten times faster. Same medians, two verdicts."""
+    from loader.advisor.recommend import recommend
+
+    s = AdviseSettings()
+    noisy = [_noisy(8, 74.0, 78.0, 80.0), _noisy(16, 48.0, 75.0, 79.0), _noisy(32, 70.0, 72.0, 765.0)]
+    rec = recommend(noisy, s, memory_budget_mb=None, device="cpu", cores=2)
+    assert rec.batch_size == 8 and rec.measurements_overlap is True
+    assert ("The measurements overlap: end-to-end images/s at 224 px, min-max over 3 rounds: batch 8 74-80, "
+            "batch 16 48-79, batch 32 70-765; the ranges are wider than the 5% that decides between batch sizes, "
+            "so no batch size is clearly best: re-run on a quiet machine or with more rounds. By the medians alone, "
+            "not a confident pick: batch 8 at 224 px, 78 images/s end to end (the best end-to-end throughput "
+            "measured).") in rec.text
+    assert "Recommended:" not in rec.text
+    assert rec.to_dict()["measurements_overlap"] is True
+
+    quiet = [_noisy(8, 77.0, 78.0, 79.0), _noisy(16, 74.0, 75.0, 76.0), _noisy(32, 71.0, 72.0, 73.0)]
+    rec = recommend(quiet, s, memory_budget_mb=None, device="cpu", cores=2)
+    assert rec.batch_size == 8 and rec.measurements_overlap is False
+    assert "Recommended: batch 8 at 224 px, 78 images/s end to end (the best end-to-end throughput measured)." \
+        in rec.text
+    assert "overlap" not in rec.text
+
+
+def test_overlap_is_judged_on_what_decides_the_pick():
+    from loader.advisor.recommend import overlap, recommend
+
+    s = AdviseSettings()
+    # 32 is within 5% of 64 (750 vs 760) even at its worst against 64's best (745 >= 0.95 * 770), and 16
+    # stays out even at its best (670 < 0.95 * 750): wide-ish ranges, but they cannot change the pick
+    rows = [_noisy(8, 400.0, 410.0, 420.0), _noisy(16, 650.0, 660.0, 670.0), _noisy(32, 745.0, 750.0, 760.0),
+            _noisy(64, 750.0, 760.0, 770.0)]
+    rec = recommend(rows, s, memory_budget_mb=None, device="cpu", cores=2)
+    assert (rec.batch_size, rec.measurements_overlap) == (32, False)
+    assert ("Recommended: batch 32 at 224 px, 750 images/s end to end (within 5% of the best, 760 images/s at "
+            "batch 64: a larger batch buys no speed, a smaller one updates the model more often).") in rec.text
+    # 16 at its best (720) reaches within 5% of the others' worst (0.95 * 750 = 712.5): it might be the pick
+    rows[1] = _noisy(16, 650.0, 660.0, 720.0)
+    assert overlap(rows, rows[2], 0.05) is True
+    # the pick at its worst (700) is more than 5% below 64's best (0.95 * 770 = 731.5)
+    rows[1] = _noisy(16, 650.0, 660.0, 670.0)
+    rows[2] = _noisy(32, 700.0, 750.0, 760.0)
+    assert overlap(rows, rows[2], 0.05) is True
+    # one row: nothing to choose between; rows without a range (rounds=1, repeats=1): the medians decide
+    alone = _noisy(8, 10.0, 50.0, 900.0)
+    assert overlap([alone], alone, 0.05) is False
+    flat = [_noisy(8, 95.0, 95.0, 95.0, rounds=1), _noisy(16, 100.0, 100.0, 100.0, rounds=1)]
+    assert overlap(flat, flat[0], 0.05) is False
+
+
+def test_rounds_go_round_robin_over_the_rows(packed, monkeypatch):
+    """Round 1 sweeps (memory, oom stops the size); then every row that fit, all of them per round."""
+    import dataclasses
+
+    import loader.advisor.sweep as sweep
+
+    calls = []
+
+    def first(ctx, b, size, log):
+        calls.append((1, b, size))
+        if b == 16:
+            return dataclasses.replace(_noisy(b, 1.0, 1.0, 1.0, rounds=0, size=size), status="oom", error="oom")
+        return _noisy(b, 100.0 - b, 100.0 - b, 100.0 - b, rounds=1, size=size)
+
+    def again(ctx, row, log, *, round_no):
+        calls.append((round_no, row.batch_size, row.image_size))
+        if (round_no, row.batch_size, row.image_size) == (2, 8, 24):   # out of memory in round 2: no round 3
+            return row, "CUDA out of memory"
+        return dataclasses.replace(row, rounds=row.rounds + 1), None
+
+    monkeypatch.setattr(sweep, "measure_row", first)
+    monkeypatch.setattr(sweep, "remeasure", again)
+    res = advise(packed, model=tiny, batch_sizes=(4, 8, 16, 32), progress=False,
+                 **dict(FAST, image_sizes=(16, 24), rounds=3))
+    assert calls == [(1, 4, 16), (1, 8, 16), (1, 16, 16), (1, 4, 24), (1, 8, 24), (1, 16, 24),
+                     (2, 4, 16), (2, 8, 16), (2, 4, 24), (2, 8, 24),
+                     (3, 4, 16), (3, 8, 16), (3, 4, 24)]
+    assert [(r.batch_size, r.image_size, r.rounds) for r in res.rows] == [
+        (4, 16, 3), (8, 16, 3), (16, 16, 0), (4, 24, 3), (8, 24, 1), (16, 24, 0)]
+    assert res.notes == ("batch 8 at 24 px ran out of memory in round 2; its figures come from 1 round(s)",)
+
+
+def test_one_round_says_it_cannot_tell_noise(packed, monkeypatch):
+    import loader.advisor.sweep as sweep
+
+    monkeypatch.setattr(sweep, "measure_row", lambda ctx, b, size, log: _noisy(b, 90.0, 90.0, 90.0, 1, size))
+    res = advise(packed, model=tiny, batch_sizes=(4, 8), progress=False, **FAST)
+    assert res.notes == ("one round (rounds=1): each row was measured in one stretch, so a busy spell of the "
+                         "machine looks like a difference between batch sizes; rounds=3 or more interleaves them",)

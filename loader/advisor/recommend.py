@@ -10,6 +10,12 @@
   the ``ok`` rows whose end-to-end images/s is within ``tolerance`` (5%) of
   the best; of those the smallest batch (more optimizer steps for the same
   images in the same time). The other image sizes get the same rule, in words.
+* **overlap**: each row's end-to-end figure is a median with a range
+  (min-max over its rounds). When the ranges are wider than the differences
+  that made the pick -- the pick could be more than ``tolerance`` below
+  another row, or a smaller batch could be within it -- the advice says the
+  measurements overlap and gives the pick as the medians' only, asking for a
+  quieter machine or more rounds.
 * **input-bound** at that row: the loader alone is slower than the model
   alone, or the training loop waited for data more than 10% of the time.
   Then what to try, in order of expected effect.
@@ -24,7 +30,7 @@ from collections.abc import Sequence
 from loader.advisor.results import AdviceRecommendation, AdviseRow
 from loader.advisor.settings import AdviseSettings
 
-__all__ = ["WAIT_LIMIT", "recommend", "suggestions"]
+__all__ = ["WAIT_LIMIT", "overlap", "recommend", "suggestions"]
 
 # More than this share of the loop's time waiting for data counts as input-bound.
 WAIT_LIMIT = 0.10
@@ -52,6 +58,56 @@ def _pick(rows: Sequence[AdviseRow], tolerance: float) -> tuple[AdviseRow, Advis
     best = max(rows, key=lambda r: r.end_to_end_images_per_sec)
     within = [r for r in rows if r.end_to_end_images_per_sec >= (1 - tolerance) * best.end_to_end_images_per_sec]
     return best, min(within, key=lambda r: r.batch_size)
+
+
+def _range(r: AdviseRow) -> tuple[float, float]:
+    """(min, max) of the row's end-to-end images/s; its median twice when no range was recorded."""
+    m = r.end_to_end_images_per_sec
+    lo, hi = r.end_to_end_images_per_sec_min, r.end_to_end_images_per_sec_max
+    return (m if lo is None else lo), (m if hi is None else hi)
+
+
+def overlap(rows: Sequence[AdviseRow], pick: AdviseRow, tolerance: float) -> bool:
+    """Whether the ranges of ``rows`` (one image size, ``ok``) could change ``pick``, the smallest batch within
+    ``tolerance`` of the best median.
+
+    It could when, somewhere in the ranges, the pick is more than ``tolerance``
+    below another row (its min against the other's max), or a smaller batch
+    comes within ``tolerance`` of every other row (its max against their
+    mins). With one value per row (no spread) this never holds: the medians
+    decide alone.
+
+    >>> from loader.advisor.results import AdviseRow
+    >>> def row(b, lo, med, hi):
+    ...     return AdviseRow(b, 224, "ok", end_to_end_images_per_sec=med, end_to_end_images_per_sec_min=lo,
+    ...                      end_to_end_images_per_sec_max=hi)
+    >>> rows = [row(8, 400, 410, 420), row(16, 700, 710, 720)]
+    >>> overlap(rows, rows[1], 0.05)
+    False
+    >>> rows = [row(8, 48, 78, 90), row(16, 40, 48, 80), row(32, 60, 72, 765)]
+    >>> overlap(rows, rows[0], 0.05)
+    True
+    """
+    keep = 1 - tolerance
+    lo_p, _ = _range(pick)
+    if any(o is not pick and lo_p < keep * _range(o)[1] for o in rows):
+        return True
+    for r in rows:
+        if r.batch_size < pick.batch_size:
+            best_low = max((_range(o)[0] for o in rows if o is not r), default=0.0)
+            if _range(r)[1] >= keep * best_low:
+                return True
+    return False
+
+
+def _overlap_text(rows: Sequence[AdviseRow], size: int, tolerance: float) -> str:
+    rounds = max(r.rounds for r in rows)
+    over = f" over {rounds} round{'s' if rounds != 1 else ''}" if rounds else ""
+    ranges = ", ".join(f"batch {r.batch_size} {_range(r)[0]:.0f}-{_range(r)[1]:.0f}"
+                       for r in sorted(rows, key=lambda r: r.batch_size))
+    return (f"The measurements overlap: end-to-end images/s at {size} px, min-max{over}: {ranges}; the ranges are "
+            f"wider than the {tolerance:.0%} that decides between batch sizes, so no batch size is clearly best: "
+            f"re-run on a quiet machine or with more rounds.")
 
 
 def recommend(rows: Sequence[AdviseRow], settings: AdviseSettings, *, memory_budget_mb: float | None,
@@ -94,6 +150,8 @@ def recommend(rows: Sequence[AdviseRow], settings: AdviseSettings, *, memory_bud
         parts[-1] += "; nothing larger was tried, so larger batches may fit too."
 
     b = pick.batch_size
+    at_ok = [r for r in ok if r.image_size == size]
+    overlapping = overlap(at_ok, pick, s.tolerance)
     if pick is best:
         why = "the best end-to-end throughput measured"
         if b > min(r.batch_size for r in ok if r.image_size == size):
@@ -101,8 +159,13 @@ def recommend(rows: Sequence[AdviseRow], settings: AdviseSettings, *, memory_bud
     else:
         why = (f"within {s.tolerance:.0%} of the best, {best.end_to_end_images_per_sec:.0f} images/s at batch "
                f"{best.batch_size}: a larger batch buys no speed, a smaller one updates the model more often")
-    parts.append(f"Recommended: batch {b} at {size} px, {pick.end_to_end_images_per_sec:.0f} images/s end to "
-                 f"end ({why}).")
+    if overlapping:
+        parts.append(_overlap_text(at_ok, size, s.tolerance))
+        parts.append(f"By the medians alone, not a confident pick: batch {b} at {size} px, "
+                     f"{pick.end_to_end_images_per_sec:.0f} images/s end to end ({why}).")
+    else:
+        parts.append(f"Recommended: batch {b} at {size} px, {pick.end_to_end_images_per_sec:.0f} images/s end "
+                     f"to end ({why}).")
     elsewhere = [_pick([r for r in ok if r.image_size == other], s.tolerance)[1]
                  for other in sorted({r.image_size for r in ok} - {size})]
     if elsewhere:
@@ -138,4 +201,4 @@ def recommend(rows: Sequence[AdviseRow], settings: AdviseSettings, *, memory_bud
                      + (f"; the others: {others}" if others else "") +
                      ". A short trial ranks settings roughly; it does not predict final accuracy.")
     return AdviceRecommendation(b, fit.batch_size, input_bound, lr, " ".join(parts), image_size=size,
-                                suggestions=tips, **common)
+                                suggestions=tips, measurements_overlap=overlapping, **common)

@@ -1,4 +1,7 @@
-"""What ``loader advise`` prints and writes: the table (:func:`loader.bench.report.text_table`), JSON, the plot.
+"""What ``loader advise`` prints and writes: the table (:func:`loader.measure.text_table`), JSON, the plot.
+
+The table gives each end-to-end figure with its range (min-max over the
+row's rounds), the figure the advice is chosen from.
 
 The plot has one panel per unit: images/s (model alone, loader alone, end to
 end), peak memory in MB, and validation top-1 when a trial ran; each against
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from loader.advisor.results import AdviseResult, AdviseRow
-from loader.bench.report import text_table
+from loader.measure import text_table
 
 __all__ = ["format_table", "print_result", "write_json", "write_plot"]
 
@@ -24,15 +27,19 @@ def _f(v, spec: str) -> str:
 
 
 def format_table(rows: Sequence[AdviseRow]) -> str:
-    """One line per row; memory in MB (10^6 bytes); trial columns when any row has a trial."""
+    """One line per row; memory in MB (10^6 bytes); trial columns when any row has a trial.
+
+    Rates are medians; ``e2e range`` is the min-max of the end-to-end measurements.
+    """
     trial = any(r.trial is not None for r in rows)
     head = ["batch", "size", "status", "step ms", "model img/s", "loader img/s", "end-to-end img/s",
-            "data wait", "peak MB", "bound"] + (["train loss", "val loss", "val top-1"] if trial else [])
+            "e2e range", "data wait", "peak MB", "bound"] + (["train loss", "val loss", "val top-1"] if trial else [])
     lines = []
     for r in rows:
+        lo, hi = r.end_to_end_images_per_sec_min, r.end_to_end_images_per_sec_max
         line = [str(r.batch_size), str(r.image_size), r.status, _f(r.step_ms, ".1f"),
                 _f(r.model_images_per_sec, ".0f"), _f(r.loader_images_per_sec, ".0f"),
-                _f(r.end_to_end_images_per_sec, ".0f"),
+                _f(r.end_to_end_images_per_sec, ".0f"), "-" if lo is None or hi is None else f"{lo:.0f}-{hi:.0f}",
                 "-" if r.data_wait_fraction is None else f"{r.data_wait_fraction:.0%}",
                 _f(r.peak_memory_mb, ".0f"), r.bound or "-"]
         if trial:

@@ -6,14 +6,24 @@
      "rows": [{"batch_size", "image_size", "status", "step_ms", "model_images_per_sec",
                "loader_images_per_sec", "end_to_end_images_per_sec", "data_wait_fraction",
                "peak_memory_mb", "bound",
-               "trial": {"images", "steps", "train_loss", "val_loss", "val_accuracy"} or null}],
-     "recommendation": {"batch_size", "largest_fitting", "input_bound", "lr", "text"}}
+               "trial": {"images", "steps", "train_loss", "val_loss", "val_accuracy"} or null,
+               "rounds", "model_images_per_sec_min", "model_images_per_sec_max",
+               "loader_images_per_sec_min", "loader_images_per_sec_max",
+               "end_to_end_images_per_sec_min", "end_to_end_images_per_sec_max"}],
+     "recommendation": {"batch_size", "largest_fitting", "input_bound", "lr", "text",
+                        "measurements_overlap"}}
+
+Each ``*_images_per_sec`` is the median over every measurement of the row
+(``rounds`` interleaved rounds of ``repeats`` each), ``*_min`` / ``*_max``
+their range. ``measurements_overlap`` is true when those ranges are wider
+than the differences that decided the recommended batch size: the text then
+says so, and the batch size is the medians' pick, not a confident one.
 
 ``status`` is ``"ok"``, ``"oom"`` or ``"over-budget"``; figures that were not
 measured (everything after the failure of an ``oom`` row, the loader and end-to-end
 figures of an ``over-budget`` one) are ``null``, and so is ``bound`` then.
 Memory is in MB (10^6 bytes). The dataclasses also carry what the figures were
-computed from (the raw :class:`~loader.bench.harness.Timing` of each
+computed from (the raw :class:`~loader.measure.Timing` of each
 measurement, the records a trial read), which the JSON leaves out.
 """
 
@@ -24,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 
-from loader.bench.harness import Timing
+from loader.measure import Timing
 
 __all__ = ["AdviceRecommendation", "AdviseResult", "AdviseRow", "Bound", "Status", "TrialResult"]
 
@@ -62,10 +72,12 @@ class TrialResult:
 class AdviseRow:
     """One (batch size, image size): the model alone, the loader alone, both together, and memory.
 
-    Each measurement runs ``repeats`` times, round-robin: ``model_images_per_sec``
-    is the median of ``t.count / t.seconds`` over ``model_timings`` (``step_ms``
-    the median of ``t.seconds / t.steps``); ``loader_images_per_sec`` and
-    ``end_to_end_images_per_sec`` likewise from their timings;
+    Each measurement runs ``repeats`` times per round, in ``rounds`` rounds
+    interleaved with the other rows': ``model_images_per_sec`` is the median of
+    ``t.count / t.seconds`` over ``model_timings`` (``step_ms`` the median of
+    ``t.seconds / t.steps``), ``model_images_per_sec_min`` / ``_max`` their
+    range; ``loader_images_per_sec`` and ``end_to_end_images_per_sec`` likewise
+    from their timings;
     ``data_wait_fraction`` = ``sum(data_wait_s) / sum(t.seconds for t in end_to_end_timings)``.
     ``peak_memory_mb`` = ``step_memory_mb`` (peak of the train steps) +
     ``loader_memory_mb`` (the loader's batches in flight).
@@ -90,6 +102,13 @@ class AdviseRow:
     step_memory_mb: float | None = None
     loader_memory_mb: float | None = None
     error: str | None = None        # the out-of-memory message, or how the budget was exceeded
+    rounds: int = 0                 # rounds that measured this row (0: none, an oom row)
+    model_images_per_sec_min: float | None = None
+    model_images_per_sec_max: float | None = None
+    loader_images_per_sec_min: float | None = None
+    loader_images_per_sec_max: float | None = None
+    end_to_end_images_per_sec_min: float | None = None
+    end_to_end_images_per_sec_max: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,7 +120,14 @@ class AdviseRow:
                 "loader_images_per_sec": self.loader_images_per_sec,
                 "end_to_end_images_per_sec": self.end_to_end_images_per_sec,
                 "data_wait_fraction": self.data_wait_fraction, "peak_memory_mb": self.peak_memory_mb,
-                "bound": self.bound, "trial": None if self.trial is None else self.trial.to_dict()}
+                "bound": self.bound, "trial": None if self.trial is None else self.trial.to_dict(),
+                "rounds": self.rounds,
+                "model_images_per_sec_min": self.model_images_per_sec_min,
+                "model_images_per_sec_max": self.model_images_per_sec_max,
+                "loader_images_per_sec_min": self.loader_images_per_sec_min,
+                "loader_images_per_sec_max": self.loader_images_per_sec_max,
+                "end_to_end_images_per_sec_min": self.end_to_end_images_per_sec_min,
+                "end_to_end_images_per_sec_max": self.end_to_end_images_per_sec_max}
 
 
 @dataclass(frozen=True)
@@ -114,7 +140,9 @@ class AdviceRecommendation:
     ``largest_fitting``: the largest batch that fit at that image size (within
     the budget less ``safety_margin``); ``input_bound`` at ``batch_size``;
     ``lr``: the linearly scaled learning rate when a base was given. All
-    ``None`` when nothing fit.
+    ``None`` when nothing fit. ``measurements_overlap``: the rows' ranges
+    (min-max of their measurements) are wider than the differences that chose
+    ``batch_size``, which is then the medians' pick, not a confident one.
     """
 
     batch_size: int | None
@@ -127,10 +155,12 @@ class AdviceRecommendation:
     safety_margin: float = 0.1
     memory_budget_mb: float | None = None
     suggestions: tuple[str, ...] = ()
+    measurements_overlap: bool = False
 
     def to_dict(self) -> dict:
         return {"batch_size": self.batch_size, "largest_fitting": self.largest_fitting,
-                "input_bound": self.input_bound, "lr": self.lr, "text": self.text}
+                "input_bound": self.input_bound, "lr": self.lr, "text": self.text,
+                "measurements_overlap": self.measurements_overlap}
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,21 @@
 """What ``loader advise`` sweeps and how: :class:`AdviseSettings`, validated once, here.
 
 ``loader advise --help`` documents each field through its CLI option; a bad
-value raises :class:`~loader.errors.LoaderError` naming that option.
+value raises :class:`~loader.errors.ArgumentError` naming the field (the
+fields ``loader bench`` has too are checked by :func:`loader.measure.check_shared`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
-from loader.errors import LoaderError
+from loader.errors import ArgumentError
+from loader.measure import check_choice, check_fraction, check_int, check_number, check_shared
 
 __all__ = ["AdviseSettings", "default_batch_sizes"]
 
 OPTIMIZERS = ("sgd", "adamw")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def default_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
@@ -36,11 +33,15 @@ def default_batch_sizes(max_batch_size: int) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class AdviseSettings:
-    """The sweep: batch sizes x image sizes; each measurement is ``repeats`` x ``steps`` timed steps.
+    """The sweep: batch sizes x image sizes, each measured in ``rounds`` rounds of ``repeats``.
 
-    Each repeat runs the model, the loader and the end-to-end loop in turn,
-    ``steps`` timed steps after ``warmup`` untimed ones; rates are the median
-    over the repeats.
+    A repeat runs the model, the loader and the end-to-end loop in turn,
+    ``steps`` timed steps after ``warmup`` untimed ones. A round is
+    ``repeats`` of them for one row; the rounds go round-robin over the rows
+    (every row once, then every row again), so a slow spell of a shared
+    machine spreads over the rows instead of deciding one. Rates are the
+    medians over all of a row's measurements, reported with their range; when
+    the ranges overlap more than the choice allows, the advice says so.
 
     ``batch_sizes=None``: :func:`default_batch_sizes` of ``max_batch_size``.
     Either way the sweep of an image size stops at the first batch size that
@@ -64,7 +65,7 @@ class AdviseSettings:
     safety_margin: float = 0.1
     steps: int = 10
     warmup: int = 2
-    repeats: int = 3
+    repeats: int = 1
     trial_images: int | None = None
     validation_split: float = 0.2
     base_batch_size: int | None = None
@@ -73,41 +74,31 @@ class AdviseSettings:
     threads: int | None = None
     prefetch: int = 2
     seed: int = 0
+    rounds: int = 3
 
     def __post_init__(self):
         def set_(name, value):   # frozen: resolved defaults are filled in once, here
             object.__setattr__(self, name, value)
 
-        for opt, v, least in (("--max-batch-size", self.max_batch_size, 1), ("--steps", self.steps, 1),
-                              ("--repeats", self.repeats, 1),
-                              ("--warmup", self.warmup, 0), ("--prefetch", self.prefetch, 1),
-                              ("--seed", self.seed, 0)):
-            if not _is_int(v) or v < least:
-                raise LoaderError(f"{opt} must be an integer >= {least}, got {v!r}")
+        check_int("max_batch_size", self.max_batch_size, 1)
         if self.batch_sizes is None:
             set_("batch_sizes", default_batch_sizes(self.max_batch_size))
-        set_("batch_sizes", tuple(sorted(set(self.batch_sizes))))
-        set_("image_sizes", tuple(dict.fromkeys(self.image_sizes)))
-        for opt, vals, least in (("--batch-sizes", self.batch_sizes, 1), ("--image-size", self.image_sizes, 8)):
-            if not vals or any(not _is_int(v) or v < least for v in vals):
-                raise LoaderError(f"{opt} must be comma-separated integers >= {least}, got "
-                                  f"{','.join(map(str, vals))!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise LoaderError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        for opt, v in (("--memory-budget", self.memory_budget_mb), ("--base-lr", self.base_lr)):
-            if v is not None and (not isinstance(v, (int, float)) or not v > 0 or math.isinf(v)):
-                raise LoaderError(f"{opt} must be a positive number, got {v!r}")
-        for opt, v in (("--safety-margin", self.safety_margin), ("--tolerance", self.tolerance)):
-            if not isinstance(v, (int, float)) or not 0 <= v < 1:
-                raise LoaderError(f"{opt} must be a fraction in [0, 1), got {v!r}")
-        if not isinstance(self.validation_split, float) or not 0 < self.validation_split < 1:
-            raise LoaderError(f"--validation-split must be a fraction in (0, 1), got {self.validation_split!r}")
-        for opt, v in (("--trial", self.trial_images), ("--base-batch-size", self.base_batch_size),
-                       ("--threads", self.threads)):
-            if v is not None and (not _is_int(v) or v < 1):
-                raise LoaderError(f"{opt} must be an integer >= 1, got {v!r}")
+        batch_sizes, image_sizes = check_shared(self)   # the fields `loader bench` has too: one home
+        set_("batch_sizes", tuple(sorted(set(batch_sizes))))
+        set_("image_sizes", tuple(dict.fromkeys(image_sizes)))
+        check_int("steps", self.steps, 1)
+        check_int("rounds", self.rounds, 1)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_number("base_lr", self.base_lr, optional=True)
+        check_fraction("safety_margin", self.safety_margin)
+        check_fraction("tolerance", self.tolerance)
+        check_fraction("validation_split", self.validation_split, zero=False)
+        check_int("trial_images", self.trial_images, 1, optional=True)
+        check_int("base_batch_size", self.base_batch_size, 1, optional=True)
         if (self.base_batch_size is None) != (self.base_lr is None):
-            raise LoaderError("--base-batch-size and --base-lr go together: give both or neither")
+            raise ArgumentError(f"base_batch_size and base_lr go together: give both or neither, got "
+                                f"base_batch_size={self.base_batch_size!r}, base_lr={self.base_lr!r}",
+                                param="base_lr" if self.base_lr is None else "base_batch_size")
 
     def lr_for(self, batch_size: int) -> float | None:
         """The linear scaling rule (Goyal et al. 2017): ``base_lr * batch_size / base_batch_size``, or None."""

@@ -1,10 +1,14 @@
 """The ``loader advise`` run: check the model, sweep the rows, run the trials, conclude.
 
-Rows are measured image size by image size, batch sizes ascending; at an
-image size, the first row that is ``oom`` or ``over-budget`` ends the sweep
-(a larger batch needs more memory). Batch sizes larger than the training
-subset are skipped with a note. Ctrl-C raises :class:`AdviseInterrupted`
-carrying the result so far.
+The first round measures the rows image size by image size, batch sizes
+ascending, memory included; at an image size, the first row that is ``oom``
+or ``over-budget`` ends the sweep (a larger batch needs more memory). Batch
+sizes larger than the training subset are skipped with a note. The other
+``rounds - 1`` rounds measure every row that fit again, round-robin
+(:func:`loader.measure.interleaved`: all rows, then all rows again), so that
+a busy spell of a shared machine falls on several rows rather than deciding
+one; the figures are the medians over the rounds, with their range. Ctrl-C
+raises :class:`AdviseInterrupted` carrying the result so far.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from loader.advisor.measure import OOM_ERRORS, Context, free_caches, measure_row
+from loader.advisor.measure import OOM_ERRORS, Context, free_caches, measure_row, remeasure
 from loader.advisor.modelspec import build_model, check_output, load_factory
 from loader.advisor.recommend import recommend
 from loader.advisor.results import AdviseResult, AdviseRow
 from loader.advisor.settings import AdviseSettings
 from loader.advisor.training import DEFAULT_LR, TrainStep, fresh_copy, seeded
 from loader.advisor.trial import run_trial, trial_budget
-from loader.errors import LoaderError
+from loader.errors import ArgumentError, LoaderError
+from loader.measure import interleaved, resolve_run_device
 from loader.units import MB, available_cores
 
 __all__ = ["AdviseInterrupted", "advise"]
@@ -37,8 +42,6 @@ class AdviseInterrupted(KeyboardInterrupt):
 
 def _resolve_device(device: str):
     import torch
-
-    from loader.bench.harness import resolve_run_device
 
     dev = resolve_run_device(device, "loader advise")
     if dev.type == "cuda" and dev.index is None:
@@ -66,7 +69,8 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
     64
     """
     if settings is not None and options:
-        raise TypeError("give settings= or keyword options, not both")
+        raise ArgumentError(f"give settings= or keyword options, not both; got settings and {sorted(options)}",
+                            param="settings")
     s = settings if settings is not None else AdviseSettings(**options)
     log = progress if callable(progress) else (
         (lambda m: print(f"[advise] {m}", file=sys.stderr, flush=True)) if progress else (lambda m: None))
@@ -80,7 +84,8 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
     elif callable(model):
         spec, factory = f"{getattr(model, '__module__', '?')}:{getattr(model, '__qualname__', repr(model))}", model
     else:
-        raise LoaderError(f"model must be 'MODULE:CALLABLE' or a callable, got {type(model).__name__}")
+        raise ArgumentError(f"model must be 'MODULE:CALLABLE' or a callable, got {type(model).__name__}",
+                            param="model")
     device = _resolve_device(s.device)
     ds = open_dataset(dst)
     num_classes, n = len(ds.manifest.classes), len(ds)
@@ -89,11 +94,12 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
     if kind is not None:
         # The sweep trains with cross-entropy and the trial scores top-1: both need one class per image.
         raise LoaderError(f"{dst} is {kind}; loader advise trains a classifier and needs one class per "
-                          f"image (a folder pack, or --labels with single labels)")
+                          f"image (a folder pack, or a label file with single labels)", param="dst")
     n_train = len(split_indices(n, s.validation_split, "training", s.seed))
     n_val = n - n_train
     if n_val == 0:
-        raise LoaderError(f"--validation-split {s.validation_split:g} of {n} records leaves no validation records")
+        raise LoaderError(f"validation_split {s.validation_split:g} of {n} records in {dst} leaves no validation "
+                          f"records; give a larger validation_split", param="validation_split")
 
     with seeded(s.seed, torch.device("cpu")):   # the one set of initial weights every row and trial copies
         base = build_model(factory, num_classes, spec=spec).cpu()
@@ -112,8 +118,8 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
     del probe
     free_caches(device)
     if error is not None:
-        raise LoaderError(f"--model {spec}: a train step of 2 images at {size0} px already runs out of memory "
-                          f"on {device} ({error})")
+        raise LoaderError(f"model {spec}: a train step of 2 images at {size0} px already runs out of memory "
+                          f"on {device} ({error})", param="model")
 
     budget = s.memory_budget_mb
     if budget is None and device.type == "cuda":
@@ -142,6 +148,17 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
                 rows.append(row)
                 if not row.ok:
                     break
+        again = [i for i, r in enumerate(rows) if r.ok]
+        for r, i in interleaved(again, s.rounds - 1):   # round-robin over the rows that fit
+            if rows[i].rounds < r + 1:       # a round that ran out of memory before: measured no more
+                continue
+            rows[i], error = remeasure(ctx, rows[i], log, round_no=r + 2)
+            if error is not None:
+                notes.append(f"batch {rows[i].batch_size} at {rows[i].image_size} px ran out of memory in round "
+                             f"{r + 2}; its figures come from {rows[i].rounds} round(s)")
+        if s.rounds == 1 and len(again) > 1:
+            notes.append("one round (rounds=1): each row was measured in one stretch, so a busy spell of the "
+                         "machine looks like a difference between batch sizes; rounds=3 or more interleaves them")
         if s.trial_images is not None:
             fitting = [i for i, r in enumerate(rows) if r.ok]
             images = trial_budget(s.trial_images, [rows[i].batch_size for i in fitting])

@@ -16,10 +16,13 @@ The pieces, one job per module: :mod:`~loader.bench.source` (what SRC is; pack
 it once), :mod:`~loader.bench.contenders` (the pipelines, from one frozen
 :class:`ContenderSpec`; :mod:`~loader.bench.baseline` and
 :mod:`~loader.bench.decode_limit` beside them), :mod:`~loader.bench.harness`
-(the timed loop and the round-robin race), :mod:`~loader.bench.procstat`
-(``/proc``), :mod:`~loader.bench.results` (:class:`BenchRow`, the JSON schema),
-:mod:`~loader.bench.recommend` and :mod:`~loader.bench.report`. The command
-line (argparse) is in :mod:`loader.cli`.
+(the settings and the round-robin race), :mod:`~loader.bench.procstat`
+(``/proc``: waiting for idle), :mod:`~loader.bench.results` (:class:`BenchRow`,
+the JSON schema), :mod:`~loader.bench.recommend` and :mod:`~loader.bench.report`.
+The clock, RSS sampling, device resolution, table layout and the settings'
+shared validation are :mod:`loader.measure`'s, shared with ``loader advise``
+(``Timing``, ``time_steps``, ``batch_bytes`` and ``text_table`` are re-exported
+here). The command line (argparse) is in :mod:`loader.cli`.
 
 >>> rows = bench("photos/", BenchSettings(batch_sizes=(64, 128)))   # doctest: +SKIP
 >>> print(format_table(rows))                                      # doctest: +SKIP

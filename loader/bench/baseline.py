@@ -44,6 +44,7 @@ from PIL import Image, ImageEnhance
 
 from loader.augment.recipe import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, RRC_RATIO, RRC_SCALE
 from loader.augment.torchvision_eval import resize_of, resized_size
+from loader.measure import check_int
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -260,8 +261,9 @@ class ImageFolderDataset(_TransformDataset):
             from loader.errors import LoaderError
 
             raise LoaderError(f"no images ({', '.join(IMG_EXTENSIONS)}) found in class folders of {root}; the "
-                              f"dataloader row is torchvision's ImageFolder: for a pack made with --labels or "
-                              f"--unlabeled, compare with --pipelines loader,dataloader-lmdb,decode-limit")
+                              f"dataloader row is torchvision's ImageFolder: for a pack made with a label file or "
+                              f"unlabeled, compare with pipelines=('loader', 'dataloader-lmdb', 'decode-limit')",
+                              param="pipelines")
         self.samples = samples
         self.labels = np.array([s[1] for s in samples], dtype=np.int64)
 
@@ -310,10 +312,8 @@ def baseline_loader(dataset: torch.utils.data.Dataset, batch_size: int, *, worke
     augmentation RNG from the loader's per-worker seed (``seed`` with
     ``workers=0``).
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0, got {workers!r}")
+    check_int("batch_size", batch_size, 1)
+    check_int("workers", workers, 0)
     g = torch.Generator()
     g.manual_seed(seed)
     if workers == 0 and hasattr(dataset, "reseed"):

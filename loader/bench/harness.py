@@ -1,7 +1,10 @@
-"""Timing: the clock shared by ``loader bench``, ``benchmarks/`` and whatever else measures steps.
+"""The race of ``loader bench``: :class:`BenchSettings` and :func:`bench`.
 
-* :func:`time_steps` -- the one timed loop: untimed warm-up steps, then steps
-  until a count or a duration, the device synchronized before each clock read.
+The clock (:func:`loader.measure.time_steps`), RSS sampling, device
+resolution and table layout are :mod:`loader.measure`'s, shared with
+``loader advise``; ``Timing`` and ``time_steps`` are re-exported here for
+``benchmarks/``.
+
 * :func:`bench` -- the round-robin race of :mod:`loader.bench.contenders`:
   every contender lives in one process and is measured once per repeat in a
   rotating order, so drift of the machine hits all alike; the median over the
@@ -24,7 +27,6 @@ during one of its measurements (the others are idle then). Device-wide figures
 from __future__ import annotations
 
 import gc
-import math
 import statistics
 import sys
 import time
@@ -33,70 +35,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loader.bench.contenders import CONTENDERS, RUN_ORDER, Contender, ContenderSpec, make_contender
-from loader.bench.procstat import rss_bytes, settle
+from loader.bench.procstat import settle
 from loader.bench.results import BenchRow, with_ratios
 from loader.bench.source import resolve_source
-from loader.errors import LoaderError, import_dali
+from loader.errors import ArgumentError, LoaderError
+from loader.measure import (
+    Timing,
+    check_choice,
+    check_int,
+    check_number,
+    check_shared,
+    interleaved,
+    is_number,
+    resolve_run_device,
+    rss_bytes,
+    time_steps,
+)
 from loader.units import MB, available_cores
 
-__all__ = ["BenchInterrupted", "BenchSettings", "Timing", "bench", "time_steps"]
-
-
-# ------------------------------------------------------------------ the timed loop
-
-
-@dataclass(frozen=True)
-class Timing:
-    """``count`` items (images) in ``seconds`` of timed steps."""
-
-    count: int
-    seconds: float
-    steps: int
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds > 0 else 0.0
-
-
-def time_steps(step: Callable[[], int], *, warmup: int = 0, batches: int | None = None,
-               seconds: float | None = None, sync: Callable[[], None] | None = None,
-               tick: Callable[[], None] | None = None) -> Timing:
-    """Run ``step() -> count`` ``warmup`` times untimed, then time it.
-
-    Timed steps run until ``batches`` steps or ``seconds`` have passed (at least
-    one step; give one of the two). ``sync`` runs before each clock read (e.g.
-    ``torch.cuda.synchronize``); ``tick`` after each timed step (sampling;
-    its cost is inside the timing, so keep it cheap).
-
-    >>> time_steps(lambda: 8, batches=3).count
-    24
-    """
-    if (batches is None) == (seconds is None):
-        raise ValueError("time_steps needs exactly one of batches= or seconds=")
-    sync = sync or (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    count = n = 0
-    t0 = time.perf_counter()
-    while True:
-        count += step()
-        n += 1
-        if batches is not None and n >= batches:
-            break
-        if seconds is not None and time.perf_counter() - t0 >= seconds:
-            break
-        if tick is not None:
-            tick()
-    sync()
-    return Timing(count=count, seconds=time.perf_counter() - t0, steps=n)
+__all__ = ["BenchInterrupted", "BenchSettings", "Timing", "bench", "resolve_run_device", "time_steps"]
 
 
 # ------------------------------------------------------------------ settings
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -107,7 +67,8 @@ class BenchSettings:
     :func:`loader.units.available_cores`. Each measurement is ``batches``
     steady-state batches, or lasts ``seconds`` (4 s when neither is given).
     ``memory_budget_mb`` (MB = 10^6 bytes) only shapes the recommendation.
-    Bad values raise :class:`LoaderError` naming the CLI option.
+    Bad values raise :class:`~loader.errors.ArgumentError` naming the field
+    (the fields ``loader advise`` shares: :func:`loader.measure.check_shared`).
     """
 
     batch_sizes: tuple[int, ...] = (64,)
@@ -133,44 +94,34 @@ class BenchSettings:
         def set_(name, value):   # frozen: the resolved defaults are filled in once, here
             object.__setattr__(self, name, value)
 
-        set_("batch_sizes", tuple(self.batch_sizes))
-        set_("image_sizes", tuple(self.image_sizes))
-        set_("pipelines", tuple(self.pipelines))
-        for opt, vals in (("--batch-sizes", self.batch_sizes), ("--image-sizes", self.image_sizes)):
-            if not vals or any(not _is_int(v) or v < 1 for v in vals):
-                raise LoaderError(f"{opt} must be comma-separated positive integers, got "
-                                  f"{','.join(map(str, vals))!r}")
-        if min(self.image_sizes) < 8:
-            raise LoaderError(f"--image-sizes must be at least 8 pixels, got {','.join(map(str, self.image_sizes))!r}")
         if self.workers is None:
             set_("workers", available_cores())
         if self.threads is None:
             set_("threads", available_cores())
-        for opt, v, least in (("--workers", self.workers, 0), ("--threads", self.threads, 1),
-                              ("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),
-                              ("--prefetch", self.prefetch, 1), ("--seed", self.seed, 0)):
-            if not _is_int(v) or v < least:
-                raise LoaderError(f"{opt} must be an integer >= {least}, got {v!r}")
+        batch_sizes, image_sizes = check_shared(self)   # the fields `loader advise` has too: one home
+        set_("batch_sizes", batch_sizes)
+        set_("image_sizes", image_sizes)
+        check_int("workers", self.workers, 0)
+        check_int("batches", self.batches, 1, optional=True)
+        check_number("seconds", self.seconds, optional=True)
         if self.batches is not None and self.seconds is not None:
-            raise LoaderError("give --batches or --seconds, not both")
-        if self.batches is not None and (not _is_int(self.batches) or self.batches < 1):
-            raise LoaderError(f"--batches must be an integer >= 1, got {self.batches!r}")
-        for opt, v in (("--seconds", self.seconds), ("--memory-budget", self.memory_budget_mb)):
-            if v is not None and (not isinstance(v, (int, float)) or not v > 0 or math.isinf(v)):
-                raise LoaderError(f"{opt} must be a positive number, got {v!r}")
+            raise ArgumentError(f"batches and seconds are exclusive: give one, got batches={self.batches!r} "
+                                f"and seconds={self.seconds!r}", param="batches")
         if self.batches is None and self.seconds is None:
             set_("seconds", 4.0)
         from loader.augment.settings import EVAL_MODES
 
-        if self.eval_mode not in EVAL_MODES:
-            raise LoaderError(f"--eval-mode must be one of {', '.join(EVAL_MODES)}, got {self.eval_mode!r}")
-        if (isinstance(self.color_jitter, bool) or not isinstance(self.color_jitter, (int, float))
-                or not 0 <= self.color_jitter < math.inf):
-            raise LoaderError(f"--color-jitter must be a number >= 0, got {self.color_jitter!r}")
-        unknown = [p for p in self.pipelines if p not in CONTENDERS]
-        if unknown or not self.pipelines:
-            raise LoaderError(f"--pipelines must name some of {', '.join(CONTENDERS)}, "
-                              f"got {','.join(self.pipelines)!r}")
+        check_choice("eval_mode", self.eval_mode, EVAL_MODES)
+        if not is_number(self.color_jitter) or not 0 <= self.color_jitter < float("inf"):
+            raise ArgumentError(f"color_jitter must be a number >= 0, got {self.color_jitter!r}", param="color_jitter")
+        try:
+            pipelines = tuple(self.pipelines)
+        except TypeError:
+            pipelines = ()
+        if not pipelines or any(p not in CONTENDERS for p in pipelines):
+            raise ArgumentError(f"pipelines must name some of {', '.join(CONTENDERS)}, got {self.pipelines!r}",
+                                param="pipelines")
+        set_("pipelines", pipelines)
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -275,24 +226,6 @@ def _close_all(contenders: dict[str, Contender]) -> None:
 # ------------------------------------------------------------------ the race
 
 
-def resolve_run_device(device: str, needed_by: str):
-    """``--device`` of a measuring command (``loader bench``, ``loader advise``) as a
-    ``torch.device``, CUDA initialised; a one-line :class:`LoaderError` when DALI is missing
-    or the device is bad, not a traceback."""
-    import_dali(needed_by)
-    from loader.load.imageloader import resolve_device
-
-    try:
-        dev = resolve_device(device)
-    except ValueError as e:
-        raise LoaderError(f"--device: {e}") from None
-    if dev.type == "cuda":
-        import torch
-
-        torch.cuda.init()
-    return dev
-
-
 def _resolve_device(device: str) -> str:
     return str(resolve_run_device(device, "loader bench"))
 
@@ -340,8 +273,8 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
     if not wanted:
         raise LoaderError("no pipeline left to measure")
     if s.train and max(s.batch_sizes) > num_records:
-        raise LoaderError(f"batch size {max(s.batch_sizes)} is larger than the dataset "
-                          f"({num_records} images in {packed_path}); lower --batch-sizes")
+        raise LoaderError(f"batch_sizes: {max(s.batch_sizes)} is larger than the dataset "
+                          f"({num_records} images in {packed_path}); give smaller batch sizes", param="batch_sizes")
 
     device = _resolve_device(s.device)
     order = [p for p in RUN_ORDER if p in wanted]
@@ -375,14 +308,12 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
                         f"first batch in {st.first_batch_ms:.0f} ms")
                     if s.settle:
                         settle()
-                for r in range(s.repeats):
-                    k = r % len(order)
-                    for name in order[k:] + order[:k]:   # rotate who goes first
-                        t = _measure(contenders[name], stats[name], s)
-                        log(f"{name} batch={b} size={size} {mode} repeat {r + 1}/{s.repeats}: "
-                            f"{t.rate:.1f} images/s ({t.count} images in {t.seconds:.2f} s, {how})")
-                        if s.settle:
-                            settle()
+                for r, name in interleaved(order, s.repeats, rotate=True):   # rotate who goes first
+                    t = _measure(contenders[name], stats[name], s)
+                    log(f"{name} batch={b} size={size} {mode} repeat {r + 1}/{s.repeats}: "
+                        f"{t.rate:.1f} images/s ({t.count} images in {t.seconds:.2f} s, {how})")
+                    if s.settle:
+                        settle()
             except KeyboardInterrupt:
                 rows += [stats[n].row(contenders[n], s, pack_s) for n in order if stats[n].runs]
                 _close_all(contenders)

@@ -10,23 +10,11 @@ import os
 import time
 from collections.abc import Iterable
 
+from loader.measure import rss_bytes  # its home; re-exported for benchmarks/ and older imports
+
 __all__ = ["cpu_seconds", "descendants", "rss_bytes", "settle"]
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    """Resident memory of ``pid`` in bytes (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        if pid == "self":
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        return 0
 
 
 def _children(pid: int) -> list[int]:

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from loader.bench.results import BenchRow
+from loader.errors import ArgumentError
+from loader.measure import batch_bytes, check_fraction, check_int, check_number  # batch_bytes: re-exported
 from loader.units import MB
 
 __all__ = ["Recommendation", "batch_bytes", "recommend_batch_size"]
@@ -31,15 +33,6 @@ class Recommendation:
     text: str
 
 
-def batch_bytes(batch_size: int, image_size: int, bytes_per_value: int = 4) -> int:
-    """Memory of one batch: ``B*3*H*W`` values (float32: 4 bytes) + ``B`` int64 labels.
-
-    >>> batch_bytes(64, 224)
-    38535680
-    """
-    return batch_size * (3 * image_size * image_size * bytes_per_value + 8)
-
-
 def recommend_batch_size(rows: Sequence[BenchRow], *, tolerance: float = 0.05,
                          memory_budget_mb: float | None = None, prefetch: int = 2,
                          pipeline: str = "loader", image_size: int | None = None) -> Recommendation:
@@ -56,17 +49,14 @@ def recommend_batch_size(rows: Sequence[BenchRow], *, tolerance: float = 0.05,
     >>> recommend_batch_size(rows).batch_size
     64
     """
-    if not 0 <= tolerance < 1:
-        raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}")
-    if not isinstance(prefetch, int) or prefetch < 0:
-        raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
-    if memory_budget_mb is not None and not memory_budget_mb > 0:
-        raise ValueError(f"memory budget must be positive (MB), got {memory_budget_mb!r}")
+    check_fraction("tolerance", tolerance)
+    check_int("prefetch", prefetch, 0)
+    check_number("memory_budget_mb", memory_budget_mb, optional=True)
     mine = [r for r in rows if r.pipeline == pipeline and r.images_per_sec > 0]
     sizes = sorted({r.image_size for r in mine})
     if image_size is None:
         if len(sizes) > 1:
-            raise ValueError(f"rows hold image sizes {sizes}: pass image_size")
+            raise ArgumentError(f"image_size must be given: the rows hold image sizes {sizes}", param="image_size")
         image_size = sizes[0] if sizes else None
     mine = [r for r in mine if r.image_size == image_size]
     if not mine:

@@ -1,7 +1,7 @@
 """What ``loader bench`` prints and writes: the table, the JSON rows, the plot, the recommendation.
 
-:func:`text_table` and :func:`plot_series` know nothing of bench rows, so other
-measuring commands lay out their own figures with them.
+:func:`plot_series` knows nothing of bench rows, so other measuring commands
+plot their own figures with it; tables are :func:`loader.measure.text_table`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TextIO
 
 from loader.bench.recommend import recommend_batch_size
 from loader.bench.results import BenchRow
+from loader.measure import text_table  # its home; re-exported here for older imports
 
 __all__ = ["format_table", "plot_series", "print_report", "text_table", "write_json", "write_plot"]
 
@@ -25,23 +26,6 @@ _COLOURS = {"loader": "tab:green", "dataloader": "tab:blue", "dataloader-lmdb": 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
     return none if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def text_table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
-    """Columns padded to their widest cell: the first left-aligned, the rest right-aligned.
-
-    >>> print(text_table(["name", "n"], [["a", "10"], ["bb", "2"]]))
-    name   n
-    ----  --
-    a     10
-    bb     2
-    """
-    widths = [max(len(h), *(len(c[i]) for c in lines)) if lines else len(h) for i, h in enumerate(head)]
-
-    def fmt(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(c) for c in lines])
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:

@@ -30,12 +30,13 @@ def resolve_source(src: str | os.PathLike, packed: str | os.PathLike | None = No
     log = log or (lambda msg: None)
     src_p = Path(src)
     if not src_p.exists():
-        raise LoaderError(f"{src} does not exist; pass an image folder or a packed dataset as SRC")
+        raise LoaderError(f"{src} does not exist; pass an image folder or a packed dataset as src", param="src")
     if not src_p.is_dir():
-        raise LoaderError(f"{src} is not a folder; pass an image folder or a packed dataset as SRC")
+        raise LoaderError(f"{src} is not a folder; pass an image folder or a packed dataset as src", param="src")
     if is_packed(src_p):
         if packed is not None and Path(packed).resolve() != src_p.resolve():
-            raise LoaderError(f"{src} is already a packed dataset; drop --packed {packed}")
+            raise LoaderError(f"packed: {src} is already a packed dataset; give it alone, "
+                              f"without packed={str(packed)!r}", param="packed")
         return None, src_p, None
     dst = Path(packed) if packed is not None else Path(str(src_p).rstrip("/\\") + CACHE_SUFFIX)
     if is_packed(dst):
