@@ -4,10 +4,14 @@ For each batch size (and image size) it measures the model's train step on
 one reused batch (step ms, images/s), ``ImageLoader`` alone, the training loop
 fed by ``ImageLoader`` (images/s and the share of time waiting for data) and
 the peak memory; out of memory or over the budget is a row that says so, not
-a crash. Then it recommends: the largest batch that fits, the smallest whose
-end-to-end throughput is within 5% of the best, whether training is
-input-bound and what to try, and the linearly scaled learning rate. With
-``trial_images`` it trains a fresh copy of the model per batch size on the
+a crash. Each row is measured in ``rounds`` rounds (default 3), round-robin
+over the rows, and reported as the median with its range, so one busy spell
+of a shared machine cannot decide the advice; when the ranges overlap more
+than the choice allows, the advice says so instead of picking. Then it
+recommends: the largest batch that fits, the smallest whose end-to-end
+throughput is within 5% of the best, whether training is input-bound and
+what to try, and the linearly scaled learning rate. With ``trial_images`` it
+trains a fresh copy of the model per batch size on the
 same number of images and validates it on a held-back split.
 
 >>> import loader
