@@ -126,7 +126,7 @@ class DecodeCheck:
         """``(index, reason)`` for each record of ``dataset`` among ``indices`` that fails, in order.
 
         ``dataset`` is a :class:`loader.format.dataset.PackedDataset`; a record
-        missing from its shard raises :class:`loader.errors.DatasetError`.
+        that cannot be read (missing, cut short, on a damaged LMDB page) raises :class:`loader.errors.DatasetError`.
         """
         idx = np.asarray(list(indices), dtype=np.int64).reshape(-1)
         bad: list[tuple[int, str]] = []

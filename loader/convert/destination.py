@@ -99,7 +99,7 @@ def _why_not_a_dataset(dst: Path) -> str | None:
     it), or None if it is one (or empty). Provably: every entry is a file pack writes, and its
     manifest is ours, or (a damaged manifest) a shard is an LMDB file."""
     try:
-        entries = list(os.scandir(dst))
+        entries = sorted(os.scandir(dst), key=lambda e: e.name)
     except OSError as e:
         return f"cannot list it: {e.strerror or e}"
     for e in entries:

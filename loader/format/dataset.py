@@ -128,10 +128,15 @@ class PackedDataset:
         for k, (s, key) in enumerate(zip(shard_list, keys)):
             try:
                 value = gets[s](b"%010d" % key)   # a view into the map: copy only the record's slice
-            except lmdb.Error as e:   # a damaged page (LMDB checks page types and numbers): not a crash
-                out.append(self._unreadable(int(idx[k]), f"cannot be read (LMDB: {e}): the shard is damaged",
-                                            unreadable))
-                continue
+            except lmdb.Error:   # a damaged page (LMDB checks page types and numbers), or a stale transaction
+                try:
+                    value = self._readers[s].get_after_error(b"%010d" % key)
+                except lmdb.Error as e:
+                    out.append(self._unreadable(int(idx[k]), f"cannot be read (LMDB: {e}): the shard is damaged",
+                                                unreadable))
+                    continue
+                finally:
+                    gets[s] = self._readers[s].txn().get    # the transaction that is now current
             if value is None or (ends[k] is not None and ends[k] > len(value)):
                 why = ("is missing from its shard" if value is None else
                        f"is cut short: the value is {len(value)} bytes, the index wants bytes {starts[k]}..{ends[k]}")
@@ -141,12 +146,13 @@ class PackedDataset:
         return out
 
     def _unreadable(self, i: int, why: str, unreadable: dict[int, str] | None) -> np.ndarray:
-        """Record ``i`` cannot be read: raise, or note it in ``unreadable`` and stand in an empty array."""
-        shard, key = self.locate(i)
-        why = f"({shard} key {record_key(key).decode()}) {why}"
+        """Record ``i`` cannot be read (``why``: "is missing ...", "cannot be read ..."): raise naming
+        it, or note ``"it " + why`` in ``unreadable`` and stand in an empty array."""
         if unreadable is None:
-            raise DatasetError(f"{self.path}: record {i} {why}; {REPACK_HINT}")
-        unreadable[i] = why
+            shard, key = self.locate(i)
+            raise DatasetError(f"{self.path}: record {i} ({shard} key {record_key(key).decode()}) {why}; "
+                               f"{REPACK_HINT}")
+        unreadable[i] = f"it {why}"
         return np.zeros(0, dtype=np.uint8)
 
     def multi_hot(self, records: np.ndarray) -> np.ndarray:
@@ -212,8 +218,8 @@ def _check_shards(path: Path, ds: PackedDataset) -> None:
         size = f.stat().st_size
         if size < info.bytes:    # the records' bytes alone need that much (LMDB's header: at first use)
             raise DatasetError(f"{path}: shard {info.name} is {size} bytes, but the manifest says it holds "
-                               f"{info.bytes} bytes of records: the file is truncated; copy it again or "
-                               f"{REPACK_HINT}")
+                               f"{info.bytes} bytes of records: the file is truncated or another file; "
+                               f"copy it again or {REPACK_HINT}")
         entries = len(reader)
         if entries != info.entries:
             raise DatasetError(f"{path}: shard {info.name} holds {entries} values but the manifest "

@@ -368,12 +368,28 @@ class ShardReader:
             self._pid = os.getpid()
         return self._txn
 
+    def get_after_error(self, key: bytes):
+        """``txn().get(key)`` once more, in a fresh read transaction: after LMDB fails a read (a
+        damaged page) it refuses every later read of that transaction (MDB_BAD_TXN), and another
+        reader of the file may have failed it. Raises the ``lmdb.Error`` if the key still fails."""
+        self.txn()
+        with _OPEN_LOCK:
+            entry = _OPEN.get(self._key) if _OPEN_PID == os.getpid() else None
+            if entry is not None:
+                if entry[1] is self._txn:     # nobody renewed it yet (the failed one is left to the GC)
+                    entry[1] = entry[0].begin(buffers=True)
+                self._txn = entry[1]
+        return self._txn.get(key)
+
     def read(self, key: int, offset: int = 0, length: int | None = None) -> bytes:
         """Bytes ``[offset, offset + length)`` of the value under ``key`` (all of it by default);
         :class:`DatasetError` if the value is missing or shorter."""
         txn = self.txn()
         try:
-            value = txn.get(record_key(key))
+            try:
+                value = txn.get(record_key(key))
+            except lmdb.Error:
+                value = self.get_after_error(record_key(key))
         except lmdb.Error as e:   # a damaged page: LMDB's checks raise (MDB_CORRUPTED, MDB_PAGE_NOTFOUND)
             raise DatasetError(f"shard {self.path} cannot be read at key {record_key(key).decode()} "
                                f"(LMDB: {e}): the shard is damaged; {REPACK_HINT}") from None

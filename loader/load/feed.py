@@ -20,6 +20,7 @@ import numpy as np
 
 from loader import rng as rng_streams
 from loader.augment.settings import Augment
+from loader.errors import DatasetError
 from loader.format.recordguard import RecordRejected
 from loader.load.sampler import crop_windows
 
@@ -79,10 +80,20 @@ class EpochFeed:
         bad = int(records[pos])
         for step in range(1, len(records)):
             j = int(records[(pos + step) % len(records)])
-            if self._guard.good(j):
+            if self._good(j):
                 self.replaced.setdefault(bad, j)
                 return j
         raise RecordRejected(bad, "no good record is left in this rank's epoch to replace it with")
+
+    def _good(self, j: int) -> bool:
+        """Whether record ``j`` may stand in for a bad one: it passes the guard and can be read."""
+        try:
+            return self._guard.good(j)
+        except DatasetError:     # it cannot be read at all (a damaged LMDB page, cut short): bad too
+            why: dict[int, str] = {}
+            self._dataset.read_batch([j], unreadable=why)
+            self._guard.bad.setdefault(j, why.get(j, "it cannot be read"))
+            return False
 
     def stop(self) -> None:
         """End the current epoch early: the next ``next()`` raises StopIteration."""
@@ -98,11 +109,18 @@ class EpochFeed:
         self._next_batch += 1
         records = plan.records[lo:lo + plan.batch_size]
         ds = self._dataset
-        data = ds.read_batch(records)
-        if self._guard is not None:
-            if not self._replace_bad:
+        if self._guard is None or not self._replace_bad:
+            data = ds.read_batch(records)   # a record it cannot read raises DatasetError naming it
+            if self._guard is not None:
                 self._guard.check(records, data)   # raises RecordRejected: DALI never sees the record
-            elif bad := self._guard.bad_positions(records, data):
+        else:
+            # on_error="replace": a record that cannot be read at all (damaged LMDB page, cut short,
+            # missing) is replaced like one whose bytes fail the guard.
+            unreadable: dict[int, str] = {}
+            data = ds.read_batch(records, unreadable=unreadable)
+            for i, why in unreadable.items():
+                self._guard.bad.setdefault(i, why)
+            if bad := self._guard.bad_positions(records, data):
                 records = records.copy()
                 for k in bad:
                     records[k] = self._substitute(lo + k)
