@@ -149,6 +149,17 @@ def test_sparse_file_over_the_cap_is_skipped_unread(src, tmp_path):
     assert [ds.read(i) for i in range(3)] == [(src / "cat" / f"{i}.jpg").read_bytes() for i in range(3)]
 
 
+def test_file_turned_fifo_after_the_scan_is_bad_not_a_hang(tmp_path):
+    fifo = tmp_path / "x.jpg"
+    os.mkfifo(fifo)
+    r = run_child(f"""
+        from loader.convert.packing import _process
+        print(_process({str(fifo)!r}, None, 95, False))
+        """, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "(2, 'not a regular file (a FIFO, device or socket); leave it out "
+                                           "of SRC')\n"), r.stderr[-2000:]
+
+
 def test_file_cap_holds_when_the_size_lies(monkeypatch):
     monkeypatch.setattr(imagecheck, "MAX_FILE_BYTES", 10)
     with pytest.raises(BadImage, match="file is 11 bytes, over the per-file cap of 10"):
@@ -313,6 +324,14 @@ def test_inf_shard_size_never_reaches_the_manifest(src, tmp_path):
     quiet_pack(src, tmp_path / "ok", shard_size_mb=2**20)
     json.loads((tmp_path / "ok" / "manifest.json").read_text(),
                parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    # And the index writer itself never writes a non-JSON number (a bug would raise, not write).
+    from loader.convert.indexwriter import IndexWriter
+
+    (tmp_path / "w").mkdir()
+    w = IndexWriter(tmp_path / "w", capacity=0)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        w.finish(classes=[], shards=[], pack_params={"shard_size_mb": float("inf")}, skipped=0)
+    assert not (tmp_path / "w" / "manifest.json").exists()
 
 
 @pytest.fixture

@@ -129,7 +129,9 @@ class IndexWriter:
                   "shards": [_shard_plain(s) for s in shards], "num_records": n,
                   "conversions": conversions, "pack_params": pack_params, "skipped": skipped,
                   "unlisted": unlisted}
-        text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(header[k], separators=(',', ':'))}"
+        # allow_nan=False: NaN / Infinity are not JSON (strict readers refuse the manifest); pack's
+        # options are checked before this, so this only stops a bug from writing one.
+        text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(header[k], separators=(',', ':'), allow_nan=False)}"
                                   for k in _HEADER_KEYS) + "\n}\n"
         path = self.dst / MANIFEST_NAME
         with open(path, "w", encoding="utf-8", newline="\n") as f:

@@ -41,6 +41,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import stat
 import sys
 import time
 import zlib
@@ -172,9 +173,15 @@ def _result(c: CheckedImage, sig: tuple | None) -> tuple:
 
 
 def _read(path: str) -> tuple[bytes, tuple]:
-    """The bytes of the file at ``path`` (at most MAX_FILE_BYTES: BadImage beyond) and its signature."""
-    with open(path, "rb", buffering=0) as f:
+    """The bytes of the file at ``path`` (at most MAX_FILE_BYTES: BadImage beyond) and its signature.
+
+    Opened without blocking: the scan lists regular files only, but one replaced by a FIFO since
+    would block ``open`` forever (and a device never ends); such a file is a BadImage.
+    """
+    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as f:
         st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage("not a regular file (a FIFO, device or socket); leave it out of SRC")
         return read_capped(f, st.st_size), _file_sig(st)
 
 
