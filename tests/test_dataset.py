@@ -518,3 +518,33 @@ def test_shard_symlinked_outside_the_dataset_is_refused(packed, tmp_path):
     with pytest.raises(DatasetError, match="outside the dataset folder") as e:
         open_dataset(packed)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name, what", [("sources.bin", "the file of source paths"),
+                                        ("manifest.json", "the manifest")])
+def test_index_file_linked_outside_the_dataset_is_refused_unread(packed, tmp_path, name, what):
+    """No file of a dataset is read through a link that leaves DST: its content never shows up."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text('{"format": "TOP SECRET"}')
+    (packed / name).unlink()
+    (packed / name).symlink_to(secret)
+    with pytest.raises(DatasetError) as e:
+        open_dataset(packed)
+    assert str(e.value) == (f"{packed / name}: {what} is a link to {secret}, outside the dataset folder; copy "
+                            f"the dataset with its files (cp -rL) or re-pack with `loader pack SRC DST --overwrite`")
+    assert "SECRET" not in str(e.value)
+
+
+def test_links_inside_the_dataset_folder_are_fine(packed):
+    (packed / "sources.bin").rename(packed / "sources.real")
+    (packed / "sources.bin").symlink_to("sources.real")
+    assert open_dataset(packed).source(0) == "a_bird/img_0.jpg"
+
+
+def test_a_missing_dataset_names_where_an_interrupted_overwrite_left_the_old_one(packed):
+    old = packed.with_name(f"{packed.name}.old-4242-0123456789abcdef")
+    packed.rename(old)
+    with pytest.raises(DatasetError) as e:
+        open_dataset(packed)
+    assert str(e.value).endswith(f"; {old} may hold the previous dataset, left by a pack that was interrupted "
+                                 f"while replacing it: the next `loader pack` to {packed} moves it back")
