@@ -342,14 +342,15 @@ def test_file_changed_after_check_is_checked_again(tmp_path, make_jpeg):
 
     p = tmp_path / "a.jpg"
     p.write_bytes(make_jpeg(seed=1, size=(64, 48)))
-    checked = _process(str(p), None, 95)
+    checked = _process(str(p), None, 95, False)
     assert checked[0] == _KEEP and checked[1:3] == (48, 64)
-    assert _load_kept(str(p), checked, None, 95) == (_DATA, p.read_bytes(), 48, 64, None, checked[3])
+    assert _load_kept(str(p), checked, None, 95, False) == (_DATA, p.read_bytes(), 48, 64, None, checked[3], None)
     new = make_jpeg(seed=2, size=(30, 20))
     p.write_bytes(new)
-    assert _load_kept(str(p), checked, None, 95) == (_DATA, new, 20, 30, None, int(record_checksum(new), 16))
+    assert _load_kept(str(p), checked, None, 95, False) == (_DATA, new, 20, 30, None, int(record_checksum(new), 16),
+                                                            None)
     p.write_bytes(b"")
-    assert _load_kept(str(p), checked, None, 95) == (_BAD, "empty file (0 bytes)")
+    assert _load_kept(str(p), checked, None, 95, False) == (_BAD, "empty file (0 bytes)")
 
 
 def _jpeg_of_size(base: bytes, size: int) -> bytes:
