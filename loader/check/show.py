@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loader.augment.recipe import pixel_units
 from loader.errors import ArgumentError
 
 __all__ = ["Tile", "show", "show_batch", "default_output"]
@@ -71,13 +72,10 @@ def _check_int(name: str, value, least: int = 0) -> int:
 
 def _normalization(loader) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The loader's mean and std in pixel units (0..255), shaped [C, 1, 1], or (None, None)."""
-    mean, std = getattr(loader, "mean", None), getattr(loader, "std", None)
-    if mean is None and std is None and hasattr(loader, "_norm"):
-        mean, std = loader._norm
+    mean, std = pixel_units(loader.mean), pixel_units(loader.std)
     if mean is None:
         return None, None
-    as_px = lambda v: (255.0 * np.asarray(v, dtype=np.float64)).reshape(-1, 1, 1)  # noqa: E731
-    return as_px(mean), as_px(std)
+    return np.asarray(mean, dtype=np.float64).reshape(-1, 1, 1), np.asarray(std, dtype=np.float64).reshape(-1, 1, 1)
 
 
 def denormalize(images, loader) -> np.ndarray:
