@@ -20,7 +20,8 @@ WORKER = textwrap.dedent("""
                             world_size=int(world), timeout=datetime.timedelta(seconds=60))
     # rank/world_size come from torch.distributed: no arguments passed.
     ld = ImageLoader(data, batch_size=3, image_size=16, train=train == "1", with_indices=True)
-    result = {"rank": ld.rank, "world": ld.world_size, "len": len(ld), "epochs": []}
+    result = {"rank": ld.rank, "world": ld.world_size, "len": len(ld), "sampler": len(ld.sampler),
+              "dataset": len(ld.dataset), "epochs": []}
     for epoch in range(2):
         ld.set_epoch(epoch)
         seen = []
@@ -57,6 +58,8 @@ def test_two_gloo_ranks_get_disjoint_equal_slices_of_the_epoch(packed, tmp_path,
     r0, r1 = (json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2))
     assert (r0["rank"], r1["rank"], r0["world"]) == (0, 1, 2)
     assert r0["len"] == r1["len"]
+    # What imagenet/main.py reads of a DistributedSampler'd loader: records per rank, and the dataset's.
+    assert r0["sampler"] == r1["sampler"] == (12 if train else 13) and r0["dataset"] == 26
     n = 26
     for e in range(2):
         a, b = r0["epochs"][e], r1["epochs"][e]
