@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from loader import ImageLoader
-from loader.errors import ArgumentError
-from loader.load.imageloader import ConcurrentEpochError
+from loader.errors import ArgumentError, ConcurrentEpochError
 from loader.load.state import dataset_fingerprint
 from tests.conftest import pack_small_images
 
