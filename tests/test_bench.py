@@ -345,7 +345,7 @@ def test_a_gpu_bench_without_cuda_is_a_one_line_error(tiny, capsys):
     assert e.value.param == "device"
     from loader.cli import main
 
-    assert main(["bench", str(tiny[0]), "--packed", str(tiny[1]), "--batch-sizes", "8", "--quiet",
+    assert main(["bench", str(tiny[0]), "--packed", str(tiny[1]), "--batch-size", "8", "--quiet",
                  "--device", "cuda:0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
