@@ -191,7 +191,7 @@ def _ends_early(data: bytes) -> bool:
     if frame is None or frame[1] not in (0xC0, 0xC1) or data.count(b"\xff\xda", frame[0]) != 1:
         return False
     k = data.rfind(b"\xff\xd9")
-    if k < 0:
+    if k < data.find(b"\xff\xda", frame[0]):   # no end marker after the scan (one in a thumbnail is not it)
         return False
     im = Image.open(io.BytesIO(data[:k] + _PAD))
     im.draft(None, (1, 1))
