@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import re
 import resource
 import struct
 import subprocess
@@ -393,3 +394,31 @@ def test_full_disk_names_the_file_system_and_leaves_nothing(src, tmp_path, monke
     assert msg.startswith(f"writing {dst} failed: {what} ({text}); the file system at {mount} has ")
     assert msg.endswith(" MB free; free some space or pass a DST on another disk (nothing was left at DST)")
     assert "\n" not in msg and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 2 MB tmpfs (needs root and permission to mount; skipped otherwise)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True,
+                       check=False) if os.geteuid() == 0 else None
+    if r is None or r.returncode:
+        pytest.skip("cannot mount a tmpfs here (not root, or not permitted)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_really_full_disk_names_it_and_leaves_nothing(tmp_path, tiny_disk):
+    from loader.synthetic import make_dataset
+
+    make_dataset(tmp_path / "photos", classes=2, per_class=40, seed=0, workers=1)    # ~4 MB
+    dst = tiny_disk / "out"
+    with pytest.raises(PackError) as e:
+        quiet_pack(tmp_path / "photos", dst)
+    msg = str(e.value)
+    assert msg.startswith(f"writing {dst} failed: the disk is full (") and "\n" not in msg, msg
+    assert re.search(rf"; the file system at {re.escape(str(tiny_disk))} has 0\.[0-9] MB free; free some space ", msg)
+    assert os.listdir(tiny_disk) == []

@@ -342,25 +342,33 @@ def _mount_point(path: Path) -> Path:
     return p
 
 
+# An I/O error while less than this is free is a full disk: LMDB's commit reports ENOSPC on
+# tmpfs and others as "Input/output error", and one commit writes up to 32 MiB (ShardWriter).
+_FULL_BYTES = 64 * 2**20
+
+
 def _write_error(dst: Path, e: BaseException) -> PackError:
     """The one-line PackError for an OSError / lmdb.Error while writing DST: a full disk (or an
     I/O error, what LMDB's commit reports for one on some file systems) names where and how much
     is free."""
     text = getattr(e, "strerror", None) or str(e)
     code = getattr(e, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, lmdb.DiskError) or "No space left" in text \
-            or "quota exceeded" in text.lower():
-        what = "the disk is full"
-    elif code == errno.EIO or "Input/output error" in text:
-        what = "an I/O error (often a full disk)"
-    else:
+    full = (code in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, lmdb.DiskError) or "No space left" in text
+            or "quota exceeded" in text.lower())
+    io_error = code == errno.EIO or "Input/output error" in text
+    if not (full or io_error):
         return PackError(f"writing {dst} failed: {text}")
     try:
-        free = f"{shutil.disk_usage(dst.parent).free / MB:,.1f} MB free"
+        free = shutil.disk_usage(dst.parent).free     # measured before the partial folder is removed
     except OSError:
-        free = "free space unknown"
+        free = None
+    if full or (free is not None and free < _FULL_BYTES):
+        what = "the disk is full"
+    else:
+        what = "an I/O error (often a full disk)"
+    room = "free space unknown" if free is None else f"{free / MB:,.1f} MB free"
     return PackError(f"writing {dst} failed: {what} ({text}); the file system at {_mount_point(dst.parent)} "
-                     f"has {free}; free some space or pass a DST on another disk (nothing was left at DST)")
+                     f"has {room}; free some space or pass a DST on another disk (nothing was left at DST)")
 
 
 # ---------------------------------------------------------------- pack
