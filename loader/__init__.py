@@ -8,13 +8,27 @@ augments with NVIDIA DALI.
 >>> report = loader.pack("photos/", "photos.packed")      # doctest: +SKIP
 >>> for images, labels in loader.ImageLoader("photos.packed", batch_size=256):  # doctest: +SKIP
 ...     ...
+
+Every exception the package raises for a problem the user can fix is a
+:class:`LoaderError` (``loader.errors``), importable from here.
 """
 
 from loader import _moved
-from loader.convert.packing import PackReport, pack  # noqa: E402
-from loader.errors import DaliMissingError, LoaderError, import_dali  # noqa: E402,F401
-from loader.format.dataset import PackedDataset, open_dataset  # noqa: E402
-from loader.version import __version__  # noqa: E402,F401
+from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD  # pure constants (no DALI, no torch)
+from loader.convert.packing import PackReport, pack
+from loader.errors import (
+    ArgumentError,
+    ConcurrentEpochError,
+    DaliMissingError,
+    DatasetError,
+    DecodeError,
+    LoaderError,
+    ModelSpecError,
+    PackError,
+    import_dali,
+)
+from loader.format.dataset import PackedDataset, open_dataset
+from loader.version import __version__
 
 _moved.install()   # loader.pipeline & co. (0.3 paths) still import, with a DeprecationWarning
 
@@ -27,9 +41,7 @@ _EXPORTS = {
     "advise": "loader.advisor",
 }
 # Imported on first use too, needing torch but not DALI.
-_TORCH_EXPORTS = {"ColorJitter": "loader.augment.jitter"}
-# Pure constants (no DALI): loader.augment.recipe.
-from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+_TORCH_EXPORTS = {"Augment": "loader.augment.settings", "ColorJitter": "loader.augment.jitter"}
 
 
 def __getattr__(name):
@@ -42,5 +54,13 @@ def __getattr__(name):
     raise AttributeError(f"module 'loader' has no attribute {name!r}")
 
 
-__all__ = ["pack", "PackReport", "open_dataset", "PackedDataset", "IMAGENET_MEAN", "IMAGENET_STD", *_EXPORTS,
-           *_TORCH_EXPORTS, "__version__"]
+def __dir__():
+    return sorted({*globals(), *_EXPORTS, *_TORCH_EXPORTS})
+
+
+# Sorted; tests/test_errors.py checks that every name resolves and every exception is here.
+__all__ = [
+    "ArgumentError", "Augment", "ColorJitter", "ConcurrentEpochError", "DaliMissingError", "DatasetError",
+    "DecodeError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageLoader", "LoaderError", "ModelSpecError", "PackError",
+    "PackReport", "PackedDataset", "__version__", "advise", "import_dali", "open_dataset", "pack",
+]

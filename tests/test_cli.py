@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def error_cases(tmp_path, image_tree):
         (["pack", src, str(tmp_path / "exists")], "exists; pass --overwrite to replace it"),
         (["pack", src, str(tmp_path / "afile" / "out")], "choose a DST in a writable folder"),
         (["pack", src, str(tmp_path / "o4"), "--quality", "0"], "--quality must be an integer from 1 to 100"),
-        (["pack", src, str(tmp_path / "o5"), "--shards", "0"], "--shards must be an integer >= 1"),
+        (["pack", src, str(tmp_path / "o5"), "--shards", "0"], "--shards must be None or an integer from 1"),
         (["info", str(tmp_path / "exists")], "not a packed dataset"),
         (["verify", str(tmp_path / "nothing")], "not a packed dataset"),
     ]
@@ -147,9 +148,10 @@ def test_storage_policy_is_stated_once_in_pack_help(capsys):
 
 
 def test_info_json(packed, capsys):
-    rc, out, _ = run_main(capsys, "info", str(packed), "--json")
+    rc, out, err = run_main(capsys, "info", str(packed), "--json", "-")
     assert rc == 0
-    info = json.loads(out)
+    info = json.loads(out)                                   # stdout: the JSON alone
+    assert err.splitlines()[0] == f"dataset   {packed}"      # the text report: stderr
     assert info["num_records"] == 9 and info["num_skipped"] == 0 and info["num_converted"] == 0
     assert info["format"] == "loader.lmdb-shards" and info["version"] == 4
     assert (info["label_source"], info["multi_label"], info["num_unlisted"]) == ("folders", False, 0)
@@ -176,6 +178,86 @@ def test_info_text(packed, capsys):
     assert lines[7] == "shards    1" and lines[8].startswith("  shard-00000.lmdb  9 records from #0, ")
     assert lines[9].startswith("index     0.0 MB (manifest version 4)")
     assert lines[10].startswith("packed    shards=None shard_size_mb=512 max_side=None quality=95 strict=False")
+
+
+def test_info_json_file_and_the_deprecated_bare_flag(packed, capsys, tmp_path):
+    rc, out, err = run_main(capsys, "info", str(packed), "--json", str(tmp_path / "i.json"))
+    assert rc == 0 and err == "" and out.splitlines()[0] == f"dataset   {packed}"
+    written = json.loads((tmp_path / "i.json").read_text())
+    assert written == cli.dataset_info(str(packed))
+    rc, out, err = run_main(capsys, "info", str(packed), "--json")       # loader 0.3's spelling: stdout
+    assert rc == 0 and json.loads(out) == written
+    assert err.splitlines()[0] == ("note: --json without FILE is deprecated and will need one from loader 0.5; "
+                                   "use --json - for stdout")
+
+
+@pytest.mark.parametrize("command", ["info", "bench", "advise", "doctor"])
+def test_an_output_file_in_a_missing_folder_is_one_error_line_before_any_work(command, packed, tmp_path, capsys,
+                                                                              monkeypatch):
+    import loader.advisor
+    import loader.bench
+    import loader.check.doctor
+
+    def must_not_run(*a, **k):
+        raise AssertionError("ran before the output folder was checked")
+
+    for module, name in ((loader.bench, "bench"), (loader.advisor, "advise"), (loader.check.doctor, "run_doctor"),
+                         (cli.data, "dataset_info")):
+        monkeypatch.setattr(module, name, must_not_run)
+    extra = ["--model", "m:f"] if command == "advise" else []
+    target = tmp_path / "nope" / "out.json"
+    rc, out, err = run_main(capsys, command, str(packed), *extra, "--json", str(target))
+    assert rc == 2 and out == ""
+    assert err == f"error: --json {target}: cannot write there, folder {target.parent} does not exist\n"
+    if command in ("bench", "advise"):
+        rc, _, err = run_main(capsys, command, str(packed), *extra, "--plot", "-")
+        assert rc == 2 and err == "error: --plot needs a file name, got '-' (only --json can write to stdout)\n"
+
+
+def test_bench_json_to_stdout_puts_the_table_on_stderr(monkeypatch, capsys):
+    import loader.bench as lb
+    from loader.bench import BenchRow
+
+    monkeypatch.setattr(lb, "bench", lambda *a, **k: [BenchRow("loader", 16, 96, 100.0, device="cpu")])
+    rc, out, err = run_main(capsys, "bench", "SRC", "--json", "-", "--quiet")
+    assert rc == 0 and [r["images_per_sec"] for r in json.loads(out)] == [100.0]
+    assert "recommendation: loader at 96 px: use batch size 16" in err
+
+
+def test_non_utf8_names_print_escaped_on_a_strict_utf8_stdout(tmp_path):
+    """A class folder and a file whose names are not UTF-8: info and verify print them as \\x escapes."""
+    from tests.conftest import jpeg_bytes
+
+    src = os.fsencode(tmp_path / "src")
+    for folder, name, seed in ((b"caf\xe9", b"a.jpg", 0), (b"dog", b"\xff.jpg", 1), (b"dog", b"b.jpg", 2)):
+        os.makedirs(os.path.join(src, folder), exist_ok=True)
+        with open(os.path.join(src, folder, name), "wb") as f:
+            f.write(jpeg_bytes(seed=seed, size=(40, 30)))
+    dst = tmp_path / "packed"
+    pack(os.fsdecode(src), dst, workers=1, progress=False)
+    sources = [open_dataset(dst).source(i) for i in range(3)]
+    bad = sources.index("dog/\udcff.jpg")
+
+    def flip(crc):                         # a wrong checksum: verify prints the record's source name
+        crc[bad] ^= 1
+        return crc
+
+    edit_columns(dst, checksums=flip)
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    run = [sys.executable, "-m", "loader"]
+    info = subprocess.run([*run, "info", str(dst)], capture_output=True, cwd=REPO, env=env, timeout=120, check=False)
+    assert info.returncode == 0 and b"Traceback" not in info.stderr, info.stderr
+    assert b"  caf\\udce9  1" in info.stdout
+    ver = subprocess.run([*run, "verify", str(dst), "--no-decode", "--quiet"], capture_output=True, cwd=REPO, env=env,
+                         timeout=120, check=False)
+    assert ver.returncode == 1 and b"Traceback" not in ver.stderr, ver.stderr
+    assert ver.stdout.splitlines()[0].startswith(f"record {bad} (".encode())
+    assert b"source dog/\\udcff.jpg): checksum mismatch" in ver.stdout
+    # The host's streams are left as they were: main() restores the error handler.
+    code = "import sys; from loader.cli import main; main(['info', sys.argv[1]]); print(sys.stdout.errors)"
+    host = subprocess.run([sys.executable, "-c", code, str(dst)], capture_output=True, cwd=REPO, env=env, timeout=120,
+                          check=False)
+    assert host.returncode == 0 and host.stdout.splitlines()[-1] == b"strict", host.stderr
 
 
 # ------------------------------------------------------------------ verify
@@ -257,8 +339,8 @@ def test_bench_options_reach_bench_settings_once(monkeypatch, capsys, tmp_path):
         return [BenchRow("loader", 16, 96, 100.0, device="cpu")]
 
     monkeypatch.setattr(lb, "bench", fake_bench)
-    rc, out, _ = run_main(capsys, "bench", "SRC", "--batch-sizes", "16,8,16", "--image-sizes", "96",
-                          "--workers", "0", "--threads", "3", "--repeats", "2", "--warmup", "0",
+    rc, out, _ = run_main(capsys, "bench", "SRC", "--batch-size", "16,8,16", "--image-size", "96",
+                          "--dataloader-workers", "0", "--threads", "3", "--rounds", "2", "--warmup", "0",
                           "--batches", "4", "--eval", "--pipelines", "loader, decode-limit", "--device", "cpu",
                           "--prefetch", "1", "--seed", "5", "--memory-budget", "50", "--quiet",
                           "--json", str(tmp_path / "r.json"))
@@ -272,15 +354,21 @@ def test_bench_options_reach_bench_settings_once(monkeypatch, capsys, tmp_path):
     assert "recommendation: loader at 96 px: use batch size 16" in out
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["--workers", "-1"], "--workers must be an integer >= 0, got -1"),
-    (["--threads", "0"], "--threads must be an integer >= 1, got 0"),
-    (["--seconds", "0"], "--seconds must be a positive number, got 0.0"),
-    (["--memory-budget", "-5"], "--memory-budget must be a positive number, got -5.0"),
+@pytest.mark.parametrize("argv, flag, got", [
+    (["--dataloader-workers", "-1"], "--dataloader-workers", "-1"),
+    (["--workers", "-1"], "--workers", "-1"),          # the old spelling: the message names what was typed
+    (["--threads", "0"], "--threads", "0"),
+    (["--seconds", "0"], "--seconds", "0.0"),
+    (["--memory-budget", "-5"], "--memory-budget", "-5.0"),
+    (["--batch-size", "8,x"], "--batch-size", "'8,x'"),
+    (["--image-size", "4"], "--image-size", "(4,)"),
 ])
-def test_bench_option_values_are_checked_by_bench_settings(capsys, argv, msg):
+def test_bench_option_values_are_checked_by_bench_settings_and_name_the_flag(capsys, argv, flag, got):
+    """BenchSettings names the parameter (workers, memory_budget_mb); the CLI shows the flag."""
     rc, _, err = run_main(capsys, "bench", "SRC", *argv)
-    assert rc == 2 and err == f"error: {msg}\n"
+    last = err.splitlines()[-1]
+    assert rc == 2 and last.startswith(f"error: {flag} must be ") and last.endswith(f"got {got}"), err
+    assert err.count("error:") == 1 and "_" not in last.split(" must ")[0]
 
 
 def test_pack_and_info_do_not_import_torch_or_dali(packed):

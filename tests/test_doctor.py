@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,18 +116,38 @@ def test_a_child_killed_by_a_signal_is_reported_not_fatal(small_ds, monkeypatch)
                           f"run `loader verify {small_ds}`")
 
 
-@pytest.mark.parametrize("kwargs, match", [({"batch_size": 0}, "batch_size must be an int >= 1"),
-                                           ({"image_size": 4}, "image_size must be an int >= 8"),
-                                           ({"max_batches": True}, "max_batches must be an int >= 1"),
-                                           ({"timeout": 0}, "timeout must be > 0")])
-def test_run_doctor_validates_its_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("kwargs, param, match", [
+    ({"batch_size": 0}, "batch_size", "batch_size must be an int >= 1"),
+    ({"image_size": 4}, "image_size", "image_size must be an int >= 8"),
+    ({"max_batches": True}, "max_batches", "max_batches must be an int >= 1"),
+    ({"timeout": 0}, "timeout", "timeout must be > 0"),
+])
+def test_run_doctor_validates_its_arguments(kwargs, param, match):
+    with pytest.raises(loader.ArgumentError, match=match) as info:
         run_doctor(None, **kwargs)
+    assert info.value.param == param and isinstance(info.value, ValueError)
 
 
-def test_cli_bad_option_is_one_error_line(loader_cli):
-    r = loader_cli("doctor", "--batch-size", "0")
-    assert r.returncode == 2 and r.stderr.strip() == "error: batch_size must be an int >= 1, got 0", r.stderr
+@pytest.mark.parametrize("argv, line", [
+    (["--batch-size", "0"], "error: --batch-size must be an int >= 1, got 0"),
+    (["--image-size", "4"], "error: --image-size must be an int >= 8, got 4"),
+    (["--batches", "0"], "error: --batches must be an int >= 1, got 0"),   # run_doctor's max_batches
+])
+def test_cli_bad_option_is_one_error_line_naming_the_flag(loader_cli, argv, line):
+    r = loader_cli("doctor", *argv)
+    assert r.returncode == 2 and r.stderr.strip() == line, r.stderr
+
+
+def test_the_environment_is_listed_without_dali():
+    """The wheel names live in loader.units: doctor lists nvImageCodec's version with DALI unimportable."""
+    code = ("import sys; sys.modules['nvidia'] = None\n"
+            "from loader.check.doctor import environment\n"
+            "from loader.units import NVIMGCODEC_WHEELS, dist_version\n"
+            "e = environment()\n"
+            "assert e.nvimgcodec == dist_version(*NVIMGCODEC_WHEELS), e\n"
+            "print(e.gpu_decode_auto, [m for m in sys.modules if m.startswith('nvidia.')])")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0 and r.stdout.split("\n")[0] == "None []", r.stderr
 
 
 @pytest.mark.parametrize("kind", ["multi", "unlabeled"])

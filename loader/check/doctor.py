@@ -31,9 +31,11 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
+
+from loader.errors import ArgumentError, LoaderError, one_line
+from loader.units import DALI_WHEELS, NVIMGCODEC_WHEELS, NVJPEG_WHEELS, dist_version
 
 __all__ = ["Check", "DoctorReport", "Environment", "GPU_CPU_MEAN_ABS_BOUND", "GPU_CPU_P99_ABS_BOUND",
            "environment", "run_doctor"]
@@ -133,15 +135,6 @@ class DoctorReport:
         return out
 
 
-def _dist_version(*names: str) -> str | None:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
 def _nvidia_smi() -> tuple[tuple[str, ...], str | None]:
     """(GPU names, driver version) from nvidia-smi, or ((), None) without it."""
     exe = shutil.which("nvidia-smi")
@@ -201,8 +194,8 @@ def environment() -> Environment:
     smi_gpus, driver = _nvidia_smi()
     if not gpus and smi_gpus:
         gpus = tuple(f"{name} (seen by nvidia-smi, not by torch)" for name in smi_gpus)
-    nvimgcodec = _dist_version("nvidia-nvimgcodec-cu12", "nvidia-nvimgcodec-cu13", "nvidia-nvimgcodec-cu11")
-    dali = _dist_version("nvidia-dali-cuda120", "nvidia-dali-cuda130", "nvidia-dali-cuda110", "nvidia-dali")
+    nvimgcodec = dist_version(*NVIMGCODEC_WHEELS)
+    dali = dist_version(*DALI_WHEELS)
     gpu_decode = None
     if dali is not None:
         try:
@@ -214,7 +207,7 @@ def environment() -> Environment:
     return Environment(
         python=platform.python_version(), platform=platform.platform(terse=True), loader=__version__,
         torch=torch_version, torch_cuda=torch_cuda, cuda_available=cuda, gpus=gpus, driver=driver, dali=dali,
-        nvimgcodec=nvimgcodec, nvjpeg=_dist_version("nvidia-nvjpeg-cu12", "nvidia-nvjpeg-cu13", "nvidia-nvjpeg-cu11"),
+        nvimgcodec=nvimgcodec, nvjpeg=dist_version(*NVJPEG_WHEELS),
         hw_jpeg_decoder=_hw_jpeg_decoder(cuda), gpu_decode_auto=gpu_decode)
 
 
@@ -332,8 +325,7 @@ def _child_main() -> None:
     try:
         out = _child(dst, device, batch_size, size, max_batches)
     except Exception as e:  # noqa: BLE001 - reported as the check's one line
-        first = " ".join(str(e).split("\n")).strip()
-        out = {"failures": [f"{type(e).__name__}: {first}"], "images": 0, "rate": 0.0, "first_batch_s": 0.0,
+        out = {"failures": [f"{type(e).__name__}: {one_line(e)}"], "images": 0, "rate": 0.0, "first_batch_s": 0.0,
                "batch_size": batch_size}
     print("DOCTOR " + json.dumps(out), flush=True)
 
@@ -385,9 +377,9 @@ def run_doctor(dst: str | os.PathLike | None = None, *, batch_size: int = 32, im
     """
     for name, v, low in (("batch_size", batch_size, 1), ("image_size", image_size, 8), ("max_batches", max_batches, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
-    if not (isinstance(timeout, (int, float)) and timeout > 0):
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+            raise ArgumentError(f"{name} must be an int >= {low}, got {v!r}", param=name)
+    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
+        raise ArgumentError(f"timeout must be > 0 seconds, got {timeout!r}", param="timeout")
     env = environment()
     checks: list[Check] = []
     if env.dali is None:
@@ -396,15 +388,13 @@ def run_doctor(dst: str | os.PathLike | None = None, *, batch_size: int = 32, im
         checks.append(Check("torch", "failed", "torch is not installed"))
     if dst is not None:
         dst = str(dst)
-        from loader.errors import LoaderError
-
         try:
             from loader.format.dataset import open_dataset
 
             n = len(open_dataset(dst))
             checks.append(Check("dataset", "ok", f"{n} records, manifest and shards open"))
         except (LoaderError, OSError) as e:
-            checks.append(Check("dataset", "failed", " ".join(str(e).split("\n"))))
+            checks.append(Check("dataset", "failed", one_line(e)))
         else:
             if env.dali is not None and env.torch is not None:
                 checks.append(_path_check(dst, "cpu", batch_size, image_size, max_batches, timeout))
