@@ -78,7 +78,7 @@ vpip check || fail "pip check: the venv's requirements are inconsistent"
 echo "== check_wheel: generate, pack, info, verify with the installed console script"
 "$VPY" -I -c 'from loader.synthetic import make_dataset; make_dataset("images", classes=2, per_class=20, seed=0, workers=2)'
 "$T/venv/bin/loader" pack images packed --quiet
-records=$("$T/venv/bin/loader" info packed --json | "$VPY" -I -c 'import json, sys; print(json.load(sys.stdin)["num_records"])')
+records=$("$T/venv/bin/loader" info packed --json - | "$VPY" -I -c 'import json, sys; print(json.load(sys.stdin)["num_records"])')
 [ "$records" = 40 ] || fail "loader info says $records records, expected 40"
 "$T/venv/bin/loader" info packed >/dev/null
 "$T/venv/bin/loader" verify packed --quiet

@@ -16,5 +16,5 @@ echo "== 2/4 packing into LMDB shards: $D/packed"
 echo "== 3/4 loading one epoch with loader.ImageLoader"
 $PY scripts/load_epoch.py "$D/packed" --batch-size 64
 echo "== 4/4 benchmark: images/s against torch DataLoader + pillow-simd (same run)"
-.venv/bin/loader bench "$D/images" --packed "$D/packed" --batch-sizes 32,64 --repeats 1 --batches 6 \
+.venv/bin/loader bench "$D/images" --packed "$D/packed" --batch-size 32,64 --rounds 1 --batches 6 \
   --json "$D/bench.json" --plot "$D/bench.png"

@@ -1,6 +1,6 @@
 """Measure training-input throughput: ImageLoader against the standard DataLoader.
 
-    loader bench photos/ [--packed photos.packed] [--batch-sizes 32,64,128] [--image-sizes 224]
+    loader bench photos/ [--packed photos.packed] [--batch-size 32,64,128] [--image-size 224]
 
 Every contender runs the same training pipeline (decode, random-resized-crop to
 the image size, horizontal flip, normalize to float32 CHW, batches with int64
