@@ -45,6 +45,7 @@ from loader.advisor.recommend import WAIT_LIMIT
 from loader.advisor.results import AdviseRow
 from loader.advisor.settings import AdviseSettings
 from loader.advisor.training import DEFAULT_LR, TrainStep, fresh_copy
+from loader.errors import one_line
 from loader.measure import Spread, Timing, batch_bytes, rss_bytes, time_steps
 from loader.units import MB
 
@@ -144,7 +145,7 @@ class PeakMemory:
 
 
 def _oom_text(e: BaseException) -> str:
-    return " ".join(str(e).split())[:300] or type(e).__name__
+    return one_line(e, limit=300)
 
 
 def figures(model_ts: list[Timing], loader_ts: list[Timing] = (), e2e_ts: list[Timing] = (),

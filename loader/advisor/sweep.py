@@ -25,7 +25,7 @@ from loader.advisor.results import AdviseResult, AdviseRow
 from loader.advisor.settings import AdviseSettings
 from loader.advisor.training import DEFAULT_LR, TrainStep, fresh_copy, seeded
 from loader.advisor.trial import run_trial, trial_budget
-from loader.errors import ArgumentError, LoaderError
+from loader.errors import ArgumentError, LoaderError, one_line
 from loader.measure import interleaved, resolve_run_device
 from loader.units import MB, available_cores
 
@@ -114,7 +114,7 @@ def advise(dst: str | Path, *, model: str | Callable, settings: AdviseSettings |
             torch.zeros(2, 3, size0, size0, device=device), torch.zeros(2, dtype=torch.int64, device=device))
         error = None
     except OOM_ERRORS as e:
-        error = " ".join(str(e).split())[:300]
+        error = one_line(e, limit=300)
     del probe
     free_caches(device)
     if error is not None:

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from loader.errors import one_line
 from loader.format.imageheader import PNG_SIGNATURE, jpeg_frame, jpeg_frame_marker
 
 __all__ = ["MAX_FILE_BYTES", "STORAGE_POLICY", "BadImage", "CheckedImage", "check_bytes", "check_image",
@@ -134,12 +135,6 @@ class CheckedImage:
     width: int
     converted: str | None
     suspect: str | None = None    # why the bytes look damaged though they decode (keep_suspect=True)
-
-
-def _short(e: BaseException) -> str:
-    msg = (str(e).strip().splitlines() or [""])[0]
-    msg = msg or type(e).__name__
-    return msg if len(msg) <= 160 else msg[:157] + "..."
 
 
 # Start-of-frame markers of Huffman-coded DCT JPEGs (baseline, extended, progressive):
@@ -327,7 +322,7 @@ def _load(im: Image.Image, fmt: str | None) -> None:
     try:
         im.load()
     except Exception as e:  # decoders of untrusted files raise anything; one file must not stop a pack
-        raise BadImage(f"corrupt or truncated {fmt or 'image'}: {_short(e)}") from None
+        raise BadImage(f"corrupt or truncated {fmt or 'image'}: {one_line(e, limit=160)}") from None
 
 
 def _check(data: bytes, max_side: int | None, quality: int, keep_suspect: bool) -> CheckedImage:
@@ -347,7 +342,7 @@ def _check(data: bytes, max_side: int | None, quality: int, keep_suspect: bool) 
     except UnidentifiedImageError:
         raise BadImage(_unidentified_reason(data)) from None
     except Exception as e:  # broken headers raise all sorts of things
-        raise BadImage(f"unreadable image header: {_short(e)}") from None
+        raise BadImage(f"unreadable image header: {one_line(e, limit=160)}") from None
     fmt = im.format
     if fmt == "JPEG":   # before decoding: such a header may claim gigapixels
         found(_missing_data(data, im.height, im.width))
@@ -399,7 +394,7 @@ def _check(data: bytes, max_side: int | None, quality: int, keep_suspect: bool) 
         elif fmt == "PNG" and png_depth == 16:
             steps.append("16bit->8bit")  # Pillow already kept the high bytes
     except Exception as e:
-        raise BadImage(f"cannot convert mode {mode} to RGB: {_short(e)}") from None
+        raise BadImage(f"cannot convert mode {mode} to RGB: {one_line(e, limit=160)}") from None
     if fmt != "JPEG":
         steps.append(f"{(fmt or 'unknown').lower()}->jpeg")
     if target is not None:

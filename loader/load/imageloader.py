@@ -433,7 +433,7 @@ class ImageLoader:
         failed batch is among them, and any further search would decode more
         data that DALI may crash on rather than reject.
         """
-        from loader.check.decodecheck import DecodeCheck
+        from loader.check.decodecheck import DecodeCheck, dali_reason
 
         records = list(dict.fromkeys(i for batch in list(self._feed.in_flight) for i in batch.tolist()))
         try:
@@ -443,9 +443,8 @@ class ImageLoader:
             bad = []
         if bad:
             return self._culprit(*bad[0])
-        first = str(err).strip().splitlines()
         return DecodeError(f"DALI failed on a batch of {self.dataset.path}: "
-                           f"{first[0] if first else err}; run `loader verify {self.dataset.path}`")
+                           f"{dali_reason(err)}; run `loader verify {self.dataset.path}`")
 
     def _culprit(self, i: int, reason: str) -> DecodeError:
         shard, key = self.dataset.locate(i)
