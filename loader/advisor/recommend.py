@@ -120,7 +120,7 @@ def recommend(rows: Sequence[AdviseRow], settings: AdviseSettings, *, memory_bud
         failed = rows[0] if rows else None
         text = ("nothing was measured" if failed is None else
                 f"nothing fit: batch {failed.batch_size} at {failed.image_size} px is {failed.status} "
-                f"({failed.error}); try smaller --batch-sizes or --image-size, or --amp")
+                f"({failed.error}); try smaller --batch-size or --image-size, or --amp")
         return AdviceRecommendation(None, None, None, None, text, **common)
     # Images/s cannot choose the resolution (smaller is always faster): that is an accuracy
     # question, so the trial's best size decides when there is one, else the largest swept.

@@ -74,7 +74,7 @@ def recommend_batch_size(rows: Sequence[BenchRow], *, tolerance: float = 0.05,
         max_b = int(memory_budget_mb * MB) // ((prefetch + 1) * batch_bytes(1, s))
 
     if len({r.batch_size for r in mine}) == 1:
-        why = "; the only batch size measured: sweep --batch-sizes to compare)"
+        why = "; the only batch size measured: sweep several batch sizes (--batch-size 32,64,128) to compare)"
     elif b != best.batch_size:
         why = (f", within {tolerance:.0%} of the best measured, {best.images_per_sec:.0f} images/s at "
                f"batch {best.batch_size}: larger batches buy no input speed, smaller ones update the "
