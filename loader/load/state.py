@@ -13,10 +13,14 @@ key                meaning
 ``shuffle``        whether epochs are shuffled
 ``num_samples``    this rank's records per epoch
 ``num_records``    records in the packed dataset
-``num_batches``    ``len(loader)`` when saved (since 0.4; tells an epoch's end from its middle)
-``drop_last``      ``pad``, ``subset_records`` (records per epoch over all ranks): since 0.4
-``dataset``        :func:`dataset_fingerprint` of the packed dataset (since 0.4)
+``num_batches``    ``len(loader)`` when saved (new: tells an epoch's end from its middle)
+``drop_last``      as the loader has it (new)
+``pad``            as the loader has it (new)
+``subset_records`` records per epoch over all ranks: the dataset or its split (new)
+``dataset``        :func:`dataset_fingerprint` of the packed dataset (new)
 ================== ==========================================================================
+
+States saved by earlier loaders (0.2, 0.3) lack the keys marked new; they still load.
 
 What must match depends on where the state was saved:
 
@@ -28,8 +32,7 @@ What must match depends on where the state was saved:
   parameter as the loader takes it.
 
 A loader whose seed was drawn (``seed=None``) adopts the state's seed, so resuming it is exact;
-a seed the user gave is kept (and must match mid-epoch). States from loader 0.2/0.3 (no
-fingerprint, no ``num_batches``) still load.
+a seed the user gave is kept (and must match mid-epoch).
 """
 
 from __future__ import annotations
