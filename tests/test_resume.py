@@ -222,3 +222,15 @@ def test_an_abandoned_iterator_does_not_stop_the_next_epoch(ds):
             break
     ld.set_epoch(1)
     assert indices(ld) == epochs[1]
+
+
+def test_rank_0s_state_resumes_every_rank_with_pad_false(ds):
+    """Uneven shares (pad=False) differ per rank: the state compares the records per epoch, not
+    rank 0's share, so one checkpoint still resumes all ranks."""
+    kw = dict(batch_size=4, train=False, pad=False, world_size=2, **KW)
+    state = stop_after(ImageLoader(ds, rank=0, **kw), 2)
+    assert state["num_samples"] == 14                                # 27 = 14 + 13
+    full = indices(ImageLoader(ds, rank=1, **kw))
+    resumed = ImageLoader(ds, rank=1, **kw)
+    resumed.load_state_dict(state)
+    assert len(full) == 13 and indices(resumed) == full[8:]
