@@ -197,11 +197,11 @@ def test_all_files_bad(tmp_path):
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"shards": 0}, "shards must be None or an integer from 1 to 100,000 (got 0)"),
-    ({"workers": 0}, "workers must be None or an integer from 1 to 1024 (got 0)"),
+    ({"shards": 0}, "shards must be an integer from 1 to 100,000 (got 0)"),
+    ({"workers": 0}, "workers must be an integer from 1 to 1024 (got 0)"),
     ({"quality": 0}, "quality must be an integer from 1 to 100 (got 0)"),
     ({"quality": 101}, "quality must be an integer from 1 to 100 (got 101)"),
-    ({"max_side": 15}, "max_side must be None or an integer from 16 to 65,500 pixels (got 15)"),
+    ({"max_side": 15}, "max_side must be an integer from 16 to 65,500 pixels (got 15)"),
     ({"shard_size_mb": 0}, "shard_size_mb must be a number of MB from 1e-06 (one byte) to 1,048,576 (got 0)"),
 ])
 def test_invalid_options(image_tree, tmp_path, kw, message):

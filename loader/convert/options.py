@@ -39,17 +39,17 @@ def _is_int(v) -> bool:
 def check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict[str, object]) -> int:
     """Validate option values (``flags``: the True/False ones, by name); return the worker count to use."""
     if shards is not None and (not _is_int(shards) or not 1 <= shards <= MAX_SHARDS):
-        raise ArgumentError(f"shards must be None or an integer from 1 to {MAX_SHARDS:,} (got {shards!r})",
+        raise ArgumentError(f"shards must be an integer from 1 to {MAX_SHARDS:,} (got {shards!r})",
                             param="shards")
     if (not isinstance(shard_size_mb, numbers.Real) or isinstance(shard_size_mb, bool)
             or not MIN_SHARD_SIZE_MB <= shard_size_mb <= MAX_SHARD_SIZE_MB):      # also refuses nan and inf
         raise ArgumentError(f"shard_size_mb must be a number of MB from {MIN_SHARD_SIZE_MB:g} (one byte) to "
                             f"{MAX_SHARD_SIZE_MB:,} (got {shard_size_mb!r})", param="shard_size_mb")
     if workers is not None and (not _is_int(workers) or not 1 <= workers <= MAX_WORKERS):
-        raise ArgumentError(f"workers must be None or an integer from 1 to {MAX_WORKERS} (got {workers!r})",
+        raise ArgumentError(f"workers must be an integer from 1 to {MAX_WORKERS} (got {workers!r})",
                             param="workers")
     if max_side is not None and (not _is_int(max_side) or not 16 <= max_side <= MAX_SIDE_LIMIT):
-        raise ArgumentError(f"max_side must be None or an integer from 16 to {MAX_SIDE_LIMIT:,} pixels "
+        raise ArgumentError(f"max_side must be an integer from 16 to {MAX_SIDE_LIMIT:,} pixels "
                             f"(got {max_side!r})", param="max_side")
     if not _is_int(quality) or not 1 <= quality <= 100:
         raise ArgumentError(f"quality must be an integer from 1 to 100 (got {quality!r})", param="quality")
