@@ -106,7 +106,7 @@ def advise_cli(packed: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_json_schema_oom_rows_and_exit_0(packed, tmp_path):
     out = tmp_path / "advise.json"
-    r = advise_cli(packed, "--model", "advise_models:OomAbove", "--batch-sizes", "4,8,16,32",
+    r = advise_cli(packed, "--model", "advise_models:OomAbove", "--batch-size", "4,8,16,32",
                    "--trial", "24", "--json", str(out))
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
@@ -238,7 +238,7 @@ BAD_SPECS = {
 
 def test_bad_model_specs_give_one_line_and_exit_2(packed):
     with ThreadPoolExecutor(2) as pool:
-        runs = pool.map(lambda spec: advise_cli(packed, "--model", spec, "--batch-sizes", "4"), BAD_SPECS.values())
+        runs = pool.map(lambda spec: advise_cli(packed, "--model", spec, "--batch-size", "4"), BAD_SPECS.values())
         results = dict(zip(BAD_SPECS, runs))
     for name, r in results.items():
         lines = r.stderr.splitlines()

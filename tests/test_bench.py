@@ -103,8 +103,8 @@ def test_bench_cli_json_and_png(tiny, tmp_path):
     out_json, out_png = tmp_path / "rows.json", tmp_path / "plot.png"
     proc = subprocess.run(
         [sys.executable, "-m", "loader", "bench", str(src), "--packed", str(packed),
-         "--batch-sizes", str(BATCH), "--image-sizes", "64", "--batches", str(BATCHES), "--repeats", "1",
-         "--workers", "1", "--threads", "1", "--warmup", "1", "--device", "cpu",
+         "--batch-size", str(BATCH), "--image-size", "64", "--batches", str(BATCHES), "--rounds", "1",
+         "--dataloader-workers", "1", "--threads", "1", "--warmup", "1", "--device", "cpu",
          "--json", str(out_json), "--plot", str(out_png), "--memory-budget", "100"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -183,7 +183,7 @@ def test_verify_decode_without_dali_is_a_one_line_error(packed_without_dali, tmp
 
 
 def test_bench_without_dali_is_a_one_line_error(packed_without_dali, tmp_path):
-    r = _cli_without_dali("bench", str(packed_without_dali), "--batch-sizes", "4", "--quiet", cwd=tmp_path)
+    r = _cli_without_dali("bench", str(packed_without_dali), "--batch-size", "4", "--quiet", cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: loader bench needs NVIDIA DALI"), r.stderr
