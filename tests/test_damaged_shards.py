@@ -210,9 +210,9 @@ def test_hostile_manifest_is_one_line(photos, tmp_path, text, message):
 
 def test_manifest_larger_than_any_of_ours_is_refused_unread(photos, tmp_path, monkeypatch):
     from loader.errors import DatasetError
-    from loader.format import manifest
+    from loader.format import files
 
     copy = copy_of(photos, tmp_path)
-    monkeypatch.setattr(manifest, "MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr(files, "MAX_MANIFEST_BYTES", 100)
     with pytest.raises(DatasetError, match=r"manifest.json is \d+ bytes, more than any loader manifest \(100\)"):
         loader.open_dataset(copy)

@@ -31,7 +31,8 @@ import warnings
 from pathlib import Path
 
 from loader.errors import DatasetError, PackError
-from loader.format.manifest import FORMAT, MANIFEST_NAME, is_dataset_file_name, read_json
+from loader.format.files import read_json
+from loader.format.manifest import FORMAT, MANIFEST_NAME, is_dataset_file_name
 from loader.format.shards import lmdb_needs_bytes
 
 __all__ = ["MARKER_PREFIX", "check_dst", "install", "make_partial", "remove_stale"]

@@ -1,4 +1,5 @@
-"""Rules every file of a packed dataset obeys, in one place: nothing read leaves DST, one re-pack hint.
+"""Rules every file of a packed dataset obeys, in one place: nothing read leaves DST, a manifest is
+read safely, one re-pack hint.
 
 A packed dataset is one folder (DST). Its manifest names the other files, and every reader
 (:mod:`loader.format.manifest`, :mod:`loader.format.columns`, :mod:`loader.format.dataset`)
@@ -12,16 +13,22 @@ A link to another file of the same folder is fine.
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 from pathlib import Path
 
 from loader.errors import DatasetError
 
-__all__ = ["REPACK_HINT", "check_inside"]
+__all__ = ["MAX_MANIFEST_BYTES", "REPACK_HINT", "check_inside", "read_json"]
 
 #: What to do about a dataset that is damaged or was written by an incompatible release:
 #: the tail of every such message (one home, so every message says the same).
 REPACK_HINT = "re-pack with `loader pack SRC DST --overwrite`"
+# Largest manifest.json read. Since version 3 it is a few KB (a line per shard); a version 1/2
+# one lists every record (~150 bytes each): 1 GiB is ~7M records. Anything larger is not ours,
+# and is refused before it is read into memory.
+MAX_MANIFEST_BYTES = 1 << 30
 
 
 def check_inside(path: str | os.PathLike, what: str) -> None:
@@ -37,3 +44,38 @@ def check_inside(path: str | os.PathLike, what: str) -> None:
     if os.path.dirname(real) != os.path.realpath(path.parent):
         raise DatasetError(f"{path}: {what} is a link to {real}, outside the dataset folder; copy the "
                            f"dataset with its files (cp -rL) or {REPACK_HINT}")
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The parsed JSON of a manifest file, read safely: at most :data:`MAX_MANIFEST_BYTES`, only a
+    regular file inside its folder; any reason it is not JSON (bad syntax or encoding, nesting too
+    deep, a number too long) is one :class:`DatasetError` line. Never changes interpreter limits."""
+    path = Path(path)
+    check_inside(path, "the manifest")
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DatasetError(f"{path} is not a regular file; {REPACK_HINT}")
+            if st.st_size > MAX_MANIFEST_BYTES:
+                raise DatasetError(f"{path} is {st.st_size} bytes, more than any loader manifest "
+                                   f"({MAX_MANIFEST_BYTES}); it is not one, {REPACK_HINT}")
+            text = f.read(MAX_MANIFEST_BYTES + 1)  # bytes: a non-UTF-8 file is reported as invalid JSON
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as e:
+        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise DatasetError(f"{path} grew past {MAX_MANIFEST_BYTES} bytes while being read; {REPACK_HINT}")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise DatasetError(f"{path} nests lists or objects too deeply to be a loader manifest; "
+                           f"{REPACK_HINT}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); {REPACK_HINT}") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON ({e}); {REPACK_HINT}") from None
+    except ValueError as e:   # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise DatasetError(f"{path} is not a loader manifest: it holds a number too long to read "
+                           f"({str(e).split(';')[0]}); {REPACK_HINT}") from None

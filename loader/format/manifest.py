@@ -51,10 +51,8 @@ as before (:mod:`loader.format.manifest_legacy`); re-pack to get version 4.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
-import stat
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +62,7 @@ import numpy as np
 
 from loader.errors import DatasetError
 from loader.format.columns import read_column, scan_column
-from loader.format.files import REPACK_HINT, check_inside
+from loader.format.files import REPACK_HINT, check_inside, read_json
 from loader.format.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
@@ -105,10 +103,6 @@ _HEADER_KEYS_V3 = ("format", "version", "classes", "shards", "num_records", "con
 _HEADER_KEYS = ("format", "version", "classes", "label_source", "multi_label", "shards", "num_records",
                 "conversions", "pack_params", "skipped", "unlisted")
 _INT32_MAX = 2**31 - 1
-# Largest manifest.json read. Since version 3 it is a few KB (a line per shard); a version 1/2
-# one lists every record (~150 bytes each): 1 GiB is ~7M records. Anything larger is not ours,
-# and is refused before it is read into memory.
-MAX_MANIFEST_BYTES = 1 << 30
 # Shard files pack writes: shard_name(i), and the -lock file an early release could leave.
 _SHARD_FILE = re.compile(r"shard-\d{5,}\.lmdb(-lock)?")
 
@@ -456,41 +450,6 @@ def _interrupted_hint(dst: str | os.PathLike) -> str:
         return ""
     return (f"; {left[-1]} may hold the previous dataset, left by a pack that was interrupted while "
             f"replacing it: the next `loader pack` to {dst} moves it back")
-
-
-def read_json(path: str | os.PathLike) -> object:
-    """The parsed JSON of a manifest file, read safely: at most :data:`MAX_MANIFEST_BYTES`, only a
-    regular file inside its folder; any reason it is not JSON (bad syntax or encoding, nesting too
-    deep, a number too long) is one :class:`DatasetError` line. Never changes interpreter limits."""
-    path = Path(path)
-    check_inside(path, "the manifest")
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise DatasetError(f"{path} is not a regular file; {REPACK_HINT}")
-            if st.st_size > MAX_MANIFEST_BYTES:
-                raise DatasetError(f"{path} is {st.st_size} bytes, more than any loader manifest "
-                                   f"({MAX_MANIFEST_BYTES}); it is not one, {REPACK_HINT}")
-            text = f.read(MAX_MANIFEST_BYTES + 1)  # bytes: a non-UTF-8 file is reported as invalid JSON
-    except (FileNotFoundError, NotADirectoryError):
-        raise
-    except OSError as e:
-        raise DatasetError(f"cannot read {path}: {e.strerror or e}") from None
-    if len(text) > MAX_MANIFEST_BYTES:
-        raise DatasetError(f"{path} grew past {MAX_MANIFEST_BYTES} bytes while being read; {REPACK_HINT}")
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise DatasetError(f"{path} nests lists or objects too deeply to be a loader manifest; "
-                           f"{REPACK_HINT}") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); {REPACK_HINT}") from None
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not valid JSON ({e}); {REPACK_HINT}") from None
-    except ValueError as e:   # an integer of more digits than Python converts (sys.get_int_max_str_digits)
-        raise DatasetError(f"{path} is not a loader manifest: it holds a number too long to read "
-                           f"({str(e).split(';')[0]}); {REPACK_HINT}") from None
 
 
 def read_manifest(dst: str | os.PathLike) -> Manifest:
