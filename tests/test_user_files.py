@@ -90,6 +90,20 @@ def test_overwrite_replaces_a_packed_dataset_even_with_a_damaged_manifest(image_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
 
+def test_every_file_pack_writes_counts_as_a_dataset_file(image_tree, tmp_path):
+    """overwrite replaces DST only if all its files are pack's: a file pack starts writing must be
+    known to is_dataset_file_name, or re-packing a dataset would be refused."""
+    from loader.convert.packing import SUSPECT_NAME
+    from loader.format.manifest import SKIPPED_NAME, is_dataset_file_name
+
+    dst = tmp_path / "out"
+    quiet_pack(image_tree, dst, shards=3)
+    names = sorted(p.name for p in dst.iterdir()) + [SKIPPED_NAME, SUSPECT_NAME, "label_offsets.npy",
+                                                     "label_values.npy", "shard-00000.lmdb-lock"]
+    assert [n for n in names if not is_dataset_file_name(n)] == []
+    assert quiet_pack(image_tree, dst, overwrite=True).num_records == 9
+
+
 # ---------------------------------------------------------------- A2: stale-folder cleanup
 
 

@@ -84,6 +84,7 @@ VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.tsv"
+SUSPECT_NAME = "suspect.tsv"      # pack keep_suspect=True: the suspect files it stored (as skipped.tsv)
 SOURCES_NAME = "sources.bin"
 # Column name -> (file, dtype). One home for the version 3/4 layout: every index has these ...
 COLUMNS: dict[str, tuple[str, np.dtype]] = {
@@ -113,7 +114,7 @@ def is_dataset_file_name(name: str) -> bool:
     >>> is_dataset_file_name("labels.npy"), is_dataset_file_name("shard-00012.lmdb"), is_dataset_file_name("notes.txt")
     (True, True, False)
     """
-    return (name in (MANIFEST_NAME, SKIPPED_NAME, SOURCES_NAME)
+    return (name in (MANIFEST_NAME, SKIPPED_NAME, SUSPECT_NAME, SOURCES_NAME)
             or any(name == f for f, _ in (*COLUMNS.values(), *LABEL_COLUMNS.values()))
             or _SHARD_FILE.fullmatch(name) is not None)
 
