@@ -96,7 +96,20 @@ class PackedDataset:
         >>> ds.read(0)[:2]                                  # doctest: +SKIP
         b'\\xff\\xd8'
         """
-        return self.read_batch([self._check_index(i)])[0].tobytes()
+        i = self._check_index(i)
+        s = int(np.searchsorted(self._firsts, i, side="right")) - 1
+        if self._keys is None:
+            key, start, end = i - int(self._firsts[s]), 0, None
+        else:
+            key, start = int(self._keys[i]), int(self._offsets[i])
+            end = start + int(self._lengths[i])
+        try:
+            value = self._readers[s].txn().get(b"%010d" % key)
+        except lmdb.Error:
+            value = None
+        if value is not None and (end is None or end <= len(value)):
+            return bytes(value[start:end])
+        return self.read_batch([i])[0].tobytes()   # raises naming the record, or reads it in a renewed transaction
 
     def read_batch(self, indices: Iterable[int], *, unreadable: dict[int, str] | None = None) -> list[np.ndarray]:
         """Records ``indices`` as uint8 1-D arrays (the loader's fast path).
