@@ -75,8 +75,8 @@ def error_cases(tmp_path, image_tree):
         (["pack", str(tmp_path / "empty"), str(tmp_path / "o3")], "no files in them"),
         (["pack", src, str(tmp_path / "exists")], "exists; pass --overwrite to replace it"),
         (["pack", src, str(tmp_path / "afile" / "out")], "choose a DST in a writable folder"),
-        (["pack", src, str(tmp_path / "o4"), "--quality", "0"], "--quality must be an integer from 1 to 100"),
-        (["pack", src, str(tmp_path / "o5"), "--shards", "0"], "--shards must be None or an integer from 1"),
+        (["pack", src, str(tmp_path / "o4"), "--quality", "0"], "--quality must be "),
+        (["pack", src, str(tmp_path / "o5"), "--shards", "0"], "--shards must be "),   # the parameter, as its flag
         (["info", str(tmp_path / "exists")], "not a packed dataset"),
         (["verify", str(tmp_path / "nothing")], "not a packed dataset"),
     ]
