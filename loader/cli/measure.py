@@ -56,7 +56,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    help=f"worker processes of the DataLoader contenders, >= 0 (default: usable CPU cores, {cores})")
     add_shared(p, "--threads", f"of the loader and decode-limit contenders (default: usable CPU cores, {cores})",
                type=int, default=None)
-    add_shared(p, "--rounds", "one measurement per contender each (default: 3)", type=int, default=3,
+    add_shared(p, "--rounds", "over the contenders (default: 3)", type=int, default=3,
                dest="repeats")
     add_shared(p, "--warmup", "raised to what the contender has queued ahead (default: 5)", type=int, default=5)
     g = p.add_mutually_exclusive_group()
@@ -76,7 +76,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    help=f"contenders to run (default: {','.join(CONTENDERS)})")
     add_shared(p, "--device", "the loader contender's (default: auto)", default="auto")
     add_shared(p, "--prefetch", "the loader contender's (default: 2)", type=int, default=2)
-    add_shared(p, "--seed", "of the shuffle and the augmentation (default: 0)", type=int, default=0)
+    add_shared(p, "--seed", "seeds the shuffle and the augmentation (default: 0)", type=int, default=0)
     add_shared(p, "--memory-budget", "also report the largest batch whose batches in flight fit in it",
                type=float, dest="memory_budget_mb")
     add_shared(p, "--json", "the rows, a list (fields: loader.bench.results.BenchRow)")
@@ -138,17 +138,17 @@ def add_advise(sub: argparse._SubParsersAction) -> None:
                    help="sgd (momentum 0.9) or adamw; its state counts in memory (default: sgd)")
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU; bf16 on CUDA where "
                    "supported, else fp16 with a gradient scaler (default: off)")
-    add_shared(p, "--memory-budget", "a row may use, before the safety margin (default: the device's free "
+    add_shared(p, "--memory-budget", "what a row may use, before the safety margin (default: the device's free "
                "memory on CUDA; none on CPU)", type=float, dest="memory_budget_mb")
     p.add_argument("--safety-margin", type=float, default=0.1, metavar="F", help="fraction of the budget "
                    "kept free: a row fits if its peak is within budget x (1 - F) (default: 0.1)")
     p.add_argument("--steps", type=int, default=10, metavar="N",
                    help="timed steps per measurement (model, loader, end to end) (default: 10)")
-    add_shared(p, "--warmup", "(steps; default: 2)", type=int, default=2)
+    add_shared(p, "--warmup", "(default: 2)", type=int, default=2)
     p.add_argument("--repeats", type=int, default=1, metavar="N", help="the three measurements (model, loader, "
                    "end to end) in turn, N times per round of a row (default: 1)")
-    add_shared(p, "--rounds", "per row; the range is reported too, and overlapping ranges are said in the advice "
-               "(default: 3)", type=int, default=3)
+    add_shared(p, "--rounds", "over the rows; the range is reported too, and overlapping ranges are said in the "
+               "advice (default: 3)", type=int, default=3)
     p.add_argument("--trial", type=int, metavar="IMAGES", dest="trial_images", help="for each batch size that "
                    "fits, train a fresh copy of the model (same initial weights) on IMAGES training images, then "
                    "report train loss, validation loss and top-1 on the held-back split")
@@ -162,7 +162,7 @@ def add_advise(sub: argparse._SubParsersAction) -> None:
                    "(default without it: 0.05 for sgd, 0.001 for adamw, for every batch size)")
     add_shared(p, "--threads", f"(default: usable CPU cores, {available_cores()})", type=int)
     add_shared(p, "--prefetch", "(default: 2)", type=int, default=2)
-    add_shared(p, "--seed", "of the model's initial weights, the split, the shuffle and the augmentation "
+    add_shared(p, "--seed", "seeds the model's initial weights, the split, the shuffle and the augmentation "
                "(default: 0)", type=int, default=0)
     add_shared(p, "--json", "the result (schema: loader.advisor.results)")
     add_shared(p, "--plot", "images/s, memory and validation top-1 against batch size")
@@ -192,7 +192,7 @@ def add_doctor(sub: argparse._SubParsersAction) -> None:
                    "(default: report the environment only)")
     add_shared(p, "--batch-size", "of the self-check (default: 32)", type=int, default=32)
     add_shared(p, "--image-size", "of the self-check (default: 224)", type=int, default=224)
-    add_shared(p, "--batches", "eval batches per path, at most (default: 8)", type=int, default=8,
+    add_shared(p, "--batches", "here: eval batches per path check, at most (default: 8)", type=int, default=8,
                dest="max_batches")
     add_shared(p, "--json", "the report (loader.check.doctor.DoctorReport.to_dict)")
     p.set_defaults(func=_cmd_doctor)
