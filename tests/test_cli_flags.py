@@ -20,7 +20,7 @@ def visible_options(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def test_every_command_is_parsed():
-    assert sorted(PARSERS) == ["advise", "bench", "doctor", "info", "pack", "verify"]
+    assert sorted(PARSERS) == ["advise", "bench", "doctor", "info", "pack", "show", "verify"]
 
 
 def test_a_flag_of_two_commands_has_one_meaning_the_table_s():
@@ -42,8 +42,8 @@ def test_a_flag_of_two_commands_has_one_meaning_the_table_s():
     shared_by_several = {flag for flag, commands in seen.items() if len(commands) > 1}
     assert shared_by_several <= set(SHARED), shared_by_several - set(SHARED)
     assert set(SHARED) <= set(seen)            # no stale row in the table
-    assert sorted(seen["--json"]) == ["advise", "bench", "doctor", "info"]
-    assert sorted(seen["--image-size"]) == sorted(seen["--batch-size"]) == ["advise", "bench", "doctor"]
+    assert sorted(seen["--json"]) == ["advise", "bench", "doctor", "info", "show"]
+    assert sorted(seen["--image-size"]) == sorted(seen["--batch-size"]) == ["advise", "bench", "doctor", "show"]
     assert seen["--workers"] == ["pack"]       # bench's DataLoader workers have their own name
     assert seen["--repeats"] == ["advise"]     # bench's round-robin measurements are --rounds, as advise's
 

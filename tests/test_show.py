@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,42 @@ def test_compare_torchvision_without_torchvision_says_so(packed):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["not", "importable", "2"]
+def test_cli_writes_the_default_path_outside_the_dataset(packed, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loader", "show", str(packed), "--batch-size", "4", "--epoch", "1",
+                           "--batch", "2", "--json", "-"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    want = tmp_path / f"show-{packed.name}-e1-b2.png"
+    assert want.is_file() and not list(packed.glob("*.png"))
+    report = json.loads(proc.stdout)
+    assert report["path"] == str(want) and len(report["tiles"]) == 4
+    _, targets, idx = reference_batch(packed, 1, 2)
+    assert [t["record"] for t in report["tiles"]] == idx.tolist()
+
+
+def test_cli_past_the_end_is_one_line_exit_2(packed, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loader", "show", str(packed), "--batch-size", "4", "--batch", "7"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: ") and "--batch=7 is past the end of epoch 0: it has 5 batches" in lines[-1]
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_cli_batch_transform_factory_gives_soft_target_captions(packed, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loader", "show", str(packed), "--batch-size", "4", "--json", "-",
+                           "--out", str(tmp_path / "g.png"), "--batch-transform", "scripts.mixup_cutmix:MixupCutmix"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    labels = [t["labels"] for t in json.loads(proc.stdout)["tiles"]]
+    # Mixup/CutMix rows: two classes with weights summing to 1 (or one class at 1.00).
+    for text in labels:
+        parts = text.split()
+        weights = [float(w) for w in parts[1::2]]
+        assert 1 <= len(weights) <= 2 and abs(sum(weights) - 1) < 0.02, text
+
+
+def test_cli_bad_batch_transform_is_one_line_naming_the_flag(packed, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "loader", "show", str(packed), "--batch-transform", "nosuch:f"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --batch-transform nosuch:f: cannot import 'nosuch'")

@@ -21,9 +21,9 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 
-from loader.errors import ModelSpecError  # its home is loader.errors (still exported here)
+from loader.errors import ModelSpecError, one_line  # ModelSpecError's home is loader.errors (still exported here)
 
-__all__ = ["ModelSpecError", "build_model", "check_output", "load_factory"]
+__all__ = ["ModelSpecError", "build_model", "call_factory", "check_output", "load_factory"]
 
 
 def _exit_text(e: SystemExit, held: str) -> str:
@@ -44,17 +44,18 @@ def _held_output() -> Iterator[io.StringIO]:
     sys.stderr.write(held.getvalue())
 
 
-def load_factory(spec: str) -> Callable:
-    """The callable that ``"MODULE:CALLABLE"`` names.
+def load_factory(spec: str, flag: str = "--model") -> Callable:
+    """The callable that ``"MODULE:CALLABLE"`` names; ``flag`` is how messages name the spec
+    (``--model``, or ``loader show``'s ``--batch-transform``).
 
     >>> load_factory("collections:OrderedDict").__name__
     'OrderedDict'
     """
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ModelSpecError(f"--model must be MODULE:CALLABLE (e.g. torchvision.models:resnet50), got {spec!r}")
+        raise ModelSpecError(f"{flag} must be MODULE:CALLABLE (e.g. torchvision.models:resnet50), got {spec!r}")
     module_name, attr = (p.strip() for p in spec.split(":"))
     if not module_name or not attr:
-        raise ModelSpecError(f"--model must be MODULE:CALLABLE (e.g. torchvision.models:resnet50), got {spec!r}")
+        raise ModelSpecError(f"{flag} must be MODULE:CALLABLE (e.g. torchvision.models:resnet50), got {spec!r}")
     # The console script does not put the current directory on sys.path (python -m does);
     # entry-point semantics say it should be there while the module is imported. Restored after.
     cwd_added = os.getcwd() not in sys.path and "" not in sys.path
@@ -65,14 +66,14 @@ def load_factory(spec: str) -> Callable:
         with _held_output() as held:
             module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        raise ModelSpecError(f"--model {spec}: cannot import {module_name!r} ({e}); is it on PYTHONPATH "
+        raise ModelSpecError(f"{flag} {spec}: cannot import {module_name!r} ({e}); is it on PYTHONPATH "
                              f"or in the current directory?") from None
     except SystemExit as e:   # sys.exit or argparse at import time: not loader's exit
-        raise ModelSpecError(f"--model {spec}: importing {module_name!r} {_exit_text(e, held.getvalue())}; "
+        raise ModelSpecError(f"{flag} {spec}: importing {module_name!r} {_exit_text(e, held.getvalue())}; "
                              f"put the module's script code under `if __name__ == '__main__':`") from None
     except Exception as e:  # noqa: BLE001 - any error inside the user's module is a spec problem
-        raise ModelSpecError(f"--model {spec}: importing {module_name!r} failed: {type(e).__name__}: "
-                             f"{_one_line(e)}") from None
+        raise ModelSpecError(f"{flag} {spec}: importing {module_name!r} failed: {type(e).__name__}: "
+                             f"{one_line(e, limit=300)}") from None
     finally:
         if cwd_added and os.getcwd() in sys.path:
             sys.path.remove(os.getcwd())
@@ -81,16 +82,10 @@ def load_factory(spec: str) -> Callable:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ModelSpecError(f"--model {spec}: {module_name!r} has no attribute {attr!r}") from None
+            raise ModelSpecError(f"{flag} {spec}: {module_name!r} has no attribute {attr!r}") from None
     if not callable(obj):
-        raise ModelSpecError(f"--model {spec}: {attr!r} is a {type(obj).__name__}, not a callable")
+        raise ModelSpecError(f"{flag} {spec}: {attr!r} is a {type(obj).__name__}, not a callable")
     return obj
-
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-    """An exception's text on one line, at most ``limit`` characters."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _takes_num_classes(factory: Callable) -> bool:
@@ -102,19 +97,26 @@ def _takes_num_classes(factory: Callable) -> bool:
                p.kind == p.VAR_KEYWORD for p in params)
 
 
+def call_factory(factory: Callable, num_classes: int, *, spec: str, flag: str = "--model", hint: str = ""):
+    """``factory(num_classes=num_classes)`` (or ``factory()`` if it takes no such keyword): user code,
+    so ``sys.exit`` and any exception in it become one :class:`ModelSpecError` line naming ``flag spec``
+    (``hint``: what the factory should do, added after a ``sys.exit``)."""
+    held = None
+    try:
+        with _held_output() as held:
+            return factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
+    except SystemExit as e:
+        raise ModelSpecError(f"{flag} {spec}: calling it {_exit_text(e, held.getvalue())}{hint}") from None
+    except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
+        raise ModelSpecError(f"{flag} {spec}: calling it failed: {type(e).__name__}: "
+                             f"{one_line(e, limit=300)}") from None
+
+
 def build_model(factory: Callable, num_classes: int, *, spec: str = "the model"):
     """``factory(num_classes=num_classes)`` (or ``factory()`` if it takes no such keyword), checked to be a Module."""
     import torch
 
-    held = None
-    try:
-        with _held_output() as held:
-            model = factory(num_classes=num_classes) if _takes_num_classes(factory) else factory()
-    except SystemExit as e:
-        raise ModelSpecError(f"--model {spec}: calling it {_exit_text(e, held.getvalue())}; a model "
-                             f"factory must return a torch.nn.Module") from None
-    except Exception as e:  # noqa: BLE001 - the user's code: report it in one line
-        raise ModelSpecError(f"--model {spec}: calling it failed: {type(e).__name__}: {_one_line(e)}") from None
+    model = call_factory(factory, num_classes, spec=spec, hint="; a model factory must return a torch.nn.Module")
     if not isinstance(model, torch.nn.Module):
         raise ModelSpecError(f"--model {spec}: returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -138,7 +140,7 @@ def check_output(model, num_classes: int, image_size: int, device, *, spec: str 
                              f"called sys.exit({e.code!r})") from None
     except Exception as e:  # noqa: BLE001
         raise ModelSpecError(f"--model {spec}: a forward pass of a [2, 3, {image_size}, {image_size}] batch "
-                             f"failed: {type(e).__name__}: {_one_line(e)}") from None
+                             f"failed: {type(e).__name__}: {one_line(e, limit=300)}") from None
     finally:
         model.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None

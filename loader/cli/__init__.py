@@ -1,4 +1,4 @@
-"""Command line: ``loader pack | info | verify | bench | advise | doctor``.
+"""Command line: ``loader pack | info | verify | bench | advise | doctor | show``.
 
 User errors (bad input, bad dataset, bad option values) print one line,
 ``error: <message>``, and exit with status 2 -- no traceback; where the
@@ -12,7 +12,7 @@ it; ``--json -`` writes it to stdout and the text report to stderr.
     loader verify photos.packed
 
 The commands live in :mod:`loader.cli.data` (pack, info, verify) and
-:mod:`loader.cli.measure` (bench, advise, doctor); what they share in
+:mod:`loader.cli.measure` (bench, advise, doctor), :mod:`loader.cli.show`; what they share in
 :mod:`loader.cli.common` and :mod:`loader.cli.flags`.
 """
 
@@ -27,6 +27,7 @@ from loader.cli.common import parse_sizes, printable_streams
 from loader.cli.data import add_info, add_pack, add_verify, dataset_info
 from loader.cli.flags import command_parsers, name_flags, param_flags
 from loader.cli.measure import add_advise, add_bench, add_doctor
+from loader.cli.show import add_show
 from loader.errors import LoaderError, one_line
 
 __all__ = ["build_parser", "dataset_info", "main", "parse_sizes"]
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench(sub)
     add_advise(sub)
     add_doctor(sub)
+    add_show(sub)
     return parser
 
 

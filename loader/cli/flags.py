@@ -50,6 +50,10 @@ SHARED: dict[str, Flag] = {
     "--device": Flag("where ImageLoader decodes: auto, cpu, cuda, cuda:N (auto = CUDA if available)", "DEVICE"),
     "--seed": Flag("random seed, >= 0", "N"),
     "--memory-budget": Flag("memory budget in MB (10^6 bytes, as every MB figure printed)", "MB"),
+    "--eval": Flag("the eval pipeline (resize + centre crop, every record in order) instead of train's", None),
+    "--eval-mode": Flag("ImageLoader's eval_mode: fast (the centre window resized) or torchvision "
+                        "(torchvision's Resize + CenterCrop pixels exactly)", "MODE"),
+    "--color-jitter": Flag("training colour jitter, brightness = contrast = saturation = J", "J"),
 }
 
 # (command, old spelling) -> the flag it became. Hidden aliases until loader 0.5.

@@ -63,15 +63,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     add_shared(g, "--batches", "steady-state, timed (default: --seconds 4)", type=int)
     g.add_argument("--seconds", type=float, metavar="S",
                    help="seconds per measurement (default: 4 unless --batches)")
-    p.add_argument("--eval", action="store_true", help="measure the eval pipelines (resize + "
-                   "centre crop, in order) instead of train")
-    p.add_argument("--eval-mode", choices=("fast", "torchvision"), default="fast",
-                   help="the loader row's eval (ImageLoader's eval_mode): the centre window resized, or "
-                   "torchvision's Resize + CenterCrop pixels exactly (default: fast)")
-    p.add_argument("--color-jitter", type=float, default=0.0, metavar="J",
-                   help="training colour jitter, brightness = contrast = saturation = J: ImageLoader's "
-                   "color_jitter in the loader row, torchvision's PIL ColorJitter in the dataloader rows "
-                   "(default: 0, off)")
+    add_shared(p, "--eval", "(the contenders' eval pipelines are measured)")
+    add_shared(p, "--eval-mode", "(the loader row's; default: fast)", choices=("fast", "torchvision"),
+               default="fast")
+    add_shared(p, "--color-jitter", "(ImageLoader's color_jitter in the loader row, torchvision's PIL "
+               "ColorJitter in the dataloader rows; default: 0, off)", type=float, default=0.0)
     p.add_argument("--pipelines", default=",".join(CONTENDERS), metavar="LIST",
                    help=f"contenders to run (default: {','.join(CONTENDERS)})")
     add_shared(p, "--device", "the loader contender's (default: auto)", default="auto")
