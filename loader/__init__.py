@@ -39,6 +39,7 @@ _moved.install()   # loader.pipeline & co. (0.3 paths) still import, with a Depr
 _EXPORTS = {
     "ImageLoader": "loader.load.imageloader",
     "advise": "loader.advisor",
+    "show": "loader.check.show",
 }
 # Imported on first use too, needing torch but not DALI.
 _TORCH_EXPORTS = {"Augment": "loader.augment.settings", "ColorJitter": "loader.augment.jitter"}
@@ -62,5 +63,5 @@ def __dir__():
 __all__ = [
     "ArgumentError", "Augment", "ColorJitter", "ConcurrentEpochError", "DaliMissingError", "DatasetError",
     "DecodeError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageLoader", "LoaderError", "ModelSpecError", "PackError",
-    "PackReport", "PackedDataset", "__version__", "advise", "import_dali", "open_dataset", "pack",
+    "PackReport", "PackedDataset", "__version__", "advise", "import_dali", "open_dataset", "pack", "show",
 ]
