@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from loader.errors import ArgumentError, import_dali
+from loader.validate import is_int, is_number
 
 __all__ = [
     "Spread", "Timing", "batch_bytes", "check_choice", "check_fraction", "check_int", "check_number",
@@ -213,24 +214,6 @@ def text_table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
 
 
 # ------------------------------------------------------------------ validation
-
-
-def is_int(v) -> bool:
-    """An ``int`` (or a subclass) but not a ``bool``: ``True`` is not a batch size.
-
-    >>> is_int(3), is_int(True), is_int(3.0)
-    (True, False, False)
-    """
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_number(v) -> bool:
-    """An ``int`` or ``float`` that is not a ``bool`` (NaN and infinity included: range checks reject them).
-
-    >>> is_number(0.5), is_number(2), is_number(False), is_number("1")
-    (True, True, False, False)
-    """
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def check_int(name: str, value, least: int, *, optional: bool = False) -> None:

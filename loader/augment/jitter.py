@@ -20,11 +20,12 @@ shifts H in HSV; each clamps to the range.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from loader.validate import is_number
 
 __all__ = ["ColorJitter", "JitterParams", "apply_jitter", "jitter_image_", "OPS"]
 
@@ -41,7 +42,7 @@ def _check_range(value, name: str, center: float, bound: tuple[float, float],
     """torchvision's ``ColorJitter._check_input``: a number or a (min, max) pair -> range, or None (off)."""
     if value is None:
         return None
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+    if is_number(value):
         v = float(value)
         if not math.isfinite(v) or v < 0:
             raise ValueError(f"{name}={value!r}: a single number must be finite and non-negative")
@@ -49,7 +50,7 @@ def _check_range(value, name: str, center: float, bound: tuple[float, float],
         if clip_first_on_zero:
             lo = max(lo, 0.0)
     elif (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)):
+          and all(is_number(v) for v in value)):
         lo, hi = float(value[0]), float(value[1])
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{name}={value!r}: the (min, max) bounds must be finite")

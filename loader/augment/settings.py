@@ -18,6 +18,7 @@ from typing import Literal
 from loader.augment.jitter import ColorJitter
 from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 from loader.errors import ArgumentError
+from loader.validate import is_number
 
 __all__ = ["Augment", "ColorMode", "EvalMode", "COLOR_MODES", "EVAL_MODES", "as_color_jitter"]
 
@@ -55,7 +56,7 @@ def as_color_jitter(v) -> ColorJitter:
     if isinstance(v, ColorJitter):
         return v
     try:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if is_number(v):
             return ColorJitter(brightness=v, contrast=v, saturation=v)
         if isinstance(v, (tuple, list)) and len(v) in (3, 4):
             return ColorJitter(*v)
@@ -94,12 +95,12 @@ class Augment:
             raise ArgumentError(f"scale must be within (0, 1] (area fractions), got {self.scale!r}", param="scale")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "ratio", _pair("ratio", self.ratio, 0.0, "0 < min"))
-        if isinstance(self.hflip, bool) or not isinstance(self.hflip, (int, float)) or not 0 <= self.hflip <= 1:
+        if not is_number(self.hflip) or not 0 <= self.hflip <= 1:
             raise ArgumentError(f"hflip must be a probability in [0, 1], got {self.hflip!r}", param="hflip")
         object.__setattr__(self, "hflip", float(self.hflip))
         object.__setattr__(self, "color_jitter", as_color_jitter(self.color_jitter))
         cf = self.crop_fraction
-        if isinstance(cf, bool) or not isinstance(cf, (int, float)) or not 0 < cf <= 1:
+        if not is_number(cf) or not 0 < cf <= 1:
             raise ArgumentError(f"crop_fraction must be in (0, 1] (timm's crop_pct, e.g. 0.875), got {cf!r}",
                                 param="crop_fraction")
         object.__setattr__(self, "crop_fraction", float(cf))

@@ -36,6 +36,7 @@ from typing import Literal
 
 from loader.errors import ArgumentError, LoaderError, one_line
 from loader.units import DALI_WHEELS, NVIMGCODEC_WHEELS, NVJPEG_WHEELS, dist_version
+from loader.validate import is_int, is_number
 
 __all__ = ["Check", "DoctorReport", "Environment", "GPU_CPU_MEAN_ABS_BOUND", "GPU_CPU_P99_ABS_BOUND",
            "environment", "run_doctor"]
@@ -376,9 +377,9 @@ def run_doctor(dst: str | os.PathLike | None = None, *, batch_size: int = 32, im
     (True, [])
     """
     for name, v, low in (("batch_size", batch_size, 1), ("image_size", image_size, 8), ("max_batches", max_batches, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+        if not is_int(v) or v < low:
             raise ArgumentError(f"{name} must be an int >= {low}, got {v!r}", param=name)
-    if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
+    if not (is_number(timeout) and timeout > 0):
         raise ArgumentError(f"timeout must be > 0 seconds, got {timeout!r}", param="timeout")
     env = environment()
     checks: list[Check] = []

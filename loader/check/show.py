@@ -27,6 +27,7 @@ import numpy as np
 
 from loader.augment.recipe import pixel_units
 from loader.errors import ArgumentError
+from loader.validate import is_int
 
 __all__ = ["Tile", "show", "show_batch", "default_output"]
 
@@ -65,7 +66,7 @@ def default_output(dataset_path: str | os.PathLike, epoch: int, batch: int) -> P
 
 
 def _check_int(name: str, value, least: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+    if not is_int(value) or value < least:
         raise ArgumentError(f"{name} must be an int >= {least}, got {value!r}", param=name)
     return int(value)
 

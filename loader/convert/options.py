@@ -13,12 +13,13 @@ loader.errors.ArgumentError: shard_size_mb must be a number of MB from 1e-06 (on
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
 
 from loader.errors import ArgumentError, PackError
 from loader.units import available_cores
+from loader.validate import is_int as _is_int
+from loader.validate import is_number
 
 __all__ = ["MAX_SHARDS", "MAX_SHARD_SIZE_MB", "MAX_SIDE_LIMIT", "MAX_WORKERS", "MIN_SHARD_SIZE_MB",
            "check_label_options", "check_options"]
@@ -32,16 +33,12 @@ MAX_WORKERS = 1024
 MAX_SIDE_LIMIT = 65_500             # the largest side a JPEG can be written with
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict[str, object]) -> int:
     """Validate option values (``flags``: the True/False ones, by name); return the worker count to use."""
     if shards is not None and (not _is_int(shards) or not 1 <= shards <= MAX_SHARDS):
         raise ArgumentError(f"shards must be an integer from 1 to {MAX_SHARDS:,} (got {shards!r})",
                             param="shards")
-    if (not isinstance(shard_size_mb, numbers.Real) or isinstance(shard_size_mb, bool)
+    if (not is_number(shard_size_mb)
             or not MIN_SHARD_SIZE_MB <= shard_size_mb <= MAX_SHARD_SIZE_MB):      # also refuses nan and inf
         raise ArgumentError(f"shard_size_mb must be a number of MB from {MIN_SHARD_SIZE_MB:g} (one byte) to "
                             f"{MAX_SHARD_SIZE_MB:,} (got {shard_size_mb!r})", param="shard_size_mb")

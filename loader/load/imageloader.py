@@ -39,6 +39,7 @@ from loader.load.placement import distributed_env, resolve_device, threads_per_r
 from loader.load.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
 from loader.load.settings import LoaderSettings, check_path, resolve_augment
 from loader.load.state import dataset_fingerprint, parse_state, resume_point
+from loader.validate import is_int
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "ConcurrentEpochError", "DecodeError", "resolve_device"]
 
@@ -266,7 +267,7 @@ class ImageLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` run ``epoch`` (as ``DistributedSampler.set_epoch``)."""
-        if not isinstance(epoch, int) or epoch < 0:
+        if not is_int(epoch) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         if epoch != self._epoch:
             # Naming the epoch a restored state_dict resumes keeps its position,

@@ -24,7 +24,6 @@ Sizes a parameter could blow up are bounded (each bound is a module constant):
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import secrets
 import warnings
@@ -41,6 +40,8 @@ from loader.augment.torchvision_eval import resize_of
 from loader.errors import ArgumentError
 from loader.load.pipeline import GPU_DECODES, resolve_gpu_decode
 from loader.load.placement import resolve_device
+from loader.validate import is_int as _is_int
+from loader.validate import is_number
 
 __all__ = ["LoaderSettings", "MAX_BATCH_SIZE", "MAX_PREFETCH", "MAX_SIDE", "MAX_THREADS", "SEED_LIMIT",
            "DTYPES", "check_path", "resolve_augment"]
@@ -56,10 +57,6 @@ DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.uint8: "uint
 
 # The keywords ImageLoader took one by one before ``augment=`` (deprecated): Augment's fields.
 AUGMENT_KEYWORDS = tuple(f.name for f in fields(Augment))
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _int(name: str, v, lo: int, hi: int, why: str = "") -> int:
@@ -88,7 +85,7 @@ def _channel_values(name: str, v, channels: int, color_mode: str) -> tuple[float
     except TypeError:
         items = None
     if (items is None or len(items) != channels
-            or not all(isinstance(x, numbers.Real) and not isinstance(x, bool) for x in items)):
+            or not all(is_number(x) for x in items)):
         raise ArgumentError(f"{want}, got {v!r}", param=name)
     values = tuple(float(x) for x in items)
     if not all(math.isfinite(x) and (0.0 < x if name == "std" else 0.0 <= x) and x <= 1.0 for x in values):
@@ -235,7 +232,7 @@ class LoaderSettings:
 
     def _split(self) -> None:
         split, subset = self.validation_split, self.subset
-        if split is not None and (not isinstance(split, numbers.Real) or isinstance(split, bool)
+        if split is not None and (not is_number(split)
                                   or not 0.0 < split < 1.0):
             raise ArgumentError(f"validation_split must be a float in (0, 1) or None, got {split!r}",
                                 param="validation_split")
