@@ -213,7 +213,7 @@ def test_invalid_options(image_tree, tmp_path, kw, message):
 
 def test_dst_exists_needs_overwrite(image_tree, tmp_path):
     quiet_pack(image_tree, tmp_path / "out")
-    with pytest.raises(PackError, match=r"out exists; pass --overwrite to replace it"):
+    with pytest.raises(PackError, match=r"out exists; pass `overwrite` to replace it"):
         quiet_pack(image_tree, tmp_path / "out")
     (image_tree / "a_bird" / "img_0.jpg").unlink()
     assert quiet_pack(image_tree, tmp_path / "out", overwrite=True).num_records == 8

@@ -167,10 +167,10 @@ def check_dst(src: Path, dst: Path, overwrite: bool) -> None:
                         f"yourself") from None
     if dst.exists() or dst.is_symlink():
         if not overwrite:
-            raise PackError(f"{dst} exists; pass --overwrite to replace it")
+            raise PackError(f"{dst} exists; pass `overwrite` to replace it", param="overwrite")
         if dst.is_symlink() or not dst.is_dir():
-            raise PackError(f"{dst} exists and is not a folder; refusing to replace it with "
-                            f"--overwrite: remove it yourself or choose another DST")
+            raise PackError(f"{dst} exists and is not a folder; refusing to replace it even with `overwrite`: "
+                            f"remove it yourself or choose another DST", param="overwrite")
         why = _why_not_a_dataset(dst)
         if why is not None:
             # Replacing DST deletes it: only ever delete something pack made.

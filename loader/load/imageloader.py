@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -32,6 +31,7 @@ from loader.format.dataset import open_dataset
 from loader.format.recordguard import RecordGuard, RecordRejected
 from loader.load.batches import BatchAssembler
 from loader.load.buffers import BatchBuffers
+from loader.load.culprits import culprit, decode_error, warn_replaced
 from loader.load.feed import EpochFeed, EpochPlan
 from loader.load.finisher import CpuFinisher
 from loader.load.pipeline import GpuDecode, build_pipeline
@@ -386,15 +386,6 @@ class ImageLoader:
         """Damaged records met so far in this process, sorted (with ``on_error="replace"``, each was replaced)."""
         return sorted(self._guard.bad) if self._guard is not None else []
 
-    def _warn_replaced(self) -> None:
-        for bad, good in self._feed.replaced.items():
-            if bad not in self._warned:
-                self._warned.add(bad)
-                shard, key = self.dataset.locate(bad)
-                warnings.warn(f"loader: record {bad} (shard {shard}, key {key}, source {self.dataset.source(bad)!r}) "
-                              f"is damaged: {self._guard.bad[bad]}; replaced by record {good} (on_error='replace'); "
-                              f"run `loader verify {self.dataset.path}`", RuntimeWarning, stacklevel=4)
-
     def _run_once(self, epoch: int, batch: int) -> tuple[torch.Tensor, ...]:
         try:
             outputs = self._pipe.run()
@@ -402,17 +393,18 @@ class ImageLoader:
             raise RuntimeError("DALI ended the epoch early (internal error)") from None
         except RecordRejected as e:   # from the feed: DALI never saw the record
             self._release_pipeline()
-            raise self._culprit(e.index, e.reason) from None
+            raise culprit(self.dataset, e.index, e.reason) from None
         except DatasetError:          # from the feed: a record missing from its shard (names it)
             self._release_pipeline()
             raise
         except RuntimeError as e:
-            error = self._decode_error(e)
+            error = decode_error(self.dataset, self._feed.in_flight, e, batch_size=self.batch_size,
+                                 num_threads=self.num_threads)
             # DALI pipelines are not reusable after an error: the next iter() builds a new one.
             self._release_pipeline()
             raise error from None
         if self._feed.replaced and len(self._warned) < len(self._feed.replaced):
-            self._warn_replaced()
+            warn_replaced(self.dataset, self._feed.replaced, self._guard.bad, self._warned)
         images, targets, idx = self._assemble(outputs)
         if self.batch_transform is not None:
             g = batch_generator(self.seed, epoch=epoch, rank=self.rank, batch=batch, device=self.device)
@@ -421,36 +413,6 @@ class ImageLoader:
                 return out
             return (*(out if isinstance(out, tuple) else (out,)), idx.to(self.device))
         return (images, targets, idx.to(self.device)) if self.with_indices else (images, targets)
-
-    # -- errors ---------------------------------------------------------------
-    def _decode_error(self, err: Exception) -> Exception:
-        """Turn a DALI failure into an error naming the shard and record.
-
-        The culprit is searched with :class:`loader.check.decodecheck.DecodeCheck`,
-        the check ``loader verify`` runs: DALI's decoder and the manifest's
-        height and width, which the crop windows come from (Pillow decodes
-        records DALI rejects, and a wrong size only shows against the
-        manifest). Only the records DALI was handed last are searched: the
-        failed batch is among them, and any further search would decode more
-        data that DALI may crash on rather than reject.
-        """
-        from loader.check.decodecheck import DecodeCheck, dali_reason
-
-        records = list(dict.fromkeys(i for batch in list(self._feed.in_flight) for i in batch.tolist()))
-        try:
-            bad = DecodeCheck(batch_size=max(1, min(self.batch_size, 64)),
-                              num_threads=self.num_threads).check(self.dataset, records)
-        except Exception:  # noqa: BLE001 - the search must not hide DALI's own error
-            bad = []
-        if bad:
-            return self._culprit(*bad[0])
-        return DecodeError(f"DALI failed on a batch of {self.dataset.path}: "
-                           f"{dali_reason(err)}; run `loader verify {self.dataset.path}`")
-
-    def _culprit(self, i: int, reason: str) -> DecodeError:
-        shard, key = self.dataset.locate(i)
-        return DecodeError(f"record {i} (shard {shard}, key {key}, source {self.dataset.source(i)!r}) "
-                           f"failed to load: {reason}; run `loader verify {self.dataset.path}`")
 
     # -- resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
