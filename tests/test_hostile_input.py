@@ -21,7 +21,7 @@ from PIL import Image
 
 from loader import open_dataset, pack
 from loader.advisor.modelspec import ModelSpecError, build_model, load_factory
-from loader.convert import imagecheck, packing
+from loader.convert import destination, imagecheck, packing
 from loader.convert.imagecheck import MAX_FILE_BYTES, BadImage, check_bytes, suspect_reason
 from loader.errors import ArgumentError, PackError
 from loader.format import imageheader, recordguard
@@ -390,7 +390,7 @@ def test_full_disk_names_the_file_system_and_leaves_nothing(src, tmp_path, monke
         quiet_pack(src, dst)
     msg = str(e.value)
     text = getattr(error, "strerror", None) or str(error)
-    mount = packing._mount_point(tmp_path)
+    mount = destination.mount_point(tmp_path)
     assert msg.startswith(f"writing {dst} failed: {what} ({text}); the file system at {mount} has ")
     assert msg.endswith(" MB free; free some space or pass a DST on another disk (nothing was left at DST)")
     assert "\n" not in msg and sorted(p.name for p in tmp_path.iterdir()) == ["src"]

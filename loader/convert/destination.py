@@ -21,6 +21,7 @@ environment variable ``LOADER_FAULT=install:<point>`` (``before-first-rename``,
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -30,12 +31,15 @@ import signal
 import warnings
 from pathlib import Path
 
+import lmdb
+
 from loader.errors import DatasetError, PackError
 from loader.format.files import read_json
 from loader.format.manifest import FORMAT, MANIFEST_NAME, is_dataset_file_name
 from loader.format.shards import lmdb_needs_bytes
+from loader.units import MB
 
-__all__ = ["MARKER_PREFIX", "check_dst", "install", "make_partial", "remove_stale"]
+__all__ = ["MARKER_PREFIX", "check_dst", "install", "make_partial", "mount_point", "remove_stale", "write_error"]
 
 #: How the marker file inside each temporary folder of pack starts (see the module docstring).
 MARKER_PREFIX = ".loader-pack-temp-"
@@ -250,3 +254,40 @@ def install(partial: Path, dst: Path, overwrite: bool) -> None:
                             f"(did something create {dst} meanwhile?)") from None
         _remove_marker(dst, "partial", pid, token)
         _fsync_dir(dst.parent)
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system that holds ``path`` (an existing folder)."""
+    p = path.resolve()
+    while not os.path.ismount(p) and p.parent != p:
+        p = p.parent
+    return p
+
+
+# An I/O error while less than this is free is a full disk: LMDB's commit reports ENOSPC on
+# tmpfs and others as "Input/output error", and one commit writes up to 32 MiB (ShardWriter).
+_FULL_BYTES = 64 * 2**20
+
+
+def write_error(dst: Path, e: BaseException) -> PackError:
+    """The one-line PackError for an OSError / lmdb.Error while writing DST: a full disk (or an
+    I/O error, what LMDB's commit reports for one on some file systems) names where and how much
+    is free."""
+    text = getattr(e, "strerror", None) or str(e)
+    code = getattr(e, "errno", None)
+    full = (code in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, lmdb.DiskError) or "No space left" in text
+            or "quota exceeded" in text.lower())
+    io_error = code == errno.EIO or "Input/output error" in text
+    if not (full or io_error):
+        return PackError(f"writing {dst} failed: {text}")
+    try:
+        free = shutil.disk_usage(dst.parent).free     # measured before the partial folder is removed
+    except OSError:
+        free = None
+    if full or (free is not None and free < _FULL_BYTES):
+        what = "the disk is full"
+    else:
+        what = "an I/O error (often a full disk)"
+    room = "free space unknown" if free is None else f"{free / MB:,.1f} MB free"
+    return PackError(f"writing {dst} failed: {what} ({text}); the file system at {mount_point(dst.parent)} "
+                     f"has {room}; free some space or pass a DST on another disk (nothing was left at DST)")

@@ -35,7 +35,6 @@ packed 2998 images (2 skipped) into photos.packed: 2 classes, 1 shard, ...
 
 from __future__ import annotations
 
-import errno
 import math
 import multiprocessing as mp
 import os
@@ -54,7 +53,7 @@ import lmdb
 import numpy as np
 from tqdm import tqdm
 
-from loader.convert.destination import check_dst, install, make_partial, remove_stale
+from loader.convert.destination import check_dst, install, make_partial, remove_stale, write_error
 from loader.convert.imagecheck import MAX_FILE_BYTES, BadImage, CheckedImage, check_bytes, read_capped
 from loader.convert.indexwriter import IndexWriter
 from loader.convert.options import MAX_SHARDS, check_label_options, check_options
@@ -334,43 +333,6 @@ def _file_size(path: str) -> int:
     return size if size <= MAX_FILE_BYTES else 0     # skipped unread: plans no shard space
 
 
-def _mount_point(path: Path) -> Path:
-    """The mount point of the file system that holds ``path`` (an existing folder)."""
-    p = path.resolve()
-    while not os.path.ismount(p) and p.parent != p:
-        p = p.parent
-    return p
-
-
-# An I/O error while less than this is free is a full disk: LMDB's commit reports ENOSPC on
-# tmpfs and others as "Input/output error", and one commit writes up to 32 MiB (ShardWriter).
-_FULL_BYTES = 64 * 2**20
-
-
-def _write_error(dst: Path, e: BaseException) -> PackError:
-    """The one-line PackError for an OSError / lmdb.Error while writing DST: a full disk (or an
-    I/O error, what LMDB's commit reports for one on some file systems) names where and how much
-    is free."""
-    text = getattr(e, "strerror", None) or str(e)
-    code = getattr(e, "errno", None)
-    full = (code in (errno.ENOSPC, errno.EDQUOT) or isinstance(e, lmdb.DiskError) or "No space left" in text
-            or "quota exceeded" in text.lower())
-    io_error = code == errno.EIO or "Input/output error" in text
-    if not (full or io_error):
-        return PackError(f"writing {dst} failed: {text}")
-    try:
-        free = shutil.disk_usage(dst.parent).free     # measured before the partial folder is removed
-    except OSError:
-        free = None
-    if full or (free is not None and free < _FULL_BYTES):
-        what = "the disk is full"
-    else:
-        what = "an I/O error (often a full disk)"
-    room = "free space unknown" if free is None else f"{free / MB:,.1f} MB free"
-    return PackError(f"writing {dst} failed: {what} ({text}); the file system at {_mount_point(dst.parent)} "
-                     f"has {room}; free some space or pass a DST on another disk (nothing was left at DST)")
-
-
 # ---------------------------------------------------------------- pack
 
 
@@ -480,7 +442,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
             output_bytes = _folder_bytes(partial_dir)
             install(partial_dir, dst, overwrite)
         except (OSError, lmdb.Error) as e:  # disk full, quota, ...: the user's to fix, not a bug
-            raise _write_error(dst, e) from None
+            raise write_error(dst, e) from None
     except BaseException:
         shutil.rmtree(partial_dir, ignore_errors=True)
         raise
