@@ -150,3 +150,20 @@ def test_cli_bad_batch_transform_is_one_line_naming_the_flag(packed, tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --batch-transform nosuch:f: cannot import 'nosuch'")
+
+
+def test_multi_label_pack_captions_every_class_of_the_record(tmp_path):
+    src = tmp_path / "flat"
+    src.mkdir()
+    rows = ["path,label"]
+    sets = ["a", "a|b", "c", "b|c", "a|b|c", "b"]
+    for i, labels in enumerate(sets):
+        Image.new("RGB", (40, 30 + i), (40 * i, 90, 20)).save(src / f"{i}.jpg")
+        rows.append(f"{i}.jpg,{labels}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    loader.pack(src, tmp_path / "m.packed", labels=tmp_path / "labels.csv", workers=1, progress=False)
+    grid = show(tmp_path / "m.packed", batch_size=6, train=False, image_size=32)
+    ds = loader.open_dataset(tmp_path / "m.packed")
+    want = {i: "|".join(sorted(s.split("|"))) for i, s in enumerate(sets)}
+    by_source = {int(Path(t.source).stem): t.labels for t in grid.info["tiles"]}
+    assert by_source == want and ds.multi_label
