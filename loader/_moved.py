@@ -35,12 +35,13 @@ class _AliasLoader(importlib.abc.Loader):
         self.target = target
 
     def create_module(self, spec):
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self._own_spec = module.__spec__     # importlib is about to set the alias's spec on it
+        return module
 
     def exec_module(self, module) -> None:
-        # The target module ran when it was imported; importlib has just set its __spec__ to the
-        # alias's, so give it back its own.
-        module.__spec__ = importlib.util.find_spec(self.target)
+        # The target module ran when it was imported: only give it back its own __spec__.
+        module.__spec__ = self._own_spec
 
 
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
