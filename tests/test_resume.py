@@ -72,8 +72,6 @@ def test_an_epoch_boundary_state_loads_into_any_loader_of_the_dataset(ds, where)
 
 
 @pytest.mark.parametrize("change,saved,now", [
-    (dict(world_size=2, rank=0), "world_size=1", "world_size=2"),
-    (dict(batch_size=4), "batch_size=5", "batch_size=4"),
     (dict(seed=3), "seed=2", "seed=3"),
     (dict(shuffle=False), "shuffle=True", "shuffle=False"),
 ])
@@ -86,6 +84,34 @@ def test_a_mid_epoch_state_names_the_parameter_that_differs(ds, change, saved, n
     # 0.3 said "num_samples=13, loader has 6" for a changed world size.
     assert f"saved in the middle of epoch 0 (after batch 2 of 5) with {saved}, but this loader has {now}" in msg
     assert "num_samples" not in msg and e.value.param == "state_dict" and "\n" not in msg
+
+
+@pytest.mark.parametrize("change,now,fix", [
+    (dict(world_size=2, rank=0), "10 (batch_size=5 x world_size=2)",
+     "no batch_size gives 5 on world_size=2: run on a world size that divides 5"),
+    (dict(batch_size=4), "4 (batch_size=4 x world_size=1)", "build it with batch_size=5"),
+])
+def test_a_mid_epoch_state_on_another_global_batch_names_batch_size(ds, change, now, fix):
+    """The world size may change mid-epoch (tests/test_elastic_resume.py), the global batch may not."""
+    state = stop_after(ImageLoader(ds, batch_size=5, seed=2, **KW), 2)
+    with pytest.raises(ArgumentError) as e:
+        ImageLoader(ds, **dict(dict(batch_size=5, seed=2, **KW), **change)).load_state_dict(state)
+    msg = str(e.value)
+    assert (f"saved in the middle of epoch 0 (after batch 2 of 5) with a global batch of 5 (batch_size=5 x "
+            f"world_size=1), but this loader's is {now}: the global batch must match to resume mid-epoch; "
+            f"{fix}, or resume from a state saved at an epoch's end") in msg
+    assert e.value.param == "batch_size" and "\n" not in msg
+
+
+def test_a_0_3_state_mid_epoch_resumes_only_on_its_world_size(ds):
+    """0.3 states hold this rank's share, not the records per epoch: nothing to re-split from."""
+    state = stop_after(ImageLoader(ds, batch_size=4, seed=5, **KW), 1)
+    state = {k: state[k] for k in ("epoch", "batches_done", "seed", "batch_size", "num_samples",
+                                   "world_size", "rank", "shuffle", "num_records")}
+    with pytest.raises(ArgumentError) as e:
+        ImageLoader(ds, batch_size=2, seed=5, rank=0, world_size=2, **KW).load_state_dict(state)
+    assert "with world_size=1 by an older loader (its state has no 'subset_records'), but this loader has " \
+        "world_size=2: resume it on world_size=1" in str(e.value) and e.value.param == "state_dict"
 
 
 def test_a_mid_epoch_state_resumes_exactly_and_a_0_3_state_still_loads(ds):

@@ -36,7 +36,7 @@ from loader.load.feed import EpochFeed, EpochPlan
 from loader.load.finisher import CpuFinisher
 from loader.load.pipeline import GpuDecode, build_pipeline
 from loader.load.placement import distributed_env, resolve_device, threads_per_rank
-from loader.load.sampler import epoch_order, num_batches, rank_positions, share_size, split_indices
+from loader.load.sampler import epoch_order, num_batches, resumed_positions, share_size, split_indices
 from loader.load.settings import LoaderSettings, check_path, resolve_augment
 from loader.load.state import dataset_fingerprint, parse_state, resume_point
 from loader.validate import is_int
@@ -180,6 +180,10 @@ class ImageLoader:
         self._share(world_size)      # a batch larger than a rank's share is an error now, not at fit()
         self._epoch = 0              # the epoch the next iter() runs
         self._resume_batch = 0       # first batch of that epoch (load_state_dict)
+        # That epoch's parts run before a resume on another world size (load_state_dict): the
+        # next iter() splits what they left over this world size. () for a whole epoch.
+        self._segments: tuple[tuple[int, int, int], ...] = ()
+        self._running_segments: tuple[tuple[int, int, int], ...] = ()
         self._running: tuple[int, int] | None = None   # (epoch, batches yielded) while iterating
         self._feed: EpochFeed | None = None
         self._pipe = None
@@ -272,16 +276,22 @@ class ImageLoader:
         if epoch != self._epoch:
             # Naming the epoch a restored state_dict resumes keeps its position,
             # so the usual `set_epoch(epoch)` at the top of the loop is safe after a resume.
-            self._resume_batch = 0
+            self._resume_batch, self._segments = 0, ()
         self._epoch = epoch
 
     def epoch_plan(self, epoch: int, start_batch: int = 0) -> EpochPlan:
-        """The records this rank yields in ``epoch`` (global indices, in order)."""
+        """The records this rank yields in ``epoch`` (global indices, in order).
+
+        For the epoch a state saved on another world size resumes (:meth:`load_state_dict`):
+        this rank's share of the rest of that epoch."""
+        return self._plan(epoch, start_batch, self._segments if epoch == self._epoch else ())
+
+    def _plan(self, epoch: int, start_batch: int, segments) -> EpochPlan:
         rank, world_size, _ = self._distribution()
         # Per rank, only the share's arrays outlive this call (the epoch's permutation is
         # needed whole, as on every rank, to agree on the order).
-        positions = rank_positions(self._n, rank, world_size, self.batch_size, self.drop_last,
-                                   pad=self.pad)
+        positions = resumed_positions(self._n, segments, rank, world_size, self.batch_size, self.drop_last,
+                                      pad=self.pad)
         records = epoch_order(self._n, self.seed, epoch, self.shuffle)[positions]
         if self._subset is not None:
             records = self._subset[records]
@@ -298,12 +308,12 @@ class ImageLoader:
 
     def _epoch_batches(self):
         with self._lock:
-            epoch, start = self._epoch, self._resume_batch
-            self._epoch, self._resume_batch = epoch + 1, 0
-            plan = self.epoch_plan(epoch, start)
+            epoch, start, segments = self._epoch, self._resume_batch, self._segments
+            self._epoch, self._resume_batch, self._segments = epoch + 1, 0, ()
+            plan = self._plan(epoch, start, segments)
             if len(plan.records):        # pad=False, fewer records than ranks: this rank has none
                 self._build(plan) if self._pipe is None else self._restart(plan)
-            self._running = (epoch, start)
+            self._running, self._running_segments = (epoch, start), segments
             self._generation = generation = self._generation + 1
         for out in self._batches(epoch, start, plan):
             yield out
@@ -418,31 +428,37 @@ class ImageLoader:
     def state_dict(self) -> dict[str, Any]:
         """Where the loader is: pass to :meth:`load_state_dict` to resume mid-epoch (keys: :mod:`loader.load.state`)."""
         if self._running is not None:
-            epoch, done = self._running
+            (epoch, done), segments = self._running, self._running_segments
         else:
-            epoch, done = self._epoch, self._resume_batch
+            epoch, done, segments = self._epoch, self._resume_batch, self._segments
         rank, world_size, _ = self._distribution()
         share = self._share(world_size, rank)
+        # After a resume on another world size, the epoch's batches are this rank's share of its rest.
+        part = len(resumed_positions(self._n, segments, rank, world_size, self.batch_size, self.drop_last,
+                                     pad=self.pad)) if segments else share
         return {"epoch": epoch, "batches_done": done, "seed": self.seed, "batch_size": self.batch_size,
-                "num_samples": share, "num_batches": num_batches(share, self.batch_size, self.drop_last),
+                "num_samples": share, "num_batches": num_batches(part, self.batch_size, self.drop_last),
                 "world_size": world_size, "rank": rank, "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "pad": self.pad, "num_records": len(self.dataset), "subset_records": self._n,
-                "dataset": dataset_fingerprint(self.dataset)}
+                "dataset": dataset_fingerprint(self.dataset), "segments": [list(p) for p in segments]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next ``iter()`` yields the batches the saved run would have yielded next.
 
         A state saved at an epoch's end (or before its first batch) loads into any loader of the
-        same dataset; one saved mid-epoch needs the same ``seed``, ``batch_size``, ``world_size``,
-        ``shuffle``, ``drop_last``, ``pad`` and split. A loader built with ``seed=None`` takes the
-        state's seed. Raises :class:`loader.errors.ArgumentError` (``param="state_dict"``) otherwise.
+        same dataset; one saved mid-epoch needs the same ``seed``, ``shuffle``, ``drop_last``, ``pad``,
+        split and global batch (``batch_size`` x ``world_size``). On another world size, the ranks
+        split the rest of the epoch: every record not yet read is read once (in other batches, so
+        with other crops). A loader built with ``seed=None`` takes the state's seed. Raises
+        :class:`loader.errors.ArgumentError` (``param="state_dict"``, or ``"batch_size"`` for another
+        global batch) otherwise.
         """
         saved = parse_state(state)
-        epoch, start, seed = resume_point(saved, self.state_dict(), seed_drawn=self._seed_drawn,
-                                          where=str(self.dataset.path))
+        epoch, start, segments, seed = resume_point(saved, self.state_dict(), seed_drawn=self._seed_drawn,
+                                                    where=str(self.dataset.path))
         if seed is not None:
             self._adopt_seed(seed)
-        self._epoch, self._resume_batch = epoch, start
+        self._epoch, self._resume_batch, self._segments = epoch, start, segments
         self._running = None
 
     @property

@@ -7,6 +7,8 @@ resumed runs and every DDP rank agree without talking to each other:
 - :func:`epoch_order`     -- the full permutation of one epoch (not a shuffle buffer).
 - :func:`rank_share`      -- this rank's slice of the epoch, equal-length on every rank
                              (or, ``pad=False``, every record exactly once over the ranks).
+- :func:`remaining_positions` / :func:`resumed_positions` -- the rest of an epoch cut after some
+                             batches on one world size, and its split over another (elastic resume).
 - :func:`crop_windows`    -- per-sample random-resized-crop (train) or centre crop (eval)
                              windows in source-pixel coordinates, plus flip flags.
 
@@ -24,7 +26,7 @@ from loader import rng as rng_streams
 from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
 __all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_start", "share_size",
-           "num_batches", "crop_windows"]
+           "num_batches", "remaining_positions", "resumed_positions", "crop_windows"]
 
 
 def split_indices(n: int, validation_split: float | None, subset: str | None, seed: int) -> np.ndarray:
@@ -150,6 +152,55 @@ def num_batches(share: int, batch_size: int, drop_last: bool) -> int:
     (2, 3)
     """
     return share // batch_size if drop_last else math.ceil(share / batch_size)
+
+
+def remaining_positions(n: int, segments, *, drop_last: bool, pad: bool = True) -> np.ndarray:
+    """Epoch positions (ascending) not yet read after ``segments`` of an epoch of ``n``.
+
+    ``segments`` is the epoch so far: ``(world_size, batch_size, batches_done)`` parts, in order,
+    each splitting what the parts before it left over its ranks as :func:`rank_positions` splits a
+    whole epoch. Each rank's share is a contiguous run, so after ``k`` batches what was read is
+    the first ``k * batch_size`` of every share: not a prefix of the epoch, but a function of
+    ``(n, world_size, batch_size, k)`` alone: a resume state holds three ints per part, never a
+    per-record array.
+
+    What is left: every position no rank has read, except that with ``drop_last`` the remainder
+    the part's plan drops stays dropped (so the rest is whole global batches); ``pad``'s wrapped
+    repeats are not owed again (a position read once is read).
+
+    >>> remaining_positions(10, [(2, 2, 1)], drop_last=False).tolist()      # shares 0-4 and 5-9
+    [2, 3, 4, 7, 8, 9]
+    """
+    avail = np.arange(n, dtype=np.int64)
+    for world_size, batch_size, done in segments:
+        m = len(avail)
+        read = np.zeros(m, dtype=bool)
+        for rank in range(world_size):
+            pos = rank_positions(m, rank, world_size, batch_size, drop_last, pad=pad)
+            read[pos[: done * batch_size]] = True
+        if drop_last:        # the part's plan never reads past its ranks' shares
+            read[world_size * share_size(m, world_size, batch_size, drop_last, pad=pad):] = True
+        avail = avail[~read]
+    return avail
+
+
+def resumed_positions(n: int, segments, rank: int, world_size: int, batch_size: int, drop_last: bool, *,
+                      pad: bool = True) -> np.ndarray:
+    """Epoch positions of ``rank``'s share of what ``segments`` left of an epoch of ``n``.
+
+    The rest (:func:`remaining_positions`, in epoch order) is split like a whole epoch: contiguous
+    shares, equal ones padded by wrapping around the rest (``pad``), or each position once
+    (``pad=False``), or equal whole batches (``drop_last``: the rest is whole global batches, so
+    nothing more is dropped). Without ``segments``: :func:`rank_positions`, unchanged.
+
+    >>> [resumed_positions(10, [(2, 2, 1)], r, 4, 1, False, pad=False).tolist() for r in range(4)]
+    [[2, 3], [4, 7], [8], [9]]
+    """
+    if not segments:
+        return rank_positions(n, rank, world_size, batch_size, drop_last, pad=pad)
+    rest = remaining_positions(n, segments, drop_last=drop_last, pad=pad)
+    mine = rank_positions(len(rest), rank, world_size, batch_size, drop_last, pad=pad)
+    return rest[mine.astype(np.int64)].astype(_index_dtype(n))
 
 
 def crop_windows(heights: np.ndarray, widths: np.ndarray, rng: np.random.Generator | None,
