@@ -1,6 +1,7 @@
 """`ImageLoader`'s resume state: what ``state_dict()`` holds and what ``load_state_dict()`` accepts.
 
-A state is a dict of plain ints, bools and strings (it survives ``torch.save``, JSON, YAML):
+A state is a dict of plain ints, bools, strings and (``segments``) lists of ints: it survives
+``torch.save`` (also loaded with ``weights_only=True``), JSON and YAML:
 
 ================== ==========================================================================
 key                meaning
