@@ -13,6 +13,7 @@ import pytest
 import loader
 from loader import PackedDataset, open_dataset, pack
 from loader.errors import DatasetError, LoaderError
+from loader.format.files import file_digest
 from loader.format.manifest import COLUMNS, read_manifest
 
 V2 = Path(__file__).parent / "data" / "v2"   # packed by loader 0.1 (manifest version 2), with its SRC
@@ -219,6 +220,8 @@ def test_folder_pack_is_the_version_3_output_but_for_the_header(tmp_path):
     assert {k: new_header.pop(k) for k in ("label_source", "multi_label", "unlisted")} == {
         "label_source": "folders", "multi_label": False, "unlisted": 0}
     assert (old_header.pop("version"), new_header.pop("version")) == (3, 4)
+    # Since loader 0.4 each shard entry also records the digest of its file (optional in version 4).
+    assert [s.pop("digest") for s in new_header["shards"]] == [file_digest(new_dir / "shard-00000.lmdb")]
     assert new_header["pack_params"].pop("loader_version") == loader.__version__
     old_header["pack_params"].pop("loader_version")
     assert new_header == old_header

@@ -23,7 +23,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
     classes = None if args.classes is None else [c.strip() for c in args.classes.split(",")]
     report = pack(args.src, args.dst, shards=args.shards,
-                  shard_size_mb=512 if args.shard_size_mb is None else args.shard_size_mb,
+                  shard_size_mb=args.shard_size_mb,
                   workers=args.workers, max_side=args.max_side, quality=args.quality,
                   overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
                   labels=args.labels, unlabeled=args.unlabeled, classes=classes,
@@ -46,12 +46,41 @@ def dataset_info(dst: str) -> dict:
     >>> dataset_info("photos.packed")["num_records"]      # doctest: +SKIP
     3000
     """
-    import numpy as np
+    from loader.storage.store import is_url, split_url
 
+    if is_url(dst) and not dst.startswith("file://"):
+        import tempfile
+        from pathlib import Path
+
+        from loader.errors import DatasetError
+        from loader.format.manifest import read_manifest
+        from loader.storage.remotepack import fetch_index
+
+        # Only the index is fetched (shards are tens of MB each); their sizes come from the listing.
+        with tempfile.TemporaryDirectory(prefix="loader-info-") as tmp:
+            sizes = fetch_index(dst, Path(tmp))
+            m = read_manifest(tmp)
+        missing = [s.name for s in m.shards if s.name not in sizes]
+        if missing:
+            raise DatasetError(f"{dst}/{missing[0]} is missing (the manifest lists it with "
+                               f"{m.shards[[s.name for s in m.shards].index(missing[0])].records} records); "
+                               f"re-pack with `loader pack SRC {dst} --overwrite`")
+        shard_bytes = sum(sizes[s.name] for s in m.shards)
+        return _info(m, dst, sizes.__getitem__, sum(sizes.values()) - shard_bytes)
     from loader.format.dataset import open_dataset
 
-    ds = open_dataset(dst)
-    m = ds.manifest
+    ds = open_dataset(split_url(dst)[2] if is_url(dst) else dst)   # opened: its shards are checked
+    try:
+        shard_names = {s.name for s in ds.manifest.shards}
+        index_bytes = sum(p.stat().st_size for p in ds.path.iterdir() if p.is_file() and p.name not in shard_names)
+        return _info(ds.manifest, str(ds.path), lambda name: os.path.getsize(ds.path / name), index_bytes)
+    finally:
+        ds.close()
+
+
+def _info(m, where: str, size_of, index_bytes: int) -> dict:
+    import numpy as np
+
     # Per class: its records; multi-label: the records having it (a record's classes are unique).
     if m.multi_label:
         counts = np.bincount(m.label_values, minlength=len(m.classes)).tolist()
@@ -59,9 +88,8 @@ def dataset_info(dst: str) -> dict:
         counts = np.bincount(m.labels, minlength=len(m.classes)).tolist()
     else:
         counts = []
-    ds.close()
     return {
-        "path": str(ds.path),
+        "path": where,
         "format": m.format,
         "version": m.version,
         "num_records": m.num_records,
@@ -72,10 +100,9 @@ def dataset_info(dst: str) -> dict:
         "num_unlisted": m.unlisted,
         "classes": [{"label": i, "name": c, "count": counts[i]} for i, c in enumerate(m.classes)],
         "shards": [{"name": s.name, "first": s.first, "records": s.records, "values": s.entries,
-                    "bytes": s.bytes, "file_bytes": os.path.getsize(ds.path / s.name)} for s in m.shards],
+                    "bytes": s.bytes, "file_bytes": size_of(s.name)} for s in m.shards],
         # The index (manifest, columns, sources) and skipped.tsv: everything but the shards.
-        "index_bytes": sum(p.stat().st_size for p in ds.path.iterdir()
-                           if p.is_file() and p.name not in {s.name for s in m.shards}),
+        "index_bytes": index_bytes,
         "pack_params": m.pack_params,
     }
 
@@ -119,14 +146,30 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from loader.storage.store import is_url
+
+    if is_url(args.dst) and not args.dst.startswith("file://"):
+        import tempfile
+        from pathlib import Path
+
+        from loader.storage.remotepack import fetch_dataset
+
+        # Every record is read: fetch the dataset (shards checked against their digests), verify it.
+        with tempfile.TemporaryDirectory(prefix="loader-verify-") as tmp:
+            fetch_dataset(args.dst, Path(tmp))
+            return _verify(args, tmp)
+    return _verify(args, args.dst)
+
+
+def _verify(args: argparse.Namespace, where: str) -> int:
     from loader.check.verify import verify
 
-    bad = verify(args.dst, decode=not args.no_decode, progress=not args.quiet)
+    bad = verify(where, decode=not args.no_decode, progress=not args.quiet)
     for index, shard, key, source, reason in bad:
         print(f"record {index} ({shard} key {key:010d}, source {source}): {reason}")
     from loader.format.manifest import read_manifest
 
-    n = read_manifest(args.dst).num_records
+    n = read_manifest(where).num_records
     print(f"verified {n} records in {args.dst}: {len(bad)} bad" +
           ("" if bad else " (all good)"))
     return 1 if bad else 0
@@ -142,12 +185,13 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
                    "labels follow the sorted folder names; files in nested folders count for their "
                    "class; hidden files are ignored (with --labels or --unlabeled: any folder of images)")
     p.add_argument("dst", metavar="DST", help="folder to create for the packed dataset (must not "
-                   "exist unless --overwrite)")
+                   "exist unless --overwrite), or an object-store URL (s3://BUCKET/PREFIX, gs://, az://; "
+                   "needs loader[remote]): packed locally under $TMPDIR, uploaded with manifest.json last")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--shards", type=int, metavar="N", help="number of shard files (default: one "
                    "per --shard-size-mb of input; never more than one per image)")
     g.add_argument("--shard-size-mb", type=float, metavar="MB", help="target input megabytes "
-                   "(10^6 bytes) per shard when --shards is not given (default: 512)")
+                   "(10^6 bytes) per shard when --shards is not given (default: 512; 64 for an object-store URL)")
     p.add_argument("--workers", type=int, metavar="N", help="processes that decode and check "
                    "images (default: the CPU cores this process may use); the output is identical for any N")
     p.add_argument("--max-side", type=int, metavar="PX", help="downscale images so that "
@@ -184,7 +228,8 @@ def add_info(sub: argparse._SubParsersAction) -> None:
                        description="Show record counts, where the labels came from (class folders, "
                                    "labels file, none; multi-label or not; unlisted files), class "
                                    "counts, shards and pack parameters.")
-    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`)")
+    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`) or its "
+                   "object-store URL (s3://, gs://, az://)")
     add_shared(p, "--json", "one object (fields: loader.cli.dataset_info); bare --json (no FILE, deprecated): "
                "stdout", nargs="?", action=JsonTarget)
     p.set_defaults(func=_cmd_info)
@@ -196,7 +241,8 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
         description="Re-read every record, compare its checksum with the manifest, decode it "
                     "with DALI's CPU decoder and compare its size with the manifest. Prints bad "
                     "records one per line; exit status 1 if any, 0 if all are good.")
-    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`)")
+    p.add_argument("dst", metavar="DST", help="packed dataset folder (made by `loader pack`) or its "
+                   "object-store URL (s3://, gs://, az://)")
     p.add_argument("--no-decode", action="store_true", help="only check checksums (no DALI)")
     add_shared(p, "--quiet", "(default: a progress bar on stderr)")
     p.set_defaults(func=_cmd_verify)

@@ -59,11 +59,16 @@ from loader.convert.indexwriter import IndexWriter
 from loader.convert.options import MAX_SHARDS, check_label_options, check_options
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
 from loader.errors import PackError
+from loader.format.files import add_shard_digests
 from loader.format.manifest import SKIPPED_NAME
 from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
+from loader.storage.store import is_url, split_url
 from loader.units import MB
 
-__all__ = ["SUSPECT_NAME", "PackReport", "pack", "plan_shards", "shard_ranges"]
+#: Default ``shard_size_mb`` when DST is an object-store URL (docs/remote.md says why).
+REMOTE_SHARD_SIZE_MB = 64
+
+__all__ = ["REMOTE_SHARD_SIZE_MB", "SUSPECT_NAME", "PackReport", "pack", "plan_shards", "shard_ranges"]
 
 # With keep_suspect=True: the suspect files that were stored, and why (source, reason; as skipped.tsv).
 SUSPECT_NAME = "suspect.tsv"
@@ -337,15 +342,18 @@ def _file_size(path: str) -> int:
 
 
 def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None = None,
-         shard_size_mb: float = 512, workers: int | None = None, max_side: int | None = None,
+         shard_size_mb: float | None = None, workers: int | None = None, max_side: int | None = None,
          quality: int = 95, overwrite: bool = False, strict: bool = False,
          progress: bool = True, labels: str | os.PathLike | None = None, unlabeled: bool = False,
          classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None,
          keep_suspect: bool = False) -> PackReport:
     """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
 
-    ``shards``: number of shard files (default: one per ``shard_size_mb`` MB
-    of input, at least 1, at most one per image). ``workers``: processes that
+    ``dst``: a folder, or an object-store URL (``s3://``, ``gs://``, ``az://``; needs the ``remote``
+    extra): packed in a local temporary folder, then uploaded shards first, ``manifest.json`` last
+    (:mod:`loader.storage.remotepack`). ``shards``: number of shard files (default: one per
+    ``shard_size_mb`` MB of input, at least 1, at most one per image; ``shard_size_mb`` defaults to
+    512 for a folder, :data:`REMOTE_SHARD_SIZE_MB` for a URL). ``workers``: processes that
     decode and check images (default: all cores; the output does not depend
     on it). ``max_side`` / ``quality``: see :mod:`loader.convert.imagecheck`.
     ``overwrite``: replace an existing packed dataset at ``dst``. ``strict``:
@@ -378,6 +386,18 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     >>> pack("val/", "val.packed", classes_from="train.packed").classes[:2]   # doctest: +SKIP
     ('cat', 'dog')
     """
+    if is_url(dst) and not str(dst).startswith("file://"):
+        from loader.storage.remotepack import pack_remote
+
+        return pack_remote(pack, src, str(dst), shards=shards, workers=workers,
+                           shard_size_mb=REMOTE_SHARD_SIZE_MB if shard_size_mb is None else shard_size_mb,
+                           max_side=max_side, quality=quality, overwrite=overwrite, strict=strict,
+                           progress=progress, labels=labels, unlabeled=unlabeled, classes=classes,
+                           classes_from=classes_from, keep_suspect=keep_suspect)
+    if is_url(dst):
+        dst = split_url(str(dst))[2]
+    if shard_size_mb is None:
+        shard_size_mb = 512
     t0 = time.perf_counter()
     workers = check_options(shards, shard_size_mb, workers, max_side, quality,
                              dict(overwrite=overwrite, strict=strict, progress=progress, unlabeled=unlabeled,
@@ -436,6 +456,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                          pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict),
                          label_source=label_source, unlisted=unlisted, label_offsets=label_offsets,
                          label_values=label_values)
+            add_shard_digests(partial_dir)
             _write_skipped(partial_dir, skipped)
             if suspect:
                 _write_skipped(partial_dir, suspect, SUSPECT_NAME)

@@ -13,14 +13,17 @@ A link to another file of the same folder is fine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
 from loader.errors import DatasetError
 
-__all__ = ["MAX_MANIFEST_BYTES", "REPACK_HINT", "check_inside", "read_json"]
+__all__ = ["DIGEST_RE", "MAX_MANIFEST_BYTES", "REPACK_HINT", "add_shard_digests", "check_inside", "file_digest",
+           "read_json"]
 
 #: What to do about a dataset that is damaged or was written by an incompatible release:
 #: the tail of every such message (one home, so every message says the same).
@@ -79,3 +82,41 @@ def read_json(path: str | os.PathLike) -> object:
     except ValueError as e:   # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise DatasetError(f"{path} is not a loader manifest: it holds a number too long to read "
                            f"({str(e).split(';')[0]}); {REPACK_HINT}") from None
+
+
+#: The form of a shard entry's ``digest`` in a manifest: BLAKE2b with a 16-byte digest over the whole
+#: shard file, so a shard fetched from object storage is checked before use (a shard's records also
+#: carry CRC-32s, but those are checked per record as read, after the file is already in use).
+DIGEST_RE = re.compile(r"blake2b-128:[0-9a-f]{32}")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The digest of a whole file as a manifest's shard entries record it (``blake2b-128:<32 hex>``).
+
+    >>> file_digest("photos.packed/shard-00000.lmdb")       # doctest: +SKIP
+    'blake2b-128:9f86d081884c7d659a2feaa0c55ad015'
+    """
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):     # streamed: shards are hundreds of MB
+            h.update(chunk)
+    return f"blake2b-128:{h.hexdigest()}"
+
+
+def add_shard_digests(folder: str | os.PathLike, manifest_name: str = "manifest.json") -> None:
+    """Record :func:`file_digest` of every shard in the (version 3+) manifest of the packed dataset
+    being written in ``folder``: each shard entry gains ``"digest"``. The manifest keeps its layout
+    (one header key a line) and is replaced atomically."""
+    folder = Path(folder)
+    path = folder / manifest_name
+    obj = json.loads(path.read_bytes())
+    for s in obj["shards"]:
+        s["digest"] = file_digest(folder / s["name"])
+    text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'), allow_nan=False)}"
+                              for k, v in obj.items()) + "\n}\n"
+    tmp = path.with_name(path.name + ".digests")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -62,7 +62,7 @@ import numpy as np
 
 from loader.errors import DatasetError
 from loader.format.columns import read_column, scan_column
-from loader.format.files import REPACK_HINT, check_inside, read_json
+from loader.format.files import DIGEST_RE, REPACK_HINT, check_inside, read_json
 from loader.format.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
@@ -241,6 +241,7 @@ class Manifest:
     unlisted: int = 0
     label_offsets: np.ndarray | None = None   # multi-label only: int64 [n + 1]
     label_values: np.ndarray | None = None    # multi-label only: int32, sorted unique per record
+    shard_digests: tuple[str | None, ...] = ()  # per shard: files.file_digest of the file, None if unrecorded
     _records: Any = field(default=None, repr=False)
 
     def checksum(self, i: int) -> str:
@@ -381,6 +382,16 @@ def _read_label_csr(path: Path, n: int, num_classes: int) -> tuple[np.ndarray, n
     return offsets, values
 
 
+def _shard_digests(raw: list, where: str) -> tuple[str | None, ...]:
+    """Each shard entry's optional ``digest`` (since loader 0.4; absent in older indexes), checked."""
+    digests = tuple(s.get("digest") for s in raw)
+    for s, d in zip(raw, digests):
+        if d is not None and not (isinstance(d, str) and DIGEST_RE.fullmatch(d)):
+            raise DatasetError(f"{where}: shard {s.get('name')!r} has a bad digest {d!r} (expected "
+                               f"blake2b-128:<32 hex digits>); {REPACK_HINT}")
+    return digests
+
+
 def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
     """A version 3 or 4 index (version 3: no label keys, read as folders, single-label)."""
     version = obj["version"]
@@ -402,6 +413,7 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
     if not isinstance(obj["pack_params"], dict) or type(obj["skipped"]) is not int or obj["skipped"] < 0:
         raise DatasetError(f"{where}: bad 'pack_params' or 'skipped'")
     shards = parse_shards(obj["shards"], where, with_values=True)
+    digests = _shard_digests(obj["shards"], where)
     held = sum(s.records for s in shards)
     if held != n:
         raise DatasetError(f"{where}: shards hold {held} records in all but num_records is {n}")
@@ -439,7 +451,7 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
                     labels=labels, heights=heights, widths=widths, keys=keys, offsets=offsets,
                     lengths=lengths, pack_params=obj["pack_params"], skipped=obj["skipped"],
                     label_source=label_source, multi_label=multi, unlisted=unlisted,
-                    label_offsets=label_offsets, label_values=label_values,
+                    label_offsets=label_offsets, label_values=label_values, shard_digests=digests,
                     _records=_ColumnRecords(path, n, tuple(conversions), converted))
 
 

@@ -191,9 +191,10 @@ class ShardWriter:
         self._pending: list[tuple[bytes, bytes]] = []
         self._pending_bytes = 0
         # sync=False: one fsync in close() instead of one per commit; an
-        # interrupted pack is thrown away anyway (it writes to a partial folder).
+        # interrupted pack is thrown away anyway (it writes to a partial folder). meminit=True: pages are
+        # zeroed, not left with heap bytes, so a shard file (and its digest in the manifest) is reproducible.
         self._env = lmdb.open(self.path, subdir=False, map_size=max(map_size, _MIB), sync=False,
-                              metasync=False, readahead=False, meminit=False, max_dbs=0)
+                              metasync=False, readahead=False, meminit=True, max_dbs=0)
 
     def append(self, data: bytes) -> tuple[int, int]:
         """Queue ``data`` as the next record; return ``(key, offset)``: the local key number of

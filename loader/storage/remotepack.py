@@ -1,0 +1,129 @@
+"""``pack`` to an object-store URL, and fetching a remote dataset's files for ``info`` / ``verify``.
+
+A reader accepts a dataset prefix only when ``manifest.json`` is there, so the manifest is the commit
+marker: pack writes the dataset in a local staging folder (under ``$TMPDIR``; removed after), then
+uploads the shards, the other index files, and ``manifest.json`` last. An upload interrupted at any
+point leaves no manifest (a fresh prefix) or none yet (``overwrite``: the old manifest is withdrawn
+first, see below), so nothing a reader accepts; the next pack to the same URL succeeds: objects with
+dataset file names and no manifest are taken as the leftovers of an interrupted pack and replaced.
+
+``overwrite`` replaces only a prefix whose ``manifest.json`` parses as a loader manifest and that
+holds nothing but dataset files. The index columns have fixed names, so the old dataset cannot stay
+readable while the new one is uploaded: its manifest is deleted first (readers then see no dataset,
+never a mix), the new files are uploaded, the new manifest last, and objects of the old dataset that
+the new one does not have (e.g. shards beyond the new count) are deleted after it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from loader.errors import DatasetError, PackError
+from loader.format.files import file_digest, read_json
+from loader.format.manifest import FORMAT, MANIFEST_NAME, is_dataset_file_name
+from loader.storage.objectstore import open_store
+from loader.storage.store import Store
+
+__all__ = ["fetch_dataset", "fetch_index", "pack_remote", "upload_dataset"]
+
+
+def _check_remote_dst(store: Store, url: str, overwrite: bool) -> list[str]:
+    """Refuse a prefix that is not ours to write; return the keys there now."""
+    keys = list(store.list())
+    foreign = [k for k in keys if "/" in k or not is_dataset_file_name(k)]
+    if foreign:
+        raise PackError(f"{url} holds objects that are not a packed dataset (e.g. {foreign[0]!r}); choose an "
+                        f"empty prefix (nothing is replaced there, even with overwrite)")
+    if MANIFEST_NAME not in keys:
+        return keys                    # empty, or the leftovers of an interrupted pack: replaced
+    if not overwrite:
+        raise PackError(f"{url} already holds a packed dataset; pass overwrite=True to replace it")
+    with tempfile.TemporaryDirectory(prefix="loader-check-") as tmp:
+        local = Path(tmp) / MANIFEST_NAME
+        store.download(MANIFEST_NAME, local)
+        try:
+            obj = read_json(local)
+        except DatasetError:
+            obj = None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise PackError(f"{url}/{MANIFEST_NAME} is not a loader manifest: not replacing what is at {url} "
+                        f"(overwrite replaces only a packed dataset); choose another prefix")
+    return keys
+
+
+def upload_dataset(folder: Path, store: Store, old_keys: list[str] = ()) -> None:
+    """Upload the packed dataset in ``folder`` to ``store``: shards, other files, ``manifest.json``
+    last; then delete ``old_keys`` the new dataset does not have (see the module docstring)."""
+    manifest = read_json(folder / MANIFEST_NAME)
+    shards = [s["name"] for s in manifest["shards"]]
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in shards
+                    and p.name != MANIFEST_NAME)
+    if MANIFEST_NAME in old_keys:
+        store.delete(MANIFEST_NAME)      # withdraw the old dataset before any of its files changes
+    for name in [*shards, *others]:
+        store.upload(folder / name, name)
+    store.upload(folder / MANIFEST_NAME, MANIFEST_NAME)   # the commit marker
+    new = {*shards, *others, MANIFEST_NAME}
+    for key in old_keys:
+        if key not in new:
+            store.delete(key)
+
+
+def pack_remote(pack_local, src, url: str, *, overwrite: bool, **options):
+    """:func:`loader.convert.packing.pack` (passed as ``pack_local``) to an object-store URL (see the
+    module docstring)."""
+    t0 = time.perf_counter()
+    store = open_store(url)             # the missing extra is reported before any work
+    old_keys = _check_remote_dst(store, url.rstrip("/"), overwrite)   # and bad credentials too
+    staging = Path(tempfile.mkdtemp(prefix="loader-pack-"))
+    try:
+        local = staging / "dataset.packed"
+        report = pack_local(src, local, overwrite=False, **options)
+        upload_dataset(local, store, old_keys)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    seconds = max(time.perf_counter() - t0, 1e-9)
+    return dataclasses.replace(report, dst=url, seconds=seconds, images_per_sec=report.images_per_sec *
+                               report.seconds / seconds, mb_per_sec=report.mb_per_sec * report.seconds / seconds)
+
+
+def fetch_index(url: str, dest: Path) -> dict[str, int]:
+    """Download everything of the dataset at ``url`` but its shards into ``dest``; return the size of
+    every object there (shards included). No ``manifest.json`` there is the usual "not a packed
+    dataset" error."""
+    store = open_store(url)
+    sizes = {k: store.size(k) for k in store.list() if "/" not in k}
+    if MANIFEST_NAME not in sizes:
+        raise DatasetError(f"not a packed dataset: {url} has no {MANIFEST_NAME}; create one with "
+                           f"`loader pack SRC DST`")
+    store.download(MANIFEST_NAME, dest / MANIFEST_NAME)
+    obj = read_json(dest / MANIFEST_NAME)
+    shards = {s.get("name") for s in obj.get("shards", ()) if isinstance(s, dict)} if isinstance(obj, dict) else set()
+    for key in sizes:
+        if key != MANIFEST_NAME and key not in shards and is_dataset_file_name(key):
+            store.download(key, dest / key)
+    return sizes
+
+
+def fetch_dataset(url: str, dest: Path) -> None:
+    """Download the whole dataset at ``url`` into ``dest``, each shard checked against the digest its
+    manifest records (a mismatch is one :class:`DatasetError` line naming the shard and the URL)."""
+    from loader.format.manifest import read_manifest
+
+    fetch_index(url, dest)
+    m = read_manifest(dest)
+    store = open_store(url)
+    for s, digest in zip(m.shards, m.shard_digests or [None] * len(m.shards)):
+        tmp = dest / f"{s.name}.part-{os.getpid()}"
+        store.download(s.name, tmp)
+        if digest is not None and file_digest(tmp) != digest:
+            tmp.unlink()
+            raise DatasetError(f"{url}/{s.name}: the downloaded shard does not match the digest in "
+                               f"{MANIFEST_NAME} ({digest}); the object was changed or damaged: re-pack with "
+                               f"`loader pack SRC {url} --overwrite`")
+        os.replace(tmp, dest / s.name)

@@ -1,0 +1,242 @@
+"""Packing to an object store (``s3://``) and reading it back, against moto's S3 server on loopback
+(tests/s3server.py): the bytes uploaded, the commit order, the refusals and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_cli
+
+import loader
+from loader.cli.data import dataset_info
+from loader.errors import DatasetError, PackError
+from loader.format.files import file_digest
+from loader.format.manifest import read_manifest
+
+pytest_plugins = ["s3server"]     # the fixtures s3_server and s3_env (a plugin: imported by pytest only)
+
+
+def s3_client(endpoint: str):
+    """A boto3 client of the test server."""
+    from s3server import s3_client
+
+    return s3_client(endpoint)
+
+
+def _objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
+    c = s3_client(endpoint)
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=prefix + "/").get("Contents", [])]
+    return {k[len(prefix) + 1:]: c.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def _local_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_pack_to_s3_uploads_the_local_pack_byte_for_byte(image_tree, tmp_path, s3_env, s3_server, monkeypatch):
+    from loader.storage import remotepack
+
+    monkeypatch.chdir(tmp_path)
+    staged: dict[str, bytes] = {}
+    real = remotepack.upload_dataset
+
+    def upload_dataset(folder, store, old_keys=()):
+        staged.update(_local_files(folder))
+        return real(folder, store, old_keys)
+
+    monkeypatch.setattr(remotepack, "upload_dataset", upload_dataset)
+    url = f"s3://{s3_env}/team/photos.packed"
+    report = loader.pack(image_tree, url, shards=2, workers=1, progress=False)
+    assert report.dst == url and report.num_records == 9
+    remote = _objects(s3_server, s3_env, "team/photos.packed")
+    assert remote == staged                               # every object is the staged file, byte for byte
+    assert not (tmp_path / "s3:").exists()                # never again a local folder named like the URL
+    m = json.loads(remote["manifest.json"])
+    for s in m["shards"]:                                 # each digest is of the uploaded shard object
+        (tmp_path / "fetched").write_bytes(remote[s["name"]])
+        assert s["digest"] == file_digest(tmp_path / "fetched")
+
+    # ... and the files of a local pack of SRC, byte for byte (shards and digests included: reproducible).
+    local = tmp_path / "local.packed"
+    loader.pack(image_tree, local, shards=2, workers=1, progress=False)
+    assert _local_files(local) == remote
+
+
+def test_digests_are_read_and_checked(image_tree, tmp_path):
+    dst = tmp_path / "p.packed"
+    loader.pack(image_tree, dst, shards=2, workers=1, progress=False)
+    assert read_manifest(dst).shard_digests == (file_digest(dst / "shard-00000.lmdb"),
+                                                file_digest(dst / "shard-00001.lmdb"))
+    obj = json.loads((dst / "manifest.json").read_text())
+    for s in obj["shards"]:
+        del s["digest"]                                   # an index written before digests: still reads
+    (dst / "manifest.json").write_text(json.dumps(obj))
+    assert read_manifest(dst).shard_digests == (None, None)
+    obj["shards"][1]["digest"] = "md5:abc"
+    (dst / "manifest.json").write_text(json.dumps(obj))
+    with pytest.raises(DatasetError, match=r"shard 'shard-00001.lmdb' has a bad digest 'md5:abc'"):
+        read_manifest(dst)
+
+
+def test_cli_pack_info_verify_on_s3(image_tree, s3_env):
+    url = f"s3://{s3_env}/p/photos.packed"
+    r = run_cli("pack", str(image_tree), url, "--shards", "2", "--workers", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not (REPO / "s3:").exists()
+    r = run_cli("info", url)
+    assert r.returncode == 0, r.stderr
+    assert f"dataset   {url}" in r.stdout and "records   9 " in r.stdout and "shards    2" in r.stdout
+    r = run_cli("verify", url, "--no-decode", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"verified 9 records in {url}: 0 bad (all good)" in r.stdout
+
+
+def test_remote_shard_not_matching_its_digest_is_refused(image_tree, tmp_path, s3_env, s3_server):
+    from loader.storage.remotepack import fetch_dataset
+
+    url = f"s3://{s3_env}/p.packed"
+    loader.pack(image_tree, url, shards=2, workers=1, progress=False)
+    c = s3_client(s3_server)
+    body = c.get_object(Bucket=s3_env, Key="p.packed/shard-00001.lmdb")["Body"].read()
+    c.put_object(Bucket=s3_env, Key="p.packed/shard-00001.lmdb", Body=body[:-1] + bytes([body[-1] ^ 1]))
+    (tmp_path / "got").mkdir()
+    with pytest.raises(DatasetError, match=rf"^{url}/shard-00001.lmdb: the downloaded shard does not match "
+                                           r"the digest in manifest.json"):
+        fetch_dataset(url, tmp_path / "got")
+    assert not (tmp_path / "got" / "shard-00001.lmdb").exists()
+
+
+def test_overwrite_replaces_only_a_packed_dataset(image_tree, s3_env, s3_server):
+    url = f"s3://{s3_env}/p.packed"
+    loader.pack(image_tree, url, shards=3, workers=1, progress=False)
+    with pytest.raises(PackError, match=rf"^{url} already holds a packed dataset; pass overwrite=True"):
+        loader.pack(image_tree, url, shards=2, workers=1, progress=False)
+    loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
+    keys = set(_objects(s3_server, s3_env, "p.packed"))
+    assert "shard-00002.lmdb" not in keys and {"shard-00000.lmdb", "shard-00001.lmdb", "manifest.json"} <= keys
+    assert json.loads(_objects(s3_server, s3_env, "p.packed")["manifest.json"])["num_records"] == 9
+
+    c = s3_client(s3_server)
+    c.put_object(Bucket=s3_env, Key="mine/notes.txt", Body=b"keep me")
+    with pytest.raises(PackError, match=rf"^s3://{s3_env}/mine holds objects that are not a packed dataset "
+                                        r"\(e.g. 'notes.txt'\)"):
+        loader.pack(image_tree, f"s3://{s3_env}/mine", workers=1, progress=False, overwrite=True)
+    c.put_object(Bucket=s3_env, Key="fake/manifest.json", Body=b'{"format": "something else"}')
+    with pytest.raises(PackError, match=rf"^s3://{s3_env}/fake/manifest.json is not a loader manifest"):
+        loader.pack(image_tree, f"s3://{s3_env}/fake", workers=1, progress=False, overwrite=True)
+    assert c.get_object(Bucket=s3_env, Key="mine/notes.txt")["Body"].read() == b"keep me"
+    assert set(_objects(s3_server, s3_env, "fake")) == {"manifest.json"}
+
+
+def test_interrupted_upload_leaves_no_manifest_and_a_rerun_succeeds(image_tree, tmp_path, s3_env, s3_server,
+                                                                     monkeypatch):
+    import tempfile
+
+    from loader.storage.objectstore import ObjectStore
+
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    real = ObjectStore.upload
+
+    def upload(self, src, key):
+        if key == "manifest.json":
+            raise DatasetError(f"{self.url}/{key}: cannot upload it: injected")
+        return real(self, src, key)
+
+    url = f"s3://{s3_env}/p.packed"
+    monkeypatch.setattr(ObjectStore, "upload", upload)
+    with pytest.raises(DatasetError, match="injected"):
+        loader.pack(image_tree, url, shards=2, workers=1, progress=False)
+    keys = set(_objects(s3_server, s3_env, "p.packed"))
+    assert "manifest.json" not in keys and "shard-00000.lmdb" in keys     # shards first; no commit marker
+    assert list(staging.iterdir()) == []                                   # the staging folder is gone
+    with pytest.raises(DatasetError, match=rf"^not a packed dataset: {url} has no manifest.json"):
+        dataset_info(url)
+    monkeypatch.setattr(ObjectStore, "upload", real)
+    assert loader.pack(image_tree, url, shards=2, workers=1, progress=False).num_records == 9
+    assert json.loads(_objects(s3_server, s3_env, "p.packed")["manifest.json"])["num_records"] == 9
+
+
+def test_missing_object_and_bucket_are_one_line(s3_env):
+    from loader.storage.objectstore import open_store
+
+    with pytest.raises(DatasetError, match=rf"^s3://{s3_env}/nothing/here/manifest.json does not exist "
+                                           r"\(the object was not found while trying to read it\); check the URL$"):
+        open_store(f"s3://{s3_env}/nothing/here").read("manifest.json")
+    with pytest.raises(DatasetError, match=r"^s3://no-such-bucket-x/p/manifest.json does not exist \(its bucket "
+                                           r"was not found"):
+        open_store("s3://no-such-bucket-x/p").read("manifest.json")
+    r = run_cli("info", f"s3://{s3_env}/nothing")
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        f"not a packed dataset: s3://{s3_env}/nothing has no manifest.json; create one with `loader pack SRC DST`")
+
+
+def test_wrong_credentials_are_one_line_naming_what_to_set(s3_env, monkeypatch):
+    import moto.settings
+
+    from loader.storage.objectstore import open_store
+
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)   # moto checks keys from now on
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with pytest.raises(DatasetError) as e:
+        open_store(f"s3://{s3_env}/p").read("manifest.json")
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"s3://{s3_env}/p/manifest.json: access denied while trying to read it; set "
+                          f"AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE")
+
+
+def test_missing_extra_is_one_line_naming_it(image_tree):
+    code = ("import sys; sys.modules['obstore'] = None\n"
+            "import loader\n"
+            "from loader.errors import LoaderError\n"
+            f"try:\n    loader.pack({str(image_tree)!r}, 's3://b/x.packed', progress=False)\n"
+            "except LoaderError as e:\n    print(type(e).__name__, e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "LoaderError s3://b/x.packed needs the object-store extra: pip install 'loader[remote]'\n"
+
+
+class _Flaky(Exception):
+    pass
+
+
+def test_transient_failures_are_retried_with_bounded_jittered_backoff():
+    pytest.importorskip("obstore")
+    from loader.storage import objectstore as o
+
+    sleeps: list[float] = []
+    store = o.ObjectStore("s3://b/p", sleep=sleeps.append)
+    calls = iter([_Flaky("503 Service Unavailable: SlowDown"), o._Truncated("body ended after 3 of 9 bytes"),
+                  ConnectionResetError("connection reset by peer"), b"ok"])
+
+    def fn():
+        x = next(calls)
+        if isinstance(x, BaseException):
+            raise x
+        return x
+    assert store._call(fn, "k", "read it") == b"ok"
+    assert len(sleeps) == 3 and all(0 <= s <= o._BACKOFF_FIRST * 2 ** i for i, s in enumerate(sleeps))
+
+    sleeps.clear()
+
+    def always():
+        raise _Flaky("503 SlowDown")
+    with pytest.raises(DatasetError, match=rf"^s3://b/p/k: cannot read it: 503 SlowDown; gave up after "
+                                           rf"{o.RETRIES + 1} attempts"):
+        store._call(always, "k", "read it")
+    assert len(sleeps) == o.RETRIES
+
+    def denied():
+        raise _Flaky("403 Forbidden")
+    with pytest.raises(DatasetError, match=r"access denied"):
+        store._call(denied, "k", "read it")
+    assert len(sleeps) == o.RETRIES                       # not retried
+
