@@ -1,3 +1,5 @@
 """The package version: one home (``loader.__version__`` and the wheel's metadata read it from here)."""
 
-__version__ = "0.3.0"   # 0.3: index format version 4 (label sources; docs/format.md)
+# 0.4: modules by stage, LoaderSettings + augment=, ArgumentError, loader show; the 0.3 module paths
+# and the flat augment keywords are deprecated until 0.5.
+__version__ = "0.4.0"
