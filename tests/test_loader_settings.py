@@ -64,6 +64,9 @@ BAD = {
     "augment": [dict(augment="strong"), dict(augment={"hflip": 0.5}), dict(augment=Augment(), hflip=0.0)],
     "batch_transform": [dict(batch_transform="mixup"), dict(batch_transform=3)],
     "pad": [dict(pad="no"), dict(pad=None), dict(pad=0), dict(pad=False, drop_last=True)],
+    "cache_dir": [dict(cache_dir=3), dict(cache_dir=b"/tmp/x")],
+    "cache_limit": [dict(cache_limit=0), dict(cache_limit=-1), dict(cache_limit="lots"), dict(cache_limit="5 parsecs"),
+                    dict(cache_limit=True), dict(cache_limit=1.5)],
     # The deprecated flat keywords (ImageLoader's **deprecated_augment), validated by Augment.
     "scale": [dict(scale=(0.5, 1.5)), dict(scale="ab"), dict(scale=(NAN, 1.0))],
     "ratio": [dict(ratio=(2.0, 1.0)), dict(ratio=None)],

@@ -30,6 +30,7 @@ from loader.errors import DatasetError
 from loader.format.files import REPACK_HINT, check_inside
 from loader.format.manifest import Manifest, read_manifest
 from loader.format.shards import ShardReader, record_key
+from loader.storage.store import is_url
 
 __all__ = ["PackedDataset", "open_dataset"]
 
@@ -239,14 +240,25 @@ def _check_shards(path: Path, ds: PackedDataset) -> None:
                                f"says {info.entries}; {REPACK_HINT}")
 
 
-def open_dataset(dst: str | os.PathLike) -> PackedDataset:
+def open_dataset(dst: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                 cache_limit: int | str | None = None) -> PackedDataset:
     """Open the packed dataset at ``dst`` (made by ``loader pack``).
+
+    ``dst`` may be a URL (``s3://``, ``gs://``, ``az://``, ``file://``): the index is fetched once per
+    node into ``cache_dir`` (default ``$LOADER_CACHE`` or ``~/.cache/loader``) and each shard when
+    first read, keeping at most ``cache_limit`` bytes (``"50GB"``) there; see
+    :mod:`loader.storage.remote`. A plain path is read in place and never touches the cache.
 
     Raises :class:`DatasetError` if the manifest is missing, unsafe or
     inconsistent, or a shard is missing or disagrees with it.
 
     >>> ds = open_dataset("photos.packed")                  # doctest: +SKIP
+    >>> ds = open_dataset("s3://bucket/photos.packed", cache_limit="50GB")  # doctest: +SKIP
     """
+    if is_url(dst):
+        from loader.storage.remote import open_remote  # the cache and the stores, only for a URL
+
+        return open_remote(dst, cache_dir=cache_dir, cache_limit=cache_limit)
     path = Path(dst)
     ds = PackedDataset(path, read_manifest(path))
     _check_shards(path, ds)

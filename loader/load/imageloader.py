@@ -122,6 +122,10 @@ class ImageLoader:
             on H100, else "roi". Same pixels either way; see docs/gpu.md.
         pad: DDP only: False gives ranks uneven shares instead of repeating records to even them
             (eval: every record counted once).
+        cache_dir, cache_limit: for a URL ``path`` (``s3://``, ``gs://``, ``az://``, ``file://``): the
+            node-local cache of its shards (default ``$LOADER_CACHE`` or ``~/.cache/loader``) and its
+            bound in bytes (an int or ``"50GB"``; None: unbounded); see docs/remote.md. A local path is
+            read in place and ignores both.
 
     Every argument is checked here (:class:`loader.load.settings.LoaderSettings`): a bad one is
     an :class:`loader.errors.ArgumentError` naming it (``e.param``), before any data is read.
@@ -145,7 +149,8 @@ class ImageLoader:
                  rank: int | None = None, world_size: int | None = None, with_indices: bool = False,
                  on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto",
                  augment: Augment | None = None, batch_transform: Callable[..., Any] | None = None,
-                 pad: bool = True, **deprecated_augment: Any):
+                 pad: bool = True, cache_dir: str | os.PathLike | None = None,
+                 cache_limit: int | str | None = None, **deprecated_augment: Any):
         check_path(path)
         self.settings = s = LoaderSettings(
             batch_size=batch_size, image_size=image_size, train=train, shuffle=shuffle, drop_last=drop_last,
@@ -153,7 +158,7 @@ class ImageLoader:
             channels_last=channels_last, mean=mean, std=std, validation_split=validation_split, subset=subset,
             rank=rank, world_size=world_size, with_indices=with_indices, on_error=on_error, gpu_decode=gpu_decode,
             augment=resolve_augment(augment, deprecated_augment, stacklevel=2), batch_transform=batch_transform,
-            pad=pad)
+            pad=pad, cache_dir=cache_dir, cache_limit=cache_limit)
 
         # Rank and world size are looked up again at each epoch's start (and by len()) unless
         # given here: trainers such as Lightning build the loader first and start the other
@@ -162,7 +167,7 @@ class ImageLoader:
         rank, world_size, local_rank = self._distribution()
         _check_seed_agrees(s, world_size)
 
-        self.dataset = open_dataset(path)
+        self.dataset = open_dataset(path, cache_dir=s.cache_dir, cache_limit=s.cache_limit)
         # The records this loader draws from: None is all of them (no O(records) index array
         # per rank); a validation split keeps its subset, int32 below 2**31 records.
         self._subset = (None if s.validation_split is None

@@ -157,6 +157,8 @@ class LoaderSettings:
     augment: Augment = field(default_factory=Augment)
     batch_transform: Callable[..., Any] | None = None
     pad: bool = True
+    cache_dir: str | os.PathLike | None = None
+    cache_limit: int | str | None = None
     seed_drawn: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -209,6 +211,12 @@ class LoaderSettings:
             raise ArgumentError(f"batch_transform must be callable as f(images, targets, generator), "
                                 f"got {self.batch_transform!r}", param="batch_transform")
         put("pad", _bool("pad", self.pad))
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, os.PathLike)):
+            raise ArgumentError(f"cache_dir must be a folder (str or os.PathLike) or None, got {self.cache_dir!r}",
+                                param="cache_dir")
+        from loader.storage.cache import parse_bytes  # (standard library only)
+
+        put("cache_limit", parse_bytes(self.cache_limit, "cache_limit"))
         side = resize_of(self.image_size, self.augment.crop_fraction)
         if not self.train and side > MAX_SIDE:       # (training never resizes by crop_fraction)
             raise ArgumentError(
