@@ -240,3 +240,26 @@ def test_transient_failures_are_retried_with_bounded_jittered_backoff():
         store._call(denied, "k", "read it")
     assert len(sleeps) == o.RETRIES                       # not retried
 
+
+
+def test_refused_connection_is_retried_then_one_line(monkeypatch):
+    pytest.importorskip("obstore")
+    import socket
+
+    from loader.storage import objectstore as o
+
+    with socket.socket() as sock:               # a port nothing listens on (bound, never listening)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(k, v)
+        sleeps: list[float] = []
+        store = o.ObjectStore("s3://bkt/p", sleep=sleeps.append)
+        with pytest.raises(DatasetError) as e:
+            store.read("manifest.json")
+    msg = str(e.value)
+    assert msg.startswith("s3://bkt/p/manifest.json: cannot read it: ") and "\n" not in msg
+    assert f"; gave up after {o.RETRIES + 1} attempts in " in msg
+    assert len(sleeps) == o.RETRIES

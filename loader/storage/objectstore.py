@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -48,10 +49,15 @@ _CREDENTIALS = {
     "az": "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN, or a "
           "managed identity)",
 }
-_TRANSIENT = ("503", "500", "502", "504", "slowdown", "slow down", "connection", "reset", "timed out", "timeout",
-              "incomplete", "unexpected eof", "end of file", "broken pipe", "body", "internalerror")
-_DENIED = ("403", "forbidden", "accessdenied", "access denied", "invalidaccesskeyid", "signaturedoesnotmatch",
-           "401", "unauthorized", "expiredtoken")
+# How a failure reads in obstore's messages (``... status code: 503 Service Unavailable ...``) or in
+# the provider's error body: classified by status code first, words second (never a bare "403",
+# which a port number can contain).
+_STATUS = re.compile(r"status(?: code)?:?\s*(\d{3})\b")
+_DENIED_WORDS = ("accessdenied", "access denied", "forbidden", "invalidaccesskeyid", "signaturedoesnotmatch",
+                 "expiredtoken", "unauthorized")
+_TRANSIENT_WORDS = ("slowdown", "slow down", "service unavailable", "internalerror", "connection", "reset",
+                    "timed out", "timeout", "incomplete", "unexpected eof", "end of file", "broken pipe",
+                    "error decoding response body")
 
 T = TypeVar("T")
 
@@ -109,8 +115,8 @@ def _options(scheme: str) -> dict:
         if os.environ.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://"):
             client["allow_http"] = True
     kw["client_options"] = client
-    # obstore retries too; ours (below) bounds the whole call and also covers truncated bodies.
-    kw["retry_config"] = {"max_retries": 2, "retry_timeout": timedelta(seconds=RETRY_SECONDS),
+    # Retries are ours alone (ObjectStore._call: it also covers truncated bodies), so their count is exact.
+    kw["retry_config"] = {"max_retries": 0, "retry_timeout": timedelta(seconds=RETRY_SECONDS),
                           "backoff": {"init_backoff": timedelta(seconds=_BACKOFF_FIRST),
                                       "max_backoff": timedelta(seconds=_BACKOFF_MAX), "base": 2.0}}
     return kw
@@ -142,19 +148,38 @@ class ObjectStore:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _error(self, e: BaseException, key: str, doing: str) -> DatasetError:
-        """One line for a failure that is not (or no longer) worth retrying."""
+    @staticmethod
+    def _kind(e: BaseException) -> str:
+        """``"missing"``, ``"denied"``, ``"transient"`` (worth retrying) or ``"other"``."""
         from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
 
+        if isinstance(e, (FileNotFoundError, NotFoundError)):      # obstore raises the builtins for 404/403
+            return "missing"
+        if isinstance(e, (PermissionError, PermissionDeniedError, UnauthenticatedError)):
+            return "denied"
+        if isinstance(e, (_Truncated, ConnectionError, TimeoutError)):
+            return "transient"
+        text = str(e).lower()
+        m = _STATUS.search(text)
+        code = int(m.group(1)) if m else None
+        if code == 404 or "nosuchbucket" in text or "nosuchkey" in text:
+            return "missing"
+        if code in (401, 403) or any(w in text for w in _DENIED_WORDS):
+            return "denied"
+        if (code is not None and (code >= 500 or code in (408, 429))) or any(w in text for w in _TRANSIENT_WORDS):
+            return "transient"
+        return "other"
+
+    def _error(self, e: BaseException, key: str, doing: str) -> DatasetError:
+        """One line for a failure that is not (or no longer) worth retrying."""
         where = f"{self.url}/{key}" if key else self.url
         text = str(e).lower()
-        if (isinstance(e, (NotFoundError, FileNotFoundError)) or ("404" in text and "not found" in text)
-                or "nosuchbucket" in text):
+        kind = self._kind(e)
+        if kind == "missing":
             what = "its bucket" if "nosuchbucket" in text else "the object"
             return DatasetError(f"{where} does not exist ({what} was not found while trying to {doing}); "
                                 f"check the URL")
-        if (isinstance(e, (PermissionDeniedError, UnauthenticatedError, PermissionError))
-                or any(d in text for d in _DENIED)):
+        if kind == "denied":
             return DatasetError(f"{where}: access denied while trying to {doing}; {_CREDENTIALS[self.scheme]}")
         if "credential" in text:
             return DatasetError(f"{where}: no credentials found to {doing}; {_CREDENTIALS[self.scheme]}")
@@ -163,25 +188,21 @@ class ObjectStore:
 
     def _call(self, fn: Callable[[], T], key: str, doing: str) -> T:
         """``fn()`` with bounded retries of transient failures (exponential backoff, full jitter)."""
-        from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
-
         t0 = time.monotonic()
         for attempt in range(RETRIES + 1):
             try:
                 return fn()
-            except (FileNotFoundError, PermissionError, NotFoundError, PermissionDeniedError,
-                    UnauthenticatedError) as e:     # obstore raises the first two for 404 / 403
-                raise self._error(e, key, doing) from None
-            except Exception as e:   # obstore's GenericError, OSError from the body stream, _Truncated
-                text = str(e).lower()
-                transient = isinstance(e, (_Truncated, ConnectionError, TimeoutError)) or (
-                    any(t in text for t in _TRANSIENT) and not any(d in text for d in _DENIED))
+            except DatasetError:
+                raise
+            except Exception as e:   # obstore's errors, OSError from a body stream, _Truncated
+                transient = self._kind(e) == "transient"
                 delay = random.uniform(0, min(_BACKOFF_MAX, _BACKOFF_FIRST * 2 ** attempt))
                 if not transient or attempt == RETRIES or time.monotonic() - t0 + delay > RETRY_SECONDS:
                     err = self._error(e, key, doing)
                     if transient:
                         err = DatasetError(f"{err}; gave up after {attempt + 1} attempts in "
-                                           f"{time.monotonic() - t0:.0f} s")
+                                           f"{time.monotonic() - t0:.0f} s; check the network and the "
+                                           f"store's endpoint")
                     raise err from None
                 self._sleep(delay)
         raise AssertionError("unreachable")   # the loop returns or raises
