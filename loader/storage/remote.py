@@ -173,7 +173,9 @@ def open_remote(url: str, *, cache_dir=None, cache_limit=None, store=None) -> Re
     store = store if store is not None else open_url_store(url)
     try:
         manifest = store.read(MANIFEST_NAME)
-    except DatasetError:
+    except DatasetError as e:
+        if "does not exist" not in str(e):     # a refused credential, a failure after retries: as the store says
+            raise
         raise DatasetError(f"not a packed dataset: {url} has no {MANIFEST_NAME}; create one with "
                            f"`loader pack SRC {url}`") from None
     try:
@@ -182,13 +184,16 @@ def open_remote(url: str, *, cache_dir=None, cache_limit=None, store=None) -> Re
         raise DatasetError(f"{url}/{MANIFEST_NAME} is not JSON: the dataset is damaged; {REPACK_HINT}") from None
     entry = fingerprint(url, manifest)
     keys = _index_keys(obj)
-    if cache.limit is not None:
-        shards = obj.get("shards") if isinstance(obj, dict) else None
-        largest = max((s.get("size") or s.get("bytes") or 0 for s in shards if isinstance(s, dict)), default=0) \
-            if isinstance(shards, list) else 0
-        index_bytes = len(manifest) + sum(store.size(k) or 0 for k in keys)
-        cache.check_fits(largest=int(largest), index_bytes=index_bytes, url=url)
     folder = cache.entry(entry)
+    if cache.limit is not None:
+        raw = obj.get("shards") if isinstance(obj, dict) else None
+        shards = [x for x in (raw if isinstance(raw, list) else [])
+                  if isinstance(x, dict) and type(x.get("bytes")) is int and isinstance(x.get("name"), str)]
+        # The file of the shard with the most payload (LMDB adds pages): one size request.
+        largest = store.size(max(shards, key=lambda x: x["bytes"])["name"]) or 0 if shards else 0
+        done = (folder / ".complete").exists()
+        index_bytes = len(manifest) + sum(((folder / k).stat().st_size if done else store.size(k)) or 0 for k in keys)
+        cache.check_fits(largest=largest, index_bytes=index_bytes, url=url)
     if not (folder / ".complete").exists():
         with open(folder / (".url"), "w") as f:     # for a person looking at the cache
             f.write(url + "\n")

@@ -1,0 +1,73 @@
+"""open_dataset / ImageLoader on a URL: the same records and batches as the local path, through the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import jpeg_bytes, write
+
+import loader
+from loader import ImageLoader
+from loader.errors import ArgumentError, DatasetError
+from loader.format.dataset import open_dataset
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    """24 small photo-like JPEGs in 3 classes, 6 shards."""
+    root = tmp_path_factory.mktemp("remote_open")
+    for label in range(3):
+        for i in range(8):
+            write(root / "src" / f"c{label}" / f"{i}.jpg", jpeg_bytes(seed=10 * label + i, size=(48 + i, 40),
+                                                                      label=label))
+    loader.pack(root / "src", root / "packed", shards=6, workers=1, progress=False)
+    return root / "packed"
+
+
+def batches(ld, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for epoch in range(epochs):
+        ld.set_epoch(epoch)
+        out += [(x.clone(), y.clone()) for x, y in ld]
+    return out
+
+
+@pytest.mark.parametrize("limit", [None, "3shards"])
+def test_imageloader_on_a_file_url_yields_the_batches_of_the_local_path(packed, tmp_path, limit):
+    kw = dict(batch_size=4, image_size=32, device="cpu", seed=5, num_threads=1)
+    if limit is not None:       # room for the index and 3 of the 6 shards: shards are evicted and fetched again
+        limit = (sum(f.stat().st_size for f in packed.iterdir() if not f.name.startswith("shard-"))
+                 + 3 * max(f.stat().st_size for f in packed.glob("shard-*.lmdb")))
+    local = batches(ImageLoader(packed, **kw))
+    remote_ld = ImageLoader(packed.as_uri(), cache_dir=tmp_path / "cache", cache_limit=limit, **kw)
+    assert remote_ld.dataset.url == packed.as_uri() and remote_ld.dataset.path.parent == tmp_path / "cache"
+    remote = batches(remote_ld)
+    assert len(local) == len(remote) == 12
+    for (xa, ya), (xb, yb) in zip(local, remote):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_imageloader_refuses_a_cache_limit_below_two_shards_at_construction(packed, tmp_path):
+    with pytest.raises(ArgumentError) as info:
+        ImageLoader(packed.as_uri(), batch_size=4, device="cpu", cache_dir=tmp_path / "cache", cache_limit="10kB")
+    assert info.value.param == "cache_limit" and "at least" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_url_without_a_dataset_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError) as info:
+        open_dataset((tmp_path / "empty").as_uri(), cache_dir=tmp_path / "cache")
+    assert str(info.value) == (f"not a packed dataset: {(tmp_path / 'empty').as_uri()} has no manifest.json; "
+                               f"create one with `loader pack SRC {(tmp_path / 'empty').as_uri()}`")
+
+
+def test_a_pickled_remote_dataset_reopens_from_the_cache(packed, tmp_path):
+    import pickle
+
+    ds = open_dataset(packed.as_uri(), cache_dir=tmp_path / "cache", cache_limit="1GB")
+    again = pickle.loads(pickle.dumps(ds))
+    assert again.url == ds.url and again.path == ds.path and again._cache.limit == 10**9
+    assert [a.tobytes() for a in again.read_batch(range(len(again)))] == \
+        [a.tobytes() for a in open_dataset(packed).read_batch(range(len(again)))]
