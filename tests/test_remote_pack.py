@@ -84,12 +84,14 @@ def test_digests_are_read_and_checked(image_tree, tmp_path):
 
 def test_cli_pack_info_verify_on_s3(image_tree, s3_env):
     url = f"s3://{s3_env}/p/photos.packed"
-    r = run_cli("pack", str(image_tree), url, "--shards", "2", "--workers", "1", "--quiet")
+    r = run_cli("pack", str(image_tree), url, "--workers", "1", "--quiet")
     assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"packed 9 images (0 skipped) into {url}: 3 classes, 1 shard, ")
     assert not (REPO / "s3:").exists()
     r = run_cli("info", url)
     assert r.returncode == 0, r.stderr
-    assert f"dataset   {url}" in r.stdout and "records   9 " in r.stdout and "shards    2" in r.stdout
+    assert f"dataset   {url}" in r.stdout and "records   9 " in r.stdout and "shards    1" in r.stdout
+    assert "shard_size_mb=64 " in r.stdout          # the default for a URL (local: 512)
     r = run_cli("verify", url, "--no-decode", "--quiet")
     assert r.returncode == 0, r.stderr
     assert f"verified 9 records in {url}: 0 bad (all good)" in r.stdout
@@ -263,3 +265,23 @@ def test_refused_connection_is_retried_then_one_line(monkeypatch):
     assert msg.startswith("s3://bkt/p/manifest.json: cannot read it: ") and "\n" not in msg
     assert f"; gave up after {o.RETRIES + 1} attempts in " in msg
     assert len(sleeps) == o.RETRIES
+
+
+def test_missing_credentials_are_one_line_naming_what_to_set(monkeypatch):
+    pytest.importorskip("obstore")
+    import os
+
+    from loader.storage.objectstore import open_store
+
+    for k in [k for k in os.environ if k.startswith("AZURE_")]:
+        monkeypatch.delenv(k)
+    with pytest.raises(DatasetError, match=r"^az://container/p/manifest.json: no credentials found to read it; "
+                                           r"set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY"):
+        open_store("az://container/p").read("manifest.json")
+
+
+def test_file_url_packs_the_local_folder(image_tree, tmp_path):
+    dst = tmp_path / "via-url.packed"
+    report = loader.pack(image_tree, f"file://{dst}", workers=1, progress=False)
+    assert report.num_records == 9 and read_manifest(dst).num_records == 9
+    assert not (tmp_path / "file:").exists() and not Path("file:").exists()

@@ -106,11 +106,6 @@ def _options(scheme: str) -> dict:
                 kw["credential_provider"] = Boto3CredentialProvider()
             except ImportError:
                 pass
-    elif scheme == "gs":
-        endpoint = os.environ.get("STORAGE_EMULATOR_HOST") or os.environ.get("GOOGLE_CLOUD_STORAGE_ENDPOINT")
-        if endpoint:
-            kw["url"] = endpoint
-            client["allow_http"] = endpoint.startswith("http://")
     elif scheme == "az":
         if os.environ.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://"):
             client["allow_http"] = True
@@ -181,7 +176,7 @@ class ObjectStore:
                                 f"check the URL")
         if kind == "denied":
             return DatasetError(f"{where}: access denied while trying to {doing}; {_CREDENTIALS[self.scheme]}")
-        if "credential" in text:
+        if "credential" in text or "account must be specified" in text:
             return DatasetError(f"{where}: no credentials found to {doing}; {_CREDENTIALS[self.scheme]}")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return DatasetError(f"{where}: cannot {doing}: {first[:300]}")
