@@ -13,6 +13,8 @@ from loader import ImageLoader
 from loader.errors import ArgumentError, DatasetError
 from loader.format.dataset import open_dataset
 
+pytest_plugins = ["s3server"]     # s3_server, s3_env: a moto S3 on loopback (skips without moto / obstore)
+
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
@@ -71,3 +73,24 @@ def test_a_pickled_remote_dataset_reopens_from_the_cache(packed, tmp_path):
     assert again.url == ds.url and again.path == ds.path and again._cache.limit == 10**9
     assert [a.tobytes() for a in again.read_batch(range(len(again)))] == \
         [a.tobytes() for a in open_dataset(packed).read_batch(range(len(again)))]
+
+
+def test_s3_dataset_opens_through_the_cache_and_checks_each_shard_digest(image_tree, tmp_path, s3_env, s3_server):
+    from s3server import s3_client
+
+    url = f"s3://{s3_env}/p.packed"
+    loader.pack(image_tree, url, shards=3, workers=1, progress=False)
+    loader.pack(image_tree, tmp_path / "local", shards=3, workers=1, progress=False)
+    ds = open_dataset(url, cache_dir=tmp_path / "cache")
+    assert ds.url == url and ds._digests[0].startswith("blake2b-128:")
+    want = [a.tobytes() for a in open_dataset(tmp_path / "local").read_batch(range(len(ds)))]
+    assert [a.tobytes() for a in ds.read_batch(range(len(ds)))] == want
+    # A shard changed in the bucket after packing: downloaded twice, then one line naming it and the URL.
+    c = s3_client(s3_server)
+    body = c.get_object(Bucket=s3_env, Key="p.packed/shard-00001.lmdb")["Body"].read()
+    c.put_object(Bucket=s3_env, Key="p.packed/shard-00001.lmdb", Body=body[:-1] + bytes([body[-1] ^ 1]))
+    fresh = open_dataset(url, cache_dir=tmp_path / "cache2")
+    with pytest.raises(DatasetError) as info:
+        fresh.read_batch([fresh.manifest.shards[1].first])
+    msg = str(info.value)
+    assert msg.startswith(f"{url}/shard-00001.lmdb has digest ") and "downloaded twice" in msg and "\n" not in msg
