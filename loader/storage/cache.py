@@ -168,16 +168,18 @@ class ShardCache:
         why = ""
         for _attempt in range(2):
             with _flock(folder / (key + ".lock"), fcntl.LOCK_EX):
+                try:
+                    # Only checked files are renamed into place, and an entry is one version of the dataset:
+                    # a file there is the object (no request), unless its size says it was damaged since.
+                    if size is None or dest.stat().st_size == size:
+                        os.utime(dest)
+                        return dest
+                    dest.unlink()
+                except FileNotFoundError:
+                    pass
                 want = size if size is not None else store.size(key)
                 if want is None:
                     raise DatasetError(f"{store.url}/{key} does not exist; re-pack or re-upload the dataset")
-                try:
-                    if dest.stat().st_size == want:   # checked before it was renamed into place
-                        os.utime(dest)
-                        return dest
-                    dest.unlink()                     # another object now (or damaged): fetch it again
-                except FileNotFoundError:
-                    pass
                 for stale in folder.glob(key + _TMP + "*"):   # we hold key.lock: a killed download's
                     stale.unlink(missing_ok=True)
                 tmp = folder / f"{key}{_TMP}{os.getpid()}"

@@ -59,7 +59,11 @@ class CachedShardReader(ShardReader):
 
     def txn(self):
         if self._pid != os.getpid():
-            self._pin = None            # a pin taken before fork belongs to the parent
+            if self._pin is not None and self._pid is not None:
+                # Our copy of the parent's pin: closing it leaves the parent's pin in place, and keeping it
+                # would keep the shard pinned for as long as this process lives.
+                os.close(self._pin)
+            self._pin = None
             self._pin = self._dataset._fetch_pinned(self._index)
             try:
                 txn = super().txn()
