@@ -37,6 +37,11 @@ def _local_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
+def _pack_local(src: Path, dst: Path, **kw) -> Path:
+    loader.pack(src, dst, workers=1, progress=False, **kw)
+    return dst
+
+
 def test_pack_to_s3_uploads_the_local_pack_byte_for_byte(image_tree, tmp_path, s3_env, s3_server, monkeypatch):
     from loader.storage import remotepack
 
@@ -44,9 +49,9 @@ def test_pack_to_s3_uploads_the_local_pack_byte_for_byte(image_tree, tmp_path, s
     staged: dict[str, bytes] = {}
     real = remotepack.upload_dataset
 
-    def upload_dataset(folder, store, old_keys=()):
+    def upload_dataset(folder, store, old_keys=(), **kw):
         staged.update(_local_files(folder))
-        return real(folder, store, old_keys)
+        return real(folder, store, old_keys, **kw)
 
     monkeypatch.setattr(remotepack, "upload_dataset", upload_dataset)
     url = f"s3://{s3_env}/team/photos.packed"
@@ -118,9 +123,15 @@ def test_overwrite_replaces_only_a_packed_dataset(image_tree, s3_env, s3_server)
     with pytest.raises(PackError, match=rf"^{url} already holds a packed dataset; pass overwrite=True"):
         loader.pack(image_tree, url, shards=2, workers=1, progress=False)
     loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
-    keys = set(_objects(s3_server, s3_env, "p.packed"))
-    assert "shard-00002.lmdb" not in keys and {"shard-00000.lmdb", "shard-00001.lmdb", "manifest.json"} <= keys
-    assert json.loads(_objects(s3_server, s3_env, "p.packed")["manifest.json"])["num_records"] == 9
+    objects = _objects(s3_server, s3_env, "p.packed")
+    m = json.loads(objects["manifest.json"])
+    # The new shards were numbered past the old ones (the old dataset stayed whole while they went up);
+    # the old shards are gone.
+    assert [s["name"] for s in m["shards"]] == ["shard-00003.lmdb", "shard-00004.lmdb"]
+    assert sorted(k for k in objects if k.endswith(".lmdb")) == ["shard-00003.lmdb", "shard-00004.lmdb"]
+    assert m["num_records"] == 9 and dataset_info(url)["shards"][1]["name"] == "shard-00004.lmdb"
+    loader.pack(image_tree, url, shards=1, workers=1, progress=False, overwrite=True)   # no collision now
+    assert sorted(k for k in _objects(s3_server, s3_env, "p.packed") if k.endswith(".lmdb")) == ["shard-00000.lmdb"]
 
     c = s3_client(s3_server)
     c.put_object(Bucket=s3_env, Key="mine/notes.txt", Body=b"keep me")
@@ -285,3 +296,42 @@ def test_file_url_packs_the_local_folder(image_tree, tmp_path):
     report = loader.pack(image_tree, f"file://{dst}", workers=1, progress=False)
     assert report.num_records == 9 and read_manifest(dst).num_records == 9
     assert not (tmp_path / "file:").exists() and not Path("file:").exists()
+
+
+def test_overwrite_interrupted_while_shards_upload_leaves_the_old_dataset(image_tree, tmp_path, s3_env, s3_server,
+                                                                           monkeypatch):
+    from loader.storage.objectstore import ObjectStore
+    from loader.storage.remotepack import fetch_dataset
+
+    url = f"s3://{s3_env}/p.packed"
+    loader.pack(image_tree, url, shards=3, workers=1, progress=False)
+    before = _objects(s3_server, s3_env, "p.packed")
+    real = ObjectStore.upload
+
+    def upload(self, src, key):
+        if key == "shard-00004.lmdb":             # the second new shard (numbered past the old three)
+            raise DatasetError(f"{self.url}/{key}: cannot upload it: injected")
+        return real(self, src, key)
+
+    monkeypatch.setattr(ObjectStore, "upload", upload)
+    with pytest.raises(DatasetError, match="injected"):
+        loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
+    after = _objects(s3_server, s3_env, "p.packed")
+    assert {k: v for k, v in after.items() if k in before} == before     # the old dataset, untouched
+    (tmp_path / "got").mkdir()
+    fetch_dataset(url, tmp_path / "got")                                  # and whole: digests match
+    assert read_manifest(tmp_path / "got").num_records == 9
+
+    def upload_index_fails(self, src, key):
+        if key == "checksums.npy":                # the first index file, after the old manifest went
+            raise DatasetError(f"{self.url}/{key}: cannot upload it: injected")
+        return real(self, src, key)
+
+    monkeypatch.setattr(ObjectStore, "upload", upload_index_fails)
+    with pytest.raises(DatasetError, match="injected"):
+        loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
+    assert "manifest.json" not in _objects(s3_server, s3_env, "p.packed")   # no dataset, never a mix
+    monkeypatch.setattr(ObjectStore, "upload", real)
+    loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
+    assert sorted(_objects(s3_server, s3_env, "p.packed")) == sorted(_local_files(
+        _pack_local(image_tree, tmp_path / "ref.packed", shards=2)))

@@ -23,7 +23,7 @@ from pathlib import Path
 from loader.errors import DatasetError
 
 __all__ = ["DIGEST_RE", "MAX_MANIFEST_BYTES", "REPACK_HINT", "add_shard_digests", "check_inside", "file_digest",
-           "read_json"]
+           "read_json", "write_manifest_json"]
 
 #: What to do about a dataset that is damaged or was written by an incompatible release:
 #: the tail of every such message (one home, so every message says the same).
@@ -112,6 +112,12 @@ def add_shard_digests(folder: str | os.PathLike, manifest_name: str = "manifest.
     obj = json.loads(path.read_bytes())
     for s in obj["shards"]:
         s["digest"] = file_digest(folder / s["name"])
+    write_manifest_json(path, obj)
+
+
+def write_manifest_json(path: str | os.PathLike, obj: dict) -> None:
+    """Write a manifest header ``obj`` as pack does (one key a line, compact values), atomically."""
+    path = Path(path)
     text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'), allow_nan=False)}"
                               for k, v in obj.items()) + "\n}\n"
     tmp = path.with_name(path.name + ".digests")

@@ -3,33 +3,42 @@
 A reader accepts a dataset prefix only when ``manifest.json`` is there, so the manifest is the commit
 marker: pack writes the dataset in a local staging folder (under ``$TMPDIR``; removed after), then
 uploads the shards, the other index files, and ``manifest.json`` last. An upload interrupted at any
-point leaves no manifest (a fresh prefix) or none yet (``overwrite``: the old manifest is withdrawn
-first, see below), so nothing a reader accepts; the next pack to the same URL succeeds: objects with
+point leaves no manifest (a fresh prefix; ``overwrite``: the old dataset, or none, see below), so
+nothing a reader accepts but a whole dataset; the next pack to the same URL succeeds: objects with
 dataset file names and no manifest are taken as the leftovers of an interrupted pack and replaced.
 
 ``overwrite`` replaces only a prefix whose ``manifest.json`` parses as a loader manifest and that
-holds nothing but dataset files. The index columns have fixed names, so the old dataset cannot stay
-readable while the new one is uploaded: its manifest is deleted first (readers then see no dataset,
-never a mix), the new files are uploaded, the new manifest last, and objects of the old dataset that
-the new one does not have (e.g. shards beyond the new count) are deleted after it.
+holds nothing but dataset files. The new shards are uploaded first, numbered past the old ones where
+the names would collide, so the old dataset stays whole and readable meanwhile. The index columns
+have fixed names, so the old dataset cannot stay readable while they are replaced: its manifest is
+deleted just before them (readers then see no dataset, never a mix), the columns (a few MB) are
+uploaded, the new manifest last, and the old dataset's objects the new one does not have (its
+shards) are deleted after it. The window without a readable dataset is the index upload, not the
+shards'.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from loader.errors import DatasetError, PackError
-from loader.format.files import file_digest, read_json
+from loader.format.files import file_digest, read_json, write_manifest_json
 from loader.format.manifest import FORMAT, MANIFEST_NAME, is_dataset_file_name
+from loader.format.shards import shard_name
 from loader.storage.objectstore import open_store
 from loader.storage.store import Store
 
 __all__ = ["fetch_dataset", "fetch_index", "pack_remote", "upload_dataset"]
+
+_SHARD = re.compile(r"shard-(\d{5,})\.lmdb")
 
 
 def _check_remote_dst(store: Store, url: str, overwrite: bool) -> list[str]:
@@ -56,18 +65,41 @@ def _check_remote_dst(store: Store, url: str, overwrite: bool) -> list[str]:
     return keys
 
 
-def upload_dataset(folder: Path, store: Store, old_keys: list[str] = ()) -> None:
-    """Upload the packed dataset in ``folder`` to ``store``: shards, other files, ``manifest.json``
-    last; then delete ``old_keys`` the new dataset does not have (see the module docstring)."""
+def _rename_shards(folder: Path, manifest: dict, old_keys: list[str]) -> list[str]:
+    """Renumber the new shards in ``folder`` past the old dataset's where the names would collide, so
+    uploading them leaves the old dataset whole; return the new shard names (manifest rewritten)."""
+    names = [s["name"] for s in manifest["shards"]]
+    old = {k for k in old_keys if _SHARD.fullmatch(k)}
+    if not old & set(names):
+        return names
+    first = 1 + max(int(_SHARD.fullmatch(k).group(1)) for k in old)
+    for i, s in enumerate(manifest["shards"]):
+        s["name"] = shard_name(first + i)
+        os.replace(folder / names[i], folder / s["name"])
+    write_manifest_json(folder / MANIFEST_NAME, manifest)
+    return [s["name"] for s in manifest["shards"]]
+
+
+def upload_dataset(folder: Path, store: Store, old_keys: list[str] = (), *, progress: bool = False) -> None:
+    """Upload the packed dataset in ``folder`` to ``store`` (see the module docstring): the shards
+    (under names the old dataset does not use), then, the old manifest withdrawn, the other files and
+    ``manifest.json`` last; then delete the ``old_keys`` the new dataset does not have."""
     manifest = read_json(folder / MANIFEST_NAME)
-    shards = [s["name"] for s in manifest["shards"]]
+    live = MANIFEST_NAME in old_keys      # a dataset readers may be using (else: leftovers, replaced)
+    shards = _rename_shards(folder, manifest, list(old_keys)) if live else [s["name"] for s in manifest["shards"]]
     others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in shards
                     and p.name != MANIFEST_NAME)
-    if MANIFEST_NAME in old_keys:
-        store.delete(MANIFEST_NAME)      # withdraw the old dataset before any of its files changes
-    for name in [*shards, *others]:
-        store.upload(folder / name, name)
-    store.upload(folder / MANIFEST_NAME, MANIFEST_NAME)   # the commit marker
+    order = [*shards, "-", *others, MANIFEST_NAME]
+    total = sum((folder / n).stat().st_size for n in order if n != "-")
+    with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload to {store.url}", disable=not progress,
+              leave=False) as bar:
+        for name in order:
+            if name == "-":       # the shards are up; the old index goes just before the new one's files
+                if live:
+                    store.delete(MANIFEST_NAME)
+                continue
+            store.upload(folder / name, name)
+            bar.update((folder / name).stat().st_size)
     new = {*shards, *others, MANIFEST_NAME}
     for key in old_keys:
         if key not in new:
@@ -84,7 +116,7 @@ def pack_remote(pack_local, src, url: str, *, overwrite: bool, **options):
     try:
         local = staging / "dataset.packed"
         report = pack_local(src, local, overwrite=False, **options)
-        upload_dataset(local, store, old_keys)
+        upload_dataset(local, store, old_keys, progress=options.get("progress", True))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     seconds = max(time.perf_counter() - t0, 1e-9)
