@@ -335,3 +335,21 @@ def test_overwrite_interrupted_while_shards_upload_leaves_the_old_dataset(image_
     loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
     assert sorted(_objects(s3_server, s3_env, "p.packed")) == sorted(_local_files(
         _pack_local(image_tree, tmp_path / "ref.packed", shards=2)))
+
+
+def test_kill_9_during_upload_leaves_no_dataset_and_a_rerun_succeeds(image_tree, tmp_path, s3_env, s3_server,
+                                                                     monkeypatch):
+    url = f"s3://{s3_env}/p.packed"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))     # the killed pack's staging folder stays there
+    monkeypatch.setenv("LOADER_FAULT", "upload:sources.bin")
+    r = run_cli("pack", str(image_tree), url, "--shards", "2", "--workers", "1", "--quiet")
+    assert r.returncode == -9
+    keys = set(_objects(s3_server, s3_env, "p.packed"))
+    assert {"shard-00000.lmdb", "shard-00001.lmdb"} <= keys and "manifest.json" not in keys
+    r = run_cli("info", url)
+    assert r.returncode != 0 and "has no manifest.json" in r.stderr
+    monkeypatch.delenv("LOADER_FAULT")
+    r = run_cli("pack", str(image_tree), url, "--shards", "2", "--workers", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("verify", url, "--no-decode", "--quiet")
+    assert r.returncode == 0 and "9 records" in r.stdout, r.stderr

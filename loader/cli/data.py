@@ -15,7 +15,9 @@ __all__ = ["add_info", "add_pack", "add_verify", "dataset_info", "info_lines"]
 def _epilog_pack() -> str:
     from loader.convert.imagecheck import STORAGE_POLICY
 
-    return STORAGE_POLICY + "\nThe output is written to DST.partial-<pid> and renamed to DST when complete.\n"
+    return STORAGE_POLICY + ("\nThe output is written to DST.partial-<pid> and renamed to DST when complete.\n"
+                             "A URL DST (s3://, gs://, az://) is packed under $TMPDIR, then uploaded: the shards,\n"
+                             "then the index, manifest.json last (docs/remote.md).\n")
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ deleted just before them (readers then see no dataset, never a mix), the columns
 uploaded, the new manifest last, and the old dataset's objects the new one does not have (its
 shards) are deleted after it. The window without a readable dataset is the index upload, not the
 shards'.
+
+Tests kill pack with a real SIGKILL just before an object's upload: ``LOADER_FAULT=upload:<key>``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import dataclasses
 import os
 import re
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -98,6 +101,8 @@ def upload_dataset(folder: Path, store: Store, old_keys: list[str] = (), *, prog
                 if live:
                     store.delete(MANIFEST_NAME)
                 continue
+            if os.environ.get("LOADER_FAULT") == f"upload:{name}":   # tests: a real kill -9 mid-upload
+                os.kill(os.getpid(), signal.SIGKILL)
             store.upload(folder / name, name)
             bar.update((folder / name).stat().st_size)
     new = {*shards, *others, MANIFEST_NAME}
