@@ -211,10 +211,13 @@ def test_missing_extra_is_one_line_naming_it(image_tree):
             "import loader\n"
             "from loader.errors import LoaderError\n"
             f"try:\n    loader.pack({str(image_tree)!r}, 's3://b/x.packed', progress=False)\n"
-            "except LoaderError as e:\n    print(type(e).__name__, e)\n")
+            "except LoaderError as e:\n    print(type(e).__name__, e)\n"
+            "from loader.cli import main\n"
+            "sys.exit(main(['info', 'gs://b/x.packed']))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert r.returncode == 0, r.stderr
     assert r.stdout == "LoaderError s3://b/x.packed needs the object-store extra: pip install 'loader[remote]'\n"
+    assert r.returncode != 0
+    assert r.stderr == "error: gs://b/x.packed needs the object-store extra: pip install 'loader[remote]'\n"
 
 
 class _Flaky(Exception):
@@ -353,3 +356,20 @@ def test_kill_9_during_upload_leaves_no_dataset_and_a_rerun_succeeds(image_tree,
     assert r.returncode == 0, r.stderr
     r = run_cli("verify", url, "--no-decode", "--quiet")
     assert r.returncode == 0 and "9 records" in r.stdout, r.stderr
+
+
+def test_aws_profile_is_read_and_no_credentials_is_one_line(s3_env, tmp_path, monkeypatch):
+    from loader.storage.objectstore import open_store
+
+    (tmp_path / "credentials").write_text("[team]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+    (tmp_path / "config").write_text("[profile team]\nregion = us-east-1\n")
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")     # no instance role to look for here
+    with pytest.raises(DatasetError, match=rf"^s3://{s3_env}/p/manifest.json: access denied while trying to read "
+                                           r"its size; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \(or"):
+        open_store(f"s3://{s3_env}/p").size("manifest.json")
+    monkeypatch.setenv("AWS_PROFILE", "team")
+    assert open_store(f"s3://{s3_env}/p").size("manifest.json") is None      # signed with the profile's keys
