@@ -4,10 +4,12 @@ all on file:// URLs and a store that counts its downloads, so no object-store ba
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import multiprocessing as mp
 import os
 import signal
+import stat
 import threading
 from collections import Counter
 from pathlib import Path
@@ -59,8 +61,26 @@ def downloads(log) -> Counter:
 
 
 def cached_bytes(cache_dir: Path) -> int:
-    """Bytes of every file under cache_dir (temp files included, lock and pin files are empty)."""
-    return sum(f.stat().st_size for f in Path(cache_dir).rglob("*") if f.is_file())
+    """Bytes of every file under cache_dir (temp files included, lock and pin files are empty), counted
+    under the cache-wide lock (no eviction or reservation mid-walk) and once per inode (a temp file
+    renamed mid-walk is one file)."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.exists():
+        return 0
+    fd = os.open(cache_dir / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        sizes = {}
+        for f in cache_dir.rglob("*"):
+            try:
+                st = f.stat()
+            except FileNotFoundError:     # renamed or removed while we walked
+                continue
+            if stat.S_ISREG(st.st_mode):
+                sizes[st.st_ino] = max(sizes.get(st.st_ino, 0), st.st_size)
+        return sum(sizes.values())
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(scope="module")
@@ -284,7 +304,41 @@ def test_a_full_cache_disk_is_one_line_naming_cache_dir(six, tmp_path, monkeypat
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"cache_dir {tmp_path / 'cache'} is full: ")
     assert "manifest.json" in msg or ".npy" in msg
-    # Nothing half-written is left (the .url note aside).
-    assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and f.name != ".url" and f.stat().st_size]
+    # Nothing half-written is left.
+    assert not [f for f in (tmp_path / "cache").rglob("*") if f.is_file() and f.stat().st_size]
     monkeypatch.undo()                                  # room again: the next open works
     assert all_records(open_dataset(six.as_uri(), cache_dir=tmp_path / "cache")) == all_records(open_dataset(six))
+
+
+def _epoch_in_child(packed: str, cache_dir: str, log: str, limit: int, seed: int) -> bool:
+    ds = open_remote(Path(packed).as_uri(), cache_dir=cache_dir, cache_limit=limit, store=CountingStore(packed, log))
+    want = all_records(open_dataset(packed))
+    for batch in np.array_split(np.random.default_rng(seed).permutation(len(ds)), 8):
+        if [a.tobytes() for a in ds.read_batch(batch)] != [want[i] for i in batch]:
+            return False
+    return True
+
+
+def test_four_processes_share_a_limited_cache_without_exceeding_it(six, tmp_path):
+    cache_dir = tmp_path / "cache"
+    limit = index_bytes(six) + 3 * largest_shard(six)
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], cached_bytes(cache_dir))
+            except FileNotFoundError:
+                pass
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        with mp.get_context("spawn").Pool(4) as pool:
+            ok = pool.starmap(_epoch_in_child, [(str(six), str(cache_dir), str(tmp_path / "log"), limit, seed)
+                                                for seed in range(4)])
+    finally:
+        stop.set()
+        t.join()
+    assert ok == [True] * 4 and 0 < peak[0] <= limit
+    assert downloads(tmp_path / "log")["labels.npy"] == 1

@@ -10,9 +10,9 @@ dies, so a ``kill -9`` leaves no lock or pin behind):
 
 - ``F.lock``: held exclusively while ``F`` is downloaded; a second process asking for ``F`` waits
   there and then finds ``F`` in place (one download per node, however many processes ask).
-- ``F.tmp-<pid>``: the download in progress; renamed to ``F`` only after its size and digest are
-  checked, so nothing half-written is ever read. A temp file whose ``F.lock`` nobody holds was left by
-  a killed process: the next fetch (or eviction scan) deletes it.
+- ``F.tmp-<pid>-<bytes>``: the download in progress, ``bytes`` reserved for it; renamed to ``F`` only
+  after its size and digest are checked, so nothing half-written is ever read. A temp file whose
+  ``F.lock`` nobody holds was left by a killed process: the next fetch (or eviction scan) deletes it.
 - ``F.pin``: held shared by every process that has ``F`` open (a reader's LMDB map); eviction takes it
   exclusively without waiting, so a pinned file is never removed under a reader.
 
@@ -182,7 +182,8 @@ class ShardCache:
                     raise DatasetError(f"{store.url}/{key} does not exist; re-pack or re-upload the dataset")
                 for stale in folder.glob(key + _TMP + "*"):   # we hold key.lock: a killed download's
                     stale.unlink(missing_ok=True)
-                tmp = folder / f"{key}{_TMP}{os.getpid()}"
+                # The reservation is in the name: while the store rewrites the file, its size says less.
+                tmp = folder / f"{key}{_TMP}{os.getpid()}-{want}"
                 self._reserve(tmp, want, f"{store.url}/{key}")
                 try:
                     store.download(key, tmp)
@@ -201,7 +202,10 @@ class ShardCache:
                     tmp.unlink(missing_ok=True)
                     raise
                 if not why:
-                    os.replace(tmp, dest)
+                    # Under the cache-wide lock: a directory listing that races a rename may miss the file,
+                    # and the accounting of a concurrent reservation must see it.
+                    with _flock(self.dir / ".lock", fcntl.LOCK_EX):
+                        os.replace(tmp, dest)
                     return dest
                 tmp.unlink(missing_ok=True)
         raise DatasetError(f"{store.url}/{key} {why} (downloaded twice into {folder}): the object changed "
@@ -289,15 +293,18 @@ class ShardCache:
                     st = f.stat()
                 except FileNotFoundError:
                     continue
+                size = st.st_size
                 if _TMP in name:
-                    base = name.split(_TMP)[0]
+                    base, _, tail = name.partition(_TMP)
                     with _flock(folder / (base + ".lock"), fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
                         if held is not None:        # nobody downloads it: a killed process left it
                             f.unlink(missing_ok=True)
                             continue
+                    reserved = tail.partition("-")[2]
+                    size = max(size, int(reserved) if reserved.isdigit() else 0)
                 elif name.endswith(".lmdb"):
-                    shards.append((st.st_mtime, st.st_size, f))
-                total += st.st_size
+                    shards.append((st.st_mtime, size, f))
+                total += size
         return total, shards
 
     def _make_room(self, size: int) -> int:

@@ -122,13 +122,14 @@ class RemoteDataset(PackedDataset):
         for _ in range(3):     # evicted between the fetch and the pin: fetch again
             fd = self._cache.pin(path)
             if fd is not None:
+                size = path.stat().st_size       # pinned: it stays
+                if size < info.bytes:
+                    ShardCache.unpin(fd)
+                    raise DatasetError(f"{self.url}/{info.name} is {size} bytes, but the manifest says it holds "
+                                       f"{info.bytes} bytes of records; {REPACK_HINT}")
                 return fd
             self._cache.fetch(self.store, info.name, size=self._sizes[s], digest=self._digests[s],
                               entry=self.path.name)
-            if path.stat().st_size < info.bytes:
-                path.unlink(missing_ok=True)
-                raise DatasetError(f"{self.url}/{info.name} is {path.stat().st_size} bytes, but the manifest says "
-                                   f"it holds {info.bytes} bytes of records; {REPACK_HINT}")
         raise DatasetError(f"{self.url}/{info.name}: evicted from the cache in {self._cache.dir} as soon as it was "
                            f"fetched, three times: raise cache_limit or run fewer readers on this node")
 
@@ -199,8 +200,6 @@ def open_remote(url: str, *, cache_dir=None, cache_limit=None, store=None) -> Re
         index_bytes = len(manifest) + sum(((folder / k).stat().st_size if done else store.size(k)) or 0 for k in keys)
         cache.check_fits(largest=largest, index_bytes=index_bytes, url=url)
     if not (folder / ".complete").exists():
-        with open(folder / (".url"), "w") as f:     # for a person looking at the cache
-            f.write(url + "\n")
         cache.fetch_all(_ManifestFirst(store, manifest), [MANIFEST_NAME, *keys], entry=entry)
     return RemoteDataset(url, folder, cache, store)
 
