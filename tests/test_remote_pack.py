@@ -120,7 +120,7 @@ def test_remote_shard_not_matching_its_digest_is_refused(image_tree, tmp_path, s
 def test_overwrite_replaces_only_a_packed_dataset(image_tree, s3_env, s3_server):
     url = f"s3://{s3_env}/p.packed"
     loader.pack(image_tree, url, shards=3, workers=1, progress=False)
-    with pytest.raises(PackError, match=rf"^{url} already holds a packed dataset; pass overwrite=True"):
+    with pytest.raises(PackError, match=rf"^{url} already holds a packed dataset; pass `overwrite` to replace it$"):
         loader.pack(image_tree, url, shards=2, workers=1, progress=False)
     loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
     objects = _objects(s3_server, s3_env, "p.packed")
@@ -373,3 +373,12 @@ def test_aws_profile_is_read_and_no_credentials_is_one_line(s3_env, tmp_path, mo
         open_store(f"s3://{s3_env}/p").size("manifest.json")
     monkeypatch.setenv("AWS_PROFILE", "team")
     assert open_store(f"s3://{s3_env}/p").size("manifest.json") is None      # signed with the profile's keys
+
+
+def test_cli_names_the_overwrite_flag(image_tree, s3_env):
+    url = f"s3://{s3_env}/p.packed"
+    assert run_cli("pack", str(image_tree), url, "--workers", "1", "--quiet").returncode == 0
+    r = run_cli("pack", str(image_tree), url, "--workers", "1", "--quiet")
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == (f"error: {url} already holds a packed dataset; pass --overwrite "
+                                                 f"to replace it")

@@ -50,11 +50,11 @@ def _check_remote_dst(store: Store, url: str, overwrite: bool) -> list[str]:
     foreign = [k for k in keys if "/" in k or not is_dataset_file_name(k)]
     if foreign:
         raise PackError(f"{url} holds objects that are not a packed dataset (e.g. {foreign[0]!r}); choose an "
-                        f"empty prefix (nothing is replaced there, even with overwrite)")
+                        f"empty prefix (nothing is replaced there, even with `overwrite`)", param="overwrite")
     if MANIFEST_NAME not in keys:
         return keys                    # empty, or the leftovers of an interrupted pack: replaced
     if not overwrite:
-        raise PackError(f"{url} already holds a packed dataset; pass overwrite=True to replace it")
+        raise PackError(f"{url} already holds a packed dataset; pass `overwrite` to replace it", param="overwrite")
     with tempfile.TemporaryDirectory(prefix="loader-check-") as tmp:
         local = Path(tmp) / MANIFEST_NAME
         store.download(MANIFEST_NAME, local)
@@ -64,7 +64,7 @@ def _check_remote_dst(store: Store, url: str, overwrite: bool) -> list[str]:
             obj = None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise PackError(f"{url}/{MANIFEST_NAME} is not a loader manifest: not replacing what is at {url} "
-                        f"(overwrite replaces only a packed dataset); choose another prefix")
+                        f"(`overwrite` replaces only a packed dataset); choose another prefix", param="overwrite")
     return keys
 
 
