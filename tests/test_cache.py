@@ -20,9 +20,8 @@ from conftest import jpeg_bytes, write
 
 import loader
 from loader.errors import ArgumentError, DatasetError
-from loader.format.dataset import open_dataset
+from loader.format.dataset import open_dataset, open_remote
 from loader.storage.cache import ShardCache, parse_bytes
-from loader.storage.remote import open_remote
 from loader.storage.store import LocalStore
 
 INDEX = ("manifest.json", "labels.npy", "heights.npy", "widths.npy", "checksums.npy", "keys.npy", "offsets.npy",

@@ -70,7 +70,7 @@ def test_a_pickled_remote_dataset_reopens_from_the_cache(packed, tmp_path):
 
     ds = open_dataset(packed.as_uri(), cache_dir=tmp_path / "cache", cache_limit="1GB")
     again = pickle.loads(pickle.dumps(ds))
-    assert again.url == ds.url and again.path == ds.path and again._cache.limit == 10**9
+    assert again.url == ds.url and again.path == ds.path and again.source.cache.limit == 10**9
     assert [a.tobytes() for a in again.read_batch(range(len(again)))] == \
         [a.tobytes() for a in open_dataset(packed).read_batch(range(len(again)))]
 
@@ -82,7 +82,7 @@ def test_s3_dataset_opens_through_the_cache_and_checks_each_shard_digest(image_t
     loader.pack(image_tree, url, shards=3, workers=1, progress=False)
     loader.pack(image_tree, tmp_path / "local", shards=3, workers=1, progress=False)
     ds = open_dataset(url, cache_dir=tmp_path / "cache")
-    assert ds.url == url and ds._digests[0].startswith("blake2b-128:")
+    assert ds.url == url and ds.source.digests[0].startswith("blake2b-128:")
     want = [a.tobytes() for a in open_dataset(tmp_path / "local").read_batch(range(len(ds)))]
     assert [a.tobytes() for a in ds.read_batch(range(len(ds)))] == want
     # A shard changed in the bucket after packing: downloaded twice, then one line naming it and the URL.

@@ -32,7 +32,7 @@ from loader.format.manifest import Manifest, read_manifest
 from loader.format.shards import ShardReader, record_key
 from loader.storage.store import is_url
 
-__all__ = ["PackedDataset", "open_dataset"]
+__all__ = ["PackedDataset", "RemoteDataset", "open_dataset", "open_remote"]
 
 
 class PackedDataset:
@@ -256,10 +256,63 @@ def open_dataset(dst: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
     >>> ds = open_dataset("s3://bucket/photos.packed", cache_limit="50GB")  # doctest: +SKIP
     """
     if is_url(dst):
-        from loader.storage.remote import open_remote  # the cache and the stores, only for a URL
-
         return open_remote(dst, cache_dir=cache_dir, cache_limit=cache_limit)
     path = Path(dst)
     ds = PackedDataset(path, read_manifest(path))
     _check_shards(path, ds)
     return ds
+
+
+class RemoteDataset(PackedDataset):
+    """A packed dataset opened from a URL (see :mod:`loader.storage.remote`): ``path`` is its entry in
+    the node-local cache (the index), ``url`` what was opened; each shard is fetched on first use.
+
+    With a ``cache_limit``, :meth:`read_batch` reads one shard at a time and unpins it after, so a batch
+    never needs more than one shard of the cache and the cache may evict what it read.
+    """
+
+    def __init__(self, source):
+        self.source, self.url = source, source.url
+        super().__init__(source.entry, read_manifest(source.entry))
+        self._readers = source.readers(self.manifest.shards)
+        self._one_at_a_time = source.cache.limit is not None
+
+    def __repr__(self) -> str:
+        return (f"RemoteDataset({self.url!r}: {len(self)} records, {len(self.classes)} classes, "
+                f"{len(self._readers)} shards, cached in {self.path})")
+
+    def read(self, i: int) -> bytes:
+        """See :meth:`PackedDataset.read`."""
+        return self.read_batch([i])[0].tobytes() if self._one_at_a_time else super().read(i)
+
+    def read_batch(self, indices: Iterable[int], *, unreadable: dict[int, str] | None = None) -> list[np.ndarray]:
+        """See :meth:`PackedDataset.read_batch`."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if not self._one_at_a_time or (idx.size and (idx.min() < 0 or idx.max() >= len(self))):
+            return super().read_batch(idx, unreadable=unreadable)    # (an index out of range: raises naming it)
+        shard = np.searchsorted(self._firsts, idx, side="right") - 1
+        out: list = [None] * len(idx)
+        for s in np.unique(shard).tolist():
+            where = np.flatnonzero(shard == s)
+            try:
+                part = super().read_batch(idx[where], unreadable=unreadable)
+            finally:
+                self._readers[s].close()     # unpinned: the cache may evict it
+            for k, a in zip(where.tolist(), part):
+                out[k] = a
+        return out
+
+    def __getstate__(self) -> dict:
+        return {"source": self.source}      # the entry and the cache's settings; each process its own store
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["source"])
+
+
+def open_remote(url: str, *, cache_dir: str | os.PathLike | None = None, cache_limit: int | str | None = None,
+                store=None) -> RemoteDataset:
+    """:func:`open_dataset` for a URL: the index into the cache once per node, shards on first use.
+    ``store`` replaces the URL's backend (a :class:`loader.storage.store.Store`; tests)."""
+    from loader.storage.remote import open_source  # the cache and the stores: only for a URL
+
+    return RemoteDataset(open_source(url, cache_dir=cache_dir, cache_limit=cache_limit, store=store))

@@ -2,11 +2,12 @@
 
 ``open_dataset("s3://...")`` (or ``file://``) reads ``manifest.json`` from the store (a few KB per
 process: its bytes name the cache entry, see :func:`loader.storage.cache.fingerprint`), fetches the
-columns and ``sources.bin`` into the entry once per node, and opens a :class:`RemoteDataset`: a
-:class:`~loader.format.dataset.PackedDataset` over the entry whose shards are fetched when a record of
-theirs is first read. Without a ``cache_limit`` a shard stays open (pinned) once read, as a local pack
-does; with one, :meth:`RemoteDataset.read_batch` reads one shard at a time and unpins it after, so the
-cache can evict it and a later read fetches it again.
+columns and ``sources.bin`` into the entry once per node (:func:`open_source`), and
+:class:`loader.format.dataset.RemoteDataset` reads the entry with a :class:`CachedShardReader` per
+shard, which fetches its shard when a record of it is first read. Without a ``cache_limit`` a shard
+stays open (pinned) once read, as a local pack does; with one, ``RemoteDataset.read_batch`` reads one
+shard at a time and unpins it after, so the cache can evict it and a later read fetches it again.
+(This module does not import :mod:`loader.format.dataset`, which imports it: no import cycle.)
 """
 
 from __future__ import annotations
@@ -15,17 +16,14 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from loader.errors import DatasetError
-from loader.format.dataset import PackedDataset
 from loader.format.files import REPACK_HINT
-from loader.format.manifest import COLUMNS, LABEL_COLUMNS, MANIFEST_NAME, SOURCES_NAME, read_manifest
-from loader.format.shards import ShardReader
+from loader.format.manifest import COLUMNS, LABEL_COLUMNS, MANIFEST_NAME, SOURCES_NAME
+from loader.format.shards import ShardInfo, ShardReader
 from loader.storage.cache import ShardCache, fingerprint
 from loader.storage.store import LocalStore, split_url
 
-__all__ = ["RemoteDataset", "open_remote", "open_url_store"]
+__all__ = ["CachedShardReader", "RemoteSource", "open_source", "open_url_store"]
 
 
 def open_url_store(url: str):
@@ -53,9 +51,9 @@ class CachedShardReader(ShardReader):
     """A :class:`ShardReader` whose file is fetched into the cache and pinned when first opened in a
     process, and unpinned when closed."""
 
-    def __init__(self, path, dataset: RemoteDataset, index: int):
-        super().__init__(path)
-        self._dataset, self._index, self._pin = dataset, index, None
+    def __init__(self, source: RemoteSource, info: ShardInfo, index: int):
+        super().__init__(source.entry / info.name)
+        self._source, self._info, self._index, self._pin = source, info, index, None
 
     def txn(self):
         if self._pid != os.getpid():
@@ -64,10 +62,13 @@ class CachedShardReader(ShardReader):
                 # would keep the shard pinned for as long as this process lives.
                 os.close(self._pin)
             self._pin = None
-            self._pin = self._dataset._fetch_pinned(self._index)
+            self._pin = self._source.fetch_pinned(self._info, self._index)
             try:
                 txn = super().txn()
-                self._dataset._check_entries(self._index, self._env.stat()["entries"])
+                entries = self._env.stat()["entries"]
+                if entries != self._info.entries:
+                    raise DatasetError(f"{self._source.url}: shard {self._info.name} holds {entries} values but "
+                                       f"the manifest says {self._info.entries}; {REPACK_HINT}")
             except BaseException:
                 self.close()
                 raise
@@ -82,31 +83,22 @@ class CachedShardReader(ShardReader):
         self._pin = None
 
     def __getstate__(self) -> dict:
-        raise TypeError("a CachedShardReader travels with its RemoteDataset")
+        raise TypeError("a CachedShardReader travels with its dataset's RemoteSource")
 
 
-class RemoteDataset(PackedDataset):
-    """A packed dataset read from ``url`` through a :class:`ShardCache`; see :func:`open_remote`.
-
-    ``path`` is the cache entry (where the index is); ``url`` is what the user opened. Pickles as
-    (url, entry, cache settings): a process that unpickles it reopens the index from the entry
-    without a request and builds its own store (object-store clients are not fork-safe).
-    """
+class RemoteSource:
+    """Where a dataset opened from ``url`` lives: the cache entry ``entry`` (its index) in ``cache``, and
+    the store its shards come from. Pickles without the store: each process builds its own on first
+    use (object-store clients are not fork-safe)."""
 
     def __init__(self, url: str, entry: Path, cache: ShardCache, store=None):
-        self.url, self._cache, self._store = url, cache, store
-        super().__init__(entry, read_manifest(entry))
-        raw = json.loads((entry / MANIFEST_NAME).read_bytes())
-        shards = raw.get("shards", []) if isinstance(raw, dict) else []
+        self.url, self.entry, self.cache, self._store = url, Path(entry), cache, store
+        raw = json.loads((self.entry / MANIFEST_NAME).read_bytes())
+        shards = raw.get("shards") if isinstance(raw, dict) else None
+        shards = [x if isinstance(x, dict) else {} for x in (shards if isinstance(shards, list) else [])]
         # The pack records a digest of each whole shard file (and may record its size) for this check.
-        self._digests = [s.get("digest") if isinstance(s, dict) else None for s in shards]
-        self._sizes = [s.get("size") if isinstance(s, dict) and type(s.get("size")) is int else None
-                       for s in shards]
-        self._readers = [CachedShardReader(entry / s.name, self, i) for i, s in enumerate(self.manifest.shards)]
-
-    def __repr__(self) -> str:
-        return (f"RemoteDataset({self.url!r}: {len(self)} records, {len(self.classes)} classes, "
-                f"{len(self._readers)} shards, cached in {self.path})")
+        self.digests = [x.get("digest") if isinstance(x.get("digest"), str) else None for x in shards]
+        self.sizes = [x.get("size") if type(x.get("size")) is int else None for x in shards]
 
     @property
     def store(self):
@@ -115,12 +107,15 @@ class RemoteDataset(PackedDataset):
             self._store = open_url_store(self.url)
         return self._store
 
-    def _fetch_pinned(self, s: int) -> int:
+    def readers(self, shards: tuple[ShardInfo, ...]) -> list[CachedShardReader]:
+        """One reader per shard, fetching it on first use."""
+        return [CachedShardReader(self, info, i) for i, info in enumerate(shards)]
+
+    def fetch_pinned(self, info: ShardInfo, s: int) -> int:
         """Fetch shard ``s`` into the cache if it is not there, and pin it: the pin's descriptor."""
-        info = self.manifest.shards[s]
-        path = self.path / info.name
+        path = self.entry / info.name
         for _ in range(3):     # evicted between the fetch and the pin: fetch again
-            fd = self._cache.pin(path)
+            fd = self.cache.pin(path)
             if fd is not None:
                 size = path.stat().st_size       # pinned: it stays
                 if size < info.bytes:
@@ -128,52 +123,23 @@ class RemoteDataset(PackedDataset):
                     raise DatasetError(f"{self.url}/{info.name} is {size} bytes, but the manifest says it holds "
                                        f"{info.bytes} bytes of records; {REPACK_HINT}")
                 return fd
-            self._cache.fetch(self.store, info.name, size=self._sizes[s], digest=self._digests[s],
-                              entry=self.path.name)
-        raise DatasetError(f"{self.url}/{info.name}: evicted from the cache in {self._cache.dir} as soon as it was "
+            self.cache.fetch(self.store, info.name, size=self.sizes[s] if s < len(self.sizes) else None,
+                             digest=self.digests[s] if s < len(self.digests) else None, entry=self.entry.name)
+        raise DatasetError(f"{self.url}/{info.name}: evicted from the cache in {self.cache.dir} as soon as it was "
                            f"fetched, three times: raise cache_limit or run fewer readers on this node")
 
-    def _check_entries(self, s: int, entries: int) -> None:
-        info = self.manifest.shards[s]
-        if entries != info.entries:
-            raise DatasetError(f"{self.url}: shard {info.name} holds {entries} values but the manifest says "
-                               f"{info.entries}; {REPACK_HINT}")
-
-    def read(self, i: int) -> bytes:
-        if self._cache.limit is None:
-            return super().read(i)
-        return self.read_batch([i])[0].tobytes()
-
-    def read_batch(self, indices, *, unreadable: dict[int, str] | None = None) -> list[np.ndarray]:
-        if self._cache.limit is None:     # nothing is evicted: shards stay open, as in a local pack
-            return super().read_batch(indices, unreadable=unreadable)
-        # One shard at a time, unpinned after, so a batch never needs more of the cache than one shard.
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            return super().read_batch(idx, unreadable=unreadable)     # raises naming the index
-        shard = np.searchsorted(self._firsts, idx, side="right") - 1
-        out: list = [None] * len(idx)
-        for s in np.unique(shard).tolist():
-            where = np.flatnonzero(shard == s)
-            try:
-                part = super().read_batch(idx[where], unreadable=unreadable)
-            finally:
-                self._readers[s].close()
-            for k, a in zip(where.tolist(), part):
-                out[k] = a
-        return out
-
     def __getstate__(self) -> dict:
-        return {"url": self.url, "entry": str(self.path), "cache_dir": str(self._cache.dir),
-                "cache_limit": self._cache.limit}
+        return {"url": self.url, "entry": str(self.entry), "cache_dir": str(self.cache.dir),
+                "cache_limit": self.cache.limit}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["url"], Path(state["entry"]), ShardCache(state["cache_dir"], state["cache_limit"]))
 
 
-def open_remote(url: str, *, cache_dir=None, cache_limit=None, store=None) -> RemoteDataset:
-    """Open the packed dataset at ``url`` (``s3://``, ``gs://``, ``az://``, ``file://``) through the
-    node-local cache (see the module docstring). ``store`` overrides the backend (tests)."""
+def open_source(url: str, *, cache_dir=None, cache_limit=None, store=None) -> RemoteSource:
+    """Fetch the index of the packed dataset at ``url`` (``s3://``, ``gs://``, ``az://``, ``file://``)
+    into its entry of the node-local cache, once per node (see the module docstring); ``store``
+    overrides the backend (tests). :class:`loader.format.dataset.RemoteDataset` reads through it."""
     cache = ShardCache(cache_dir, cache_limit)
     store = store if store is not None else open_url_store(url)
     try:
@@ -201,7 +167,7 @@ def open_remote(url: str, *, cache_dir=None, cache_limit=None, store=None) -> Re
         cache.check_fits(largest=largest, index_bytes=index_bytes, url=url)
     if not (folder / ".complete").exists():
         cache.fetch_all(_ManifestFirst(store, manifest), [MANIFEST_NAME, *keys], entry=entry)
-    return RemoteDataset(url, folder, cache, store)
+    return RemoteSource(url, folder, cache, store)
 
 
 class _ManifestFirst:
