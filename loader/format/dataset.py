@@ -65,6 +65,11 @@ class PackedDataset:
         self._firsts = np.array([s.first for s in manifest.shards], dtype=np.int64)
         self._readers = [ShardReader(self.path / s.name) for s in manifest.shards]
 
+    @property
+    def where(self) -> str:
+        """How messages name this dataset: its folder (a remote one: the URL it was opened from)."""
+        return str(self.path)
+
     def __len__(self) -> int:
         return self.manifest.num_records
 
@@ -276,6 +281,10 @@ class RemoteDataset(PackedDataset):
         super().__init__(source.entry, read_manifest(source.entry))
         self._readers = source.readers(self.manifest.shards)
         self._one_at_a_time = source.cache.limit is not None
+
+    @property
+    def where(self) -> str:
+        return self.url
 
     def __repr__(self) -> str:
         return (f"RemoteDataset({self.url!r}: {len(self)} records, {len(self.classes)} classes, "

@@ -21,7 +21,7 @@ def record_name(dataset, i: int) -> str:
 
 def culprit(dataset, i: int, reason: str) -> DecodeError:
     """The error for record ``i``, which failed to load for ``reason``."""
-    return DecodeError(f"{record_name(dataset, i)} failed to load: {reason}; run `loader verify {dataset.path}`")
+    return DecodeError(f"{record_name(dataset, i)} failed to load: {reason}; run `loader verify {dataset.where}`")
 
 
 def decode_error(dataset, in_flight, err: Exception, *, batch_size: int, num_threads: int) -> DecodeError:
@@ -43,8 +43,8 @@ def decode_error(dataset, in_flight, err: Exception, *, batch_size: int, num_thr
         bad = []
     if bad:
         return culprit(dataset, *bad[0])
-    return DecodeError(f"DALI failed on a batch of {dataset.path}: {dali_reason(err)}; "
-                       f"run `loader verify {dataset.path}`")
+    return DecodeError(f"DALI failed on a batch of {dataset.where}: {dali_reason(err)}; "
+                       f"run `loader verify {dataset.where}`")
 
 
 def warn_replaced(dataset, replaced: dict[int, int], reasons: dict[int, str], warned: set[int]) -> None:
@@ -53,5 +53,5 @@ def warn_replaced(dataset, replaced: dict[int, int], reasons: dict[int, str], wa
         if bad not in warned:
             warned.add(bad)
             warnings.warn(f"loader: {record_name(dataset, bad)} is damaged: {reasons[bad]}; replaced by record "
-                          f"{good} (on_error='replace'); run `loader verify {dataset.path}`", RuntimeWarning,
+                          f"{good} (on_error='replace'); run `loader verify {dataset.where}`", RuntimeWarning,
                           stacklevel=5)

@@ -238,7 +238,7 @@ class ImageLoader:
         share = share_size(self._n, world_size, self.batch_size, self.drop_last, pad=pad, rank=rank)
         if share == 0 and self.drop_last:     # (pad=False: fewer records than ranks leaves a rank none; fine)
             raise ArgumentError(
-                f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.path} "
+                f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.where} "
                 f"({self._n // world_size} of {self._n} records over {world_size} "
                 f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False", param="batch_size")
         return share
@@ -327,7 +327,7 @@ class ImageLoader:
             # other epoch's, so it stops here, before touching the pipeline.
             if self._generation != generation:
                 raise ConcurrentEpochError(
-                    f"this iterator's epoch {epoch} of {self.dataset.path} was abandoned when another iter() of "
+                    f"this iterator's epoch {epoch} of {self.dataset.where} was abandoned when another iter() of "
                     f"the same ImageLoader started a new epoch: one ImageLoader runs one epoch at a time; "
                     f"build a second ImageLoader for a second stream (e.g. zip(loader, loader))")
 
@@ -460,7 +460,7 @@ class ImageLoader:
         """
         saved = parse_state(state)
         epoch, start, segments, seed = resume_point(saved, self.state_dict(), seed_drawn=self._seed_drawn,
-                                                    where=str(self.dataset.path))
+                                                    where=self.dataset.where)
         if seed is not None:
             self._adopt_seed(seed)
         self._epoch, self._resume_batch, self._segments = epoch, start, segments
@@ -506,7 +506,7 @@ class ImageLoader:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"ImageLoader({str(self.dataset.path)!r}, batch_size={self.batch_size}, "
+        return (f"ImageLoader({self.dataset.where!r}, batch_size={self.batch_size}, "
                 f"image_size={self.image_size}, train={self.train}, device={str(self.device)!r}, "
                 f"samples={self.num_samples}, batches={len(self)})")
 
