@@ -14,6 +14,8 @@ validation split       ``[seed, SPLIT]``                            ``load.sampl
 epoch order            ``[seed, epoch]`` (untagged: loader 0.1's)   ``load.sampler.epoch_order``
 crop windows, flips    ``[seed, epoch, first position, CROP]``      ``load.feed`` (per batch)
 colour jitter          ``[seed, epoch, first position, JITTER]``    ``load.feed`` (per batch)
+block shuffle shards   ``[seed, epoch, BLOCK_SHARDS]``              ``load.sampler.block_windows``
+block shuffle records  ``[seed, epoch, BLOCK_RECORDS]``             ``load.sampler.block_order``
 batch transform        ``SeedSequence([seed, epoch, rank, batch,    ``augment.batch``
                        BATCH_TRANSFORM])``
 bench decode ceiling   ``[seed, DECODE_LIMIT_ORDER]``,              ``bench.decode_limit``
@@ -30,6 +32,8 @@ JITTER = 0xC1
 BATCH_TRANSFORM = 0xBA7C
 DECODE_LIMIT_ORDER = 0xD0
 DECODE_LIMIT_CROP = 0xD1
+BLOCK_SHARDS = 0xB10C
+BLOCK_RECORDS = 0xB10D
 
 
 def batch_rng(seed: int, epoch: int, first_position: int, stream: int):

@@ -35,7 +35,10 @@ BAD = {
                    dict(batch_size=9)],                                 # over the 8 records, with drop_last
     "image_size": [dict(image_size=7), dict(image_size=MAX_SIDE + 1), dict(image_size=224.0), dict(image_size=None)],
     "train": [dict(train="yes"), dict(train=1), dict(train=None)],
-    "shuffle": [dict(shuffle="no"), dict(shuffle=0)],
+    "shuffle": [dict(shuffle="no"), dict(shuffle=0), dict(shuffle="blocks"), dict(shuffle="Global")],
+    "block_shards": [dict(shuffle="block", block_shards=0), dict(shuffle="block", block_shards="2"),
+                     dict(shuffle="block", block_shards=2.0), dict(shuffle="block", block_shards=True),
+                     dict(block_shards=2)],                             # without shuffle="block"
     "drop_last": [dict(drop_last="no"), dict(drop_last=1)],
     "seed": [dict(seed="x"), dict(seed=-1), dict(seed=2**100), dict(seed=2**63), dict(seed=1.5), dict(seed=True),
              dict(seed=None, validation_split=0.5, subset="training")],

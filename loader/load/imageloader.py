@@ -27,7 +27,7 @@ from loader.augment.batch import batch_generator
 from loader.augment.recipe import IMAGENET_MEAN, IMAGENET_STD
 from loader.augment.settings import Augment
 from loader.errors import ArgumentError, ConcurrentEpochError, DatasetError, DecodeError  # both: also exported here
-from loader.format.dataset import open_dataset
+from loader.format.dataset import RemoteDataset, open_dataset
 from loader.format.recordguard import RecordGuard, RecordRejected
 from loader.load.batches import BatchAssembler
 from loader.load.buffers import BatchBuffers
@@ -35,8 +35,17 @@ from loader.load.culprits import culprit, decode_error, warn_replaced
 from loader.load.feed import EpochFeed, EpochPlan
 from loader.load.finisher import CpuFinisher
 from loader.load.pipeline import GpuDecode, build_pipeline
-from loader.load.placement import distributed_env, resolve_device, threads_per_rank
-from loader.load.sampler import epoch_order, num_batches, resumed_positions, share_size, split_indices
+from loader.load.placement import distributed_env, env_int, resolve_device, threads_per_rank
+from loader.load.sampler import (
+    block_order,
+    block_window,
+    epoch_order,
+    nodes_of,
+    num_batches,
+    resumed_positions,
+    share_size,
+    split_indices,
+)
 from loader.load.settings import LoaderSettings, check_path, resolve_augment
 from loader.load.state import dataset_fingerprint, parse_state, resume_point
 from loader.validate import is_int
@@ -86,7 +95,11 @@ class ImageLoader:
         image_size: output height and width.
         train: random-resized-crop + flip + colour jitter (``augment``), shuffled; else eval's
             resize + centre crop (``augment.eval_mode``, ``augment.crop_fraction``), in order.
-        shuffle: default ``train``. drop_last: default ``train`` (every batch full).
+        shuffle: default ``train``. True or "global": a full permutation per epoch; "block": shards
+            permuted, records shuffled within windows of ``block_shards`` shards, each node reading
+            its own windows (for a ``cache_limit`` smaller than the dataset; docs/remote.md#shuffle).
+        block_shards: shuffle="block"'s window in shards; None: half of what fits in ``cache_limit``,
+            at most shards / nodes. drop_last: default ``train`` (every batch full).
         seed: seeds the shuffle, the split and the augmentation, with the epoch: an int in
             ``[0, 2**63)``, or None (a DataLoader's default) for a fresh random seed drawn here,
             then readable as ``.seed`` and saved by :meth:`state_dict` (a ``seed=None`` loader
@@ -150,7 +163,8 @@ class ImageLoader:
                  on_error: Literal["raise", "replace"] = "raise", gpu_decode: GpuDecode = "auto",
                  augment: Augment | None = None, batch_transform: Callable[..., Any] | None = None,
                  pad: bool = True, cache_dir: str | os.PathLike | None = None,
-                 cache_limit: int | str | None = None, **deprecated_augment: Any):
+                 cache_limit: int | str | None = None, block_shards: int | None = None,
+                 **deprecated_augment: Any):
         check_path(path)
         self.settings = s = LoaderSettings(
             batch_size=batch_size, image_size=image_size, train=train, shuffle=shuffle, drop_last=drop_last,
@@ -158,7 +172,7 @@ class ImageLoader:
             channels_last=channels_last, mean=mean, std=std, validation_split=validation_split, subset=subset,
             rank=rank, world_size=world_size, with_indices=with_indices, on_error=on_error, gpu_decode=gpu_decode,
             augment=resolve_augment(augment, deprecated_augment, stacklevel=2), batch_transform=batch_transform,
-            pad=pad, cache_dir=cache_dir, cache_limit=cache_limit)
+            pad=pad, cache_dir=cache_dir, cache_limit=cache_limit, block_shards=block_shards)
 
         # Rank and world size are looked up again at each epoch's start (and by len()) unless
         # given here: trainers such as Lightning build the loader first and start the other
@@ -297,11 +311,30 @@ class ImageLoader:
         # needed whole, as on every rank, to agree on the order).
         positions = resumed_positions(self._n, segments, rank, world_size, self.batch_size, self.drop_last,
                                       pad=self.pad)
-        records = epoch_order(self._n, self.seed, epoch, self.shuffle)[positions]
+        order = (self._block_order(epoch, world_size) if self.settings.shuffle_mode == "block"
+                 else epoch_order(self._n, self.seed, epoch, self.shuffle))
+        records = order[positions]
         if self._subset is not None:
             records = self._subset[records]
         return EpochPlan(epoch=epoch, records=records.astype(np.int64), positions=positions,
                          batch_size=self.batch_size, start_batch=start_batch)
+
+    def _block(self, world_size: int) -> tuple[int, int]:
+        """(window in shards, local world size) of shuffle="block" on ``world_size`` ranks."""
+        local = env_int("LOCAL_WORLD_SIZE", 1, least=1)
+        shards = self.dataset.manifest.shards
+        limit = self.settings.cache_limit if isinstance(self.dataset, RemoteDataset) else None  # local: in place
+        return block_window(len(shards), nodes_of(world_size, local), block_shards=self.settings.block_shards,
+                            cache_limit=limit, largest_shard=max((sh.bytes for sh in shards), default=1)), local
+
+    def _block_order(self, epoch: int, world_size: int) -> np.ndarray:
+        """shuffle="block"'s epoch order (:func:`loader.load.sampler.block_order`)."""
+        window, local = self._block(world_size)
+        shards = self.dataset.manifest.shards
+        records = np.arange(self._n) if self._subset is None else self._subset
+        shard_of = np.searchsorted(np.array([sh.first for sh in shards]), records, side="right") - 1
+        return block_order(shard_of, len(shards), self.seed, epoch, window, world_size=world_size,
+                           local_world_size=local, batch_size=self.batch_size, drop_last=self.drop_last, pad=self.pad)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """The next epoch's batches. The epoch starts at the first ``next()``, not here:
@@ -445,7 +478,15 @@ class ImageLoader:
                 "num_samples": share, "num_batches": num_batches(part, self.batch_size, self.drop_last),
                 "world_size": world_size, "rank": rank, "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "pad": self.pad, "num_records": len(self.dataset), "subset_records": self._n,
-                "dataset": dataset_fingerprint(self.dataset), "segments": [list(p) for p in segments]}
+                "dataset": dataset_fingerprint(self.dataset), "segments": [list(p) for p in segments],
+                "shuffle_mode": self.settings.shuffle_mode, **self._block_state(world_size)}
+
+    def _block_state(self, world_size: int) -> dict[str, int]:
+        """shuffle="block"'s window and local world size (0 and 0 otherwise): a mid-epoch resume needs them."""
+        if self.settings.shuffle_mode != "block":
+            return {"block_shards": 0, "local_world_size": 0}
+        window, local = self._block(world_size)
+        return {"block_shards": window, "local_world_size": local}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next ``iter()`` yields the batches the saved run would have yielded next.

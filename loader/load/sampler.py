@@ -5,6 +5,8 @@ resumed runs and every DDP rank agree without talking to each other:
 
 - :func:`split_indices`   -- train/validation split of a packed dataset (Keras-style).
 - :func:`epoch_order`     -- the full permutation of one epoch (not a shuffle buffer).
+- :func:`block_order`     -- ``shuffle="block"``'s epoch order: shards permuted, records shuffled
+                             within windows of consecutive shards, windows dealt to nodes.
 - :func:`rank_share`      -- this rank's slice of the epoch, equal-length on every rank
                              (or, ``pad=False``, every record exactly once over the ranks).
 - :func:`remaining_positions` / :func:`resumed_positions` -- the rest of an epoch cut after some
@@ -25,7 +27,8 @@ import numpy as np
 from loader import rng as rng_streams
 from loader.augment.recipe import EVAL_CROP_FRACTION, RRC_RATIO, RRC_SCALE
 
-__all__ = ["split_indices", "epoch_order", "rank_share", "rank_positions", "share_start", "share_size",
+__all__ = ["split_indices", "epoch_order", "block_order", "block_windows", "block_window", "nodes_of",
+           "rank_share", "rank_positions", "share_start", "share_size",
            "num_batches", "remaining_positions", "resumed_positions", "crop_windows"]
 
 
@@ -70,6 +73,96 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     # rng_streams' "epoch order": untagged
     return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
+
+
+def block_windows(num_shards: int, seed: int, epoch: int, window: int) -> np.ndarray:
+    """Window of each shard in ``epoch`` (``shuffle="block"``): the shards in an order permuted by
+    (seed, epoch), cut into windows of ``window`` consecutive shards (the last may be shorter).
+
+    >>> w = block_windows(6, seed=0, epoch=0, window=2); sorted(np.bincount(w).tolist())
+    [2, 2, 2]
+    """
+    perm = np.random.default_rng([seed, epoch, rng_streams.BLOCK_SHARDS]).permutation(num_shards)
+    out = np.empty(num_shards, dtype=np.int64)
+    out[perm] = np.arange(num_shards, dtype=np.int64) // window
+    return out
+
+
+def nodes_of(world_size: int, local_world_size: int) -> int:
+    """Nodes of a run: ``world_size // local_world_size``, or 1 per rank when the local world size
+    does not divide the world (then ranks are treated as nodes of one rank each)."""
+    return world_size // local_world_size if world_size % local_world_size == 0 else world_size
+
+
+def block_window(num_shards: int, nodes: int, *, block_shards: int | None, cache_limit: int | None,
+                 largest_shard: int) -> int:
+    """Shards per window of ``shuffle="block"``: ``block_shards`` if given; else, under a ``cache_limit``
+    (a remote dataset's), half the shards that fit in it (the window read now plus the next one
+    fetched ahead); at most ``ceil(num_shards / nodes)`` (one window per node: the widest shuffle that
+    still gives each node its own shards), at least 1.
+
+    >>> block_window(100, 2, block_shards=None, cache_limit=10 * 64, largest_shard=64)
+    5
+    >>> block_window(100, 2, block_shards=None, cache_limit=None, largest_shard=64)
+    50
+    """
+    widest = max(1, math.ceil(num_shards / nodes))
+    if block_shards is not None:
+        return min(block_shards, max(num_shards, 1))
+    if cache_limit is not None:
+        return max(1, min(widest, cache_limit // max(largest_shard, 1) // 2))
+    return widest
+
+
+def block_order(shard_of: np.ndarray, num_shards: int, seed: int, epoch: int, window: int, *,
+                world_size: int, local_world_size: int, batch_size: int, drop_last: bool,
+                pad: bool = True) -> np.ndarray:
+    """``shuffle="block"``'s order of epoch positions ``0..n-1`` (``n = len(shard_of)``, ``shard_of[p]``
+    the shard of the record at position ``p``): what :func:`epoch_order` is for ``shuffle="global"``,
+    split over the ranks by the same :func:`rank_positions`, so shares, ``pad``, ``drop_last`` and
+    resume work as for a global shuffle.
+
+    The rule, all a function of (seed, epoch, shard boundaries, window, world_size, local_world_size,
+    batch_size, drop_last, pad):
+
+    1. shards are permuted and cut into windows of ``window`` consecutive shards (:func:`block_windows`);
+    2. window ``k`` goes to node ``k % nodes`` (:func:`nodes_of`); the records are laid out node by
+       node, window by window, shuffled within their window;
+    3. that sequence is cut into the nodes' shares of the epoch (node ``i``: ranks ``i*L .. i*L+L-1``,
+       ``L = local_world_size``), so a node reads its own windows, plus a spill of at most one window
+       where the shares and the windows' sizes disagree;
+    4. within a node, records are dealt round-robin to its local ranks: they all read the same window
+       at the same time, so a node's cache holds one window however many ranks it runs.
+
+    O(n log n) numpy, no per-record Python.
+
+    >>> order = block_order(np.repeat(np.arange(3), 4), 3, 0, 0, 1, world_size=1, local_world_size=1,
+    ...                     batch_size=4, drop_last=False)
+    >>> sorted(order.tolist()) == list(range(12)), len({int(s) for s in order[:4] // 4})
+    (True, 1)
+    """
+    n = len(shard_of)
+    rng = np.random.default_rng([seed, epoch, rng_streams.BLOCK_RECORDS])
+    win = block_windows(num_shards, seed, epoch, window)
+    nodes = nodes_of(world_size, local_world_size)
+    per_node = local_world_size if nodes != world_size else 1
+    k = int(win.max()) + 1 if num_shards else 1
+    node_major = (np.arange(k) % nodes) * k + np.arange(k)     # window -> its place in the node-major layout
+    shuffled = rng.permutation(n)
+    seq = shuffled[np.argsort(node_major[win[np.asarray(shard_of, dtype=np.int64)]][shuffled], kind="stable")]
+    # Each epoch position's (node, slot): a rank's share is contiguous (rank_positions); slot t*L + j is
+    # local rank j's t-th record, so sorting by slot deals the node's records round-robin.
+    owner = np.full(n, nodes, dtype=np.int64)             # positions no rank reads (drop_last): last
+    slot = np.arange(n, dtype=np.int64)
+    for rank in range(world_size):
+        a = share_start(n, rank, world_size, batch_size, drop_last, pad=pad)
+        b = min(a + share_size(n, world_size, batch_size, drop_last, pad=pad, rank=rank), n)
+        if a < b:
+            owner[a:b] = rank // per_node
+            slot[a:b] = np.arange(b - a, dtype=np.int64) * per_node + rank % per_node
+    order = np.empty(n, dtype=np.int64)
+    order[np.lexsort((slot, owner))] = seq
+    return order
 
 
 def rank_share(order: np.ndarray, rank: int, world_size: int, batch_size: int,

@@ -159,7 +159,9 @@ class LoaderSettings:
     pad: bool = True
     cache_dir: str | os.PathLike | None = None
     cache_limit: int | str | None = None
+    block_shards: int | None = None
     seed_drawn: bool = field(default=False, init=False)
+    shuffle_mode: str = field(default="global", init=False)     # "global", "block", or "off"
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
@@ -167,7 +169,7 @@ class LoaderSettings:
                                " (DALI reserves memory for every slot of a batch when it builds the pipeline)"))
         put("image_size", _int("image_size", self.image_size, 8, MAX_SIDE))
         put("train", _bool("train", self.train))
-        put("shuffle", self.train if _bool("shuffle", self.shuffle, True) is None else bool(self.shuffle))
+        self._shuffle()
         put("drop_last", self.train if _bool("drop_last", self.drop_last, True) is None else bool(self.drop_last))
         if not isinstance(self.augment, Augment):
             raise ArgumentError(f"augment must be a loader.Augment(...), got {self.augment!r}", param="augment")
@@ -223,6 +225,27 @@ class LoaderSettings:
                 f"crop_fraction={self.augment.crop_fraction!r} with image_size={self.image_size} resizes eval "
                 f"images to {side} px a side (floor(image_size / crop_fraction)), over {MAX_SIDE}: pass "
                 f"crop_fraction >= {self.image_size / MAX_SIDE:.4g} (e.g. 0.875)", param="crop_fraction")
+
+    def _shuffle(self) -> None:
+        """``shuffle``: None (``train``), a bool (True is "global"), "global" or "block"; ``shuffle`` keeps
+        the bool (whether epochs are shuffled), ``shuffle_mode`` says how."""
+        v = self.shuffle
+        if isinstance(v, str) and v in ("global", "block"):
+            mode = v
+        else:
+            if not (v is None or isinstance(v, (bool, np.bool_))):
+                raise ArgumentError(f"shuffle must be True, False, None (train's), 'global' or 'block', got {v!r}",
+                                    param="shuffle")
+            mode = "global" if (self.train if v is None else bool(v)) else "off"
+        object.__setattr__(self, "shuffle", mode != "off")
+        object.__setattr__(self, "shuffle_mode", mode)
+        if self.block_shards is not None:
+            object.__setattr__(self, "block_shards", _int("block_shards", self.block_shards, 1, 2**31 - 1,
+                                                          " or None (sized from cache_limit)"))
+            if mode != "block":
+                raise ArgumentError(f"block_shards={self.block_shards} is the window of shuffle='block', but "
+                                    f"shuffle is {mode!r}: pass shuffle='block' or leave block_shards=None",
+                                    param="block_shards")
 
     def _normalization(self) -> None:
         mean, std, channels = self.mean, self.std, self.augment.channels

@@ -21,6 +21,9 @@ key                meaning
 ``dataset``        :func:`dataset_fingerprint` of the packed dataset (new)
 ``segments``       the epoch's parts run before a resume on another world size, as
                    ``[world_size, batch_size, batches_done]`` lists (new; ``[]`` unless resumed so)
+``shuffle_mode``   "global", "block" or "off" (new, 0.4: states without it are "global" or "off")
+``block_shards``   shuffle="block"'s window in shards (0 otherwise; new, 0.4)
+``local_world_size`` ranks per node shuffle="block" dealt windows to (0 otherwise; new, 0.4)
 ================== ==========================================================================
 
 States saved by earlier loaders (0.2, 0.3) lack the keys marked new; they still load.
@@ -34,7 +37,8 @@ What must match depends on where the state was saved:
 - **mid-epoch**: the dataset, and everything that decides which records the rest of the
   epoch holds and in which order: ``seed``, ``shuffle``, ``drop_last``, ``pad``, the records per
   epoch and the global batch (``batch_size`` x ``world_size``). Each mismatch is one error naming
-  the parameter as the loader takes it.
+  the parameter as the loader takes it. With ``shuffle="block"`` also the window (``block_shards``),
+  the world size and the ranks per node (``LOCAL_WORLD_SIZE``): the block order depends on all three.
 - **mid-epoch on another world size** (global batch kept: 2 ranks x 24 -> 3 ranks x 16): every
   rank of the saved run read the first ``batches_done`` batches of its contiguous share, so what
   is left is known from ``(seed, epoch, records, world_size, batch_size, batches_done)``; the new
@@ -65,7 +69,9 @@ __all__ = ["SavedState", "Resume", "dataset_fingerprint", "parse_state", "resume
 _REQUIRED = ("epoch", "batches_done", "seed", "batch_size", "num_samples", "world_size", "shuffle",
              "num_records")
 _INTS = {"epoch": 0, "batches_done": 0, "seed": 0, "batch_size": 1, "num_samples": 0, "world_size": 1,
-         "num_records": 0, "num_batches": 0, "subset_records": 0, "rank": 0}     # key -> least value
+         "num_records": 0, "num_batches": 0, "subset_records": 0, "rank": 0, "block_shards": 0,
+         "local_world_size": 0}     # key -> least value
+_MODES = ("global", "block", "off")
 _BOOLS = ("shuffle", "drop_last", "pad")
 _SEED_END = 2**63
 _UNCHANGED = "pass the dict ImageLoader.state_dict() returned, unchanged"
@@ -170,6 +176,10 @@ def parse_state(state: Any) -> SavedState:
         if not isinstance(state["dataset"], str):
             raise _bad("dataset", "the dataset's fingerprint (a str)", state["dataset"])
         out["dataset"] = state["dataset"]
+    if "shuffle_mode" in state:
+        if state["shuffle_mode"] not in _MODES or not isinstance(state["shuffle_mode"], str):
+            raise _bad("shuffle_mode", "'global', 'block' or 'off'", state["shuffle_mode"])
+        out["shuffle_mode"] = state["shuffle_mode"]
     if "segments" in state:
         out["segments"] = _parse_segments(state["segments"], out["batch_size"] * out["world_size"])
     if "rank" in out and out["rank"] >= out["world_size"]:
@@ -218,6 +228,7 @@ def resume_point(saved: SavedState, now: dict[str, Any], *, seed_drawn: bool, wh
                 f"{key}={value!r} to resume mid-epoch, or resume from a state saved at an epoch's end "
                 f"(it loads into any loader of this dataset)", param="state_dict")
     same_world = saved["world_size"] == now["world_size"]
+    _check_block(saved, now, at, same_world)
     if "subset_records" in saved.values:
         if saved["subset_records"] != now["subset_records"]:
             raise ArgumentError(
@@ -244,6 +255,29 @@ def resume_point(saved: SavedState, now: dict[str, Any], *, seed_drawn: bool, wh
     # Another world size: the part run so far joins the epoch's history; the new ranks split the rest.
     return Resume(epoch, 0, (*earlier, (saved["world_size"], saved["batch_size"], done)) if done else earlier,
                   adopt)
+
+
+def _check_block(saved: SavedState, now: dict[str, Any], at: str, same_world: bool) -> None:
+    """Mid-epoch, the shuffle mode must match and, for shuffle="block", the window, the world size and
+    the ranks per node: the block order is a function of them (:func:`loader.load.sampler.block_order`)."""
+    mode = saved.get("shuffle_mode", "global" if saved["shuffle"] else "off")
+    if mode != now["shuffle_mode"]:
+        raise ArgumentError(f"{at} with shuffle={mode!r}, but this loader has shuffle={now['shuffle_mode']!r}: "
+                            f"build it with shuffle={mode!r} to resume mid-epoch, or resume from a state saved "
+                            f"at an epoch's end (it loads into any loader of this dataset)", param="shuffle")
+    if mode != "block":
+        return
+    if saved.get("block_shards") != now["block_shards"]:
+        raise ArgumentError(f"{at} with shuffle='block' over windows of block_shards={saved.get('block_shards')} "
+                            f"shards, but this loader's are {now['block_shards']}: build it with "
+                            f"block_shards={saved.get('block_shards')} to resume mid-epoch, or resume from a state "
+                            f"saved at an epoch's end", param="block_shards")
+    if not same_world or saved.get("local_world_size") != now["local_world_size"]:
+        raise ArgumentError(f"{at} with shuffle='block' on world_size={saved['world_size']} "
+                            f"(LOCAL_WORLD_SIZE={saved.get('local_world_size')}), but this loader runs on "
+                            f"world_size={now['world_size']} (LOCAL_WORLD_SIZE={now['local_world_size']}): the "
+                            f"block order deals windows to nodes, so resume mid-epoch on the same ranks per node "
+                            f"and nodes, or from a state saved at an epoch's end", param="world_size")
 
 
 def _check_global_batch(saved: SavedState, now: dict[str, Any], at: str) -> None:
