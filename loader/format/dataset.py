@@ -281,6 +281,37 @@ class RemoteDataset(PackedDataset):
         super().__init__(source.entry, read_manifest(source.entry))
         self._readers = source.readers(self.manifest.shards)
         self._one_at_a_time = source.cache.limit is not None
+        self._ahead, self._ahead_pid = None, None
+
+    def read_ahead(self, records) -> None:
+        """Start downloading the shards of ``records`` (this rank's plan, in order) ahead of the reads, in
+        first-use order (:class:`loader.storage.remote.ReadAhead`); stops the previous epoch's read-ahead.
+        :class:`loader.load.feed.EpochFeed` calls it when an epoch starts."""
+        from loader.storage.remote import READ_AHEAD_THREADS, ReadAhead, read_ahead_budget
+
+        self.stop_read_ahead()
+        idx = np.asarray(records, dtype=np.int64).reshape(-1)
+        if READ_AHEAD_THREADS <= 0 or not idx.size or idx.min() < 0 or idx.max() >= len(self):
+            return           # (an index out of range: the read raises naming it)
+        shard = np.searchsorted(self._firsts, idx, side="right") - 1
+        uniq, first = np.unique(shard, return_index=True)
+        order = uniq[np.argsort(first, kind="stable")].tolist()
+        shards = self.manifest.shards
+        sizes = self.source.sizes
+        budget = read_ahead_budget(self.source, shards)
+        self._ahead = ReadAhead(self.source, shards, order, [sizes[s] if s < len(sizes) else None for s in order],
+                                budget, threads=READ_AHEAD_THREADS)
+        self._ahead_pid = os.getpid()
+
+    def stop_read_ahead(self) -> None:
+        """Stop the read-ahead of :meth:`read_ahead`, dropping its pins (a no-op if none runs)."""
+        if self._ahead is not None and self._ahead_pid == os.getpid():
+            self._ahead.stop()
+        self._ahead = None
+
+    def _consumed(self, idx: np.ndarray) -> None:
+        if self._ahead is not None and self._ahead_pid == os.getpid() and idx.size:
+            self._ahead.consumed(np.unique(np.searchsorted(self._firsts, idx, side="right") - 1).tolist())
 
     @property
     def where(self) -> str:
@@ -298,7 +329,9 @@ class RemoteDataset(PackedDataset):
         """See :meth:`PackedDataset.read_batch`."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if not self._one_at_a_time or (idx.size and (idx.min() < 0 or idx.max() >= len(self))):
-            return super().read_batch(idx, unreadable=unreadable)    # (an index out of range: raises naming it)
+            out = super().read_batch(idx, unreadable=unreadable)    # (an index out of range: raises naming it)
+            self._consumed(idx)
+            return out
         shard = np.searchsorted(self._firsts, idx, side="right") - 1
         out: list = [None] * len(idx)
         for s in np.unique(shard).tolist():
@@ -309,6 +342,7 @@ class RemoteDataset(PackedDataset):
                 self._readers[s].close()     # unpinned: the cache may evict it
             for k, a in zip(where.tolist(), part):
                 out[k] = a
+        self._consumed(idx)
         return out
 
     def __getstate__(self) -> dict:

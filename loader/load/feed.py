@@ -68,6 +68,9 @@ class EpochFeed:
         """Serve ``plan`` from its ``start_batch`` on (call before the pipeline runs or resets)."""
         self.plan = plan
         self._next_batch = plan.start_batch
+        # A remote dataset (RemoteDataset.read_ahead) downloads this epoch's shards ahead, in the plan's order.
+        if hasattr(self._dataset, "read_ahead"):
+            self._dataset.read_ahead(plan.records[plan.start_batch * plan.batch_size:])
         self._stopped = False
         self.in_flight.clear()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 from loader.errors import DatasetError
@@ -23,7 +24,8 @@ from loader.format.shards import ShardInfo, ShardReader
 from loader.storage.cache import ShardCache, fingerprint
 from loader.storage.store import LocalStore, split_url
 
-__all__ = ["CachedShardReader", "RemoteSource", "open_source", "open_url_store"]
+__all__ = ["READ_AHEAD_THREADS", "CachedShardReader", "ReadAhead", "RemoteSource", "open_source", "open_url_store",
+           "read_ahead_budget"]
 
 
 def open_url_store(url: str):
@@ -107,6 +109,15 @@ class RemoteSource:
             self._store = open_url_store(self.url)
         return self._store
 
+    def file_size(self, s: int, info: ShardInfo) -> int:
+        """The size of shard ``s``'s file: from the index if it records it, else one size request (kept,
+        and handed to the cache's fetch, which would otherwise ask again)."""
+        while len(self.sizes) <= s:
+            self.sizes.append(None)
+        if self.sizes[s] is None:
+            self.sizes[s] = self.store.size(info.name) or info.bytes
+        return self.sizes[s]
+
     def readers(self, shards: tuple[ShardInfo, ...]) -> list[CachedShardReader]:
         """One reader per shard, fetching it on first use."""
         return [CachedShardReader(self, info, i) for i, info in enumerate(shards)]
@@ -185,3 +196,129 @@ class _ManifestFirst:
             Path(dest).write_bytes(self._manifest)
         else:
             self._store.download(key, dest)
+
+
+#: Shards a process downloads ahead at once (plus the one its reader may be fetching itself): enough to
+#: keep a few connections busy on a fast link, few enough to leave bandwidth to the other ranks of a node.
+READ_AHEAD_THREADS = 3
+# How long a read-ahead thread waits for the reader to make room before looking again (it also stops then).
+_WAIT_S = 0.5
+
+
+class ReadAhead:
+    """Downloads the shards of one epoch's plan ahead of the reader, in first-use order, with at most
+    :data:`READ_AHEAD_THREADS` downloads at once, through the cache (one download per node still holds:
+    a thread and a reader asking for the same shard meet at its lock).
+
+    ``order`` is the plan's shards in first-use order, ``sizes`` their file sizes (None: asked for on the
+    way). A shard fetched ahead stays pinned until the reader has read from it, so eviction never removes
+    a shard needed sooner than one being fetched; with a ``cache_limit`` the pinned shards ahead of the
+    reader never exceed ``budget`` bytes (the limit less the index and one shard being read, shared among the node's
+    ``LOCAL_WORLD_SIZE`` ranks), so the read-ahead goes only as far as fits. A failed download is left
+    for the reader to meet (it fetches the shard itself and raises the one-line error)."""
+
+    def __init__(self, source: RemoteSource, infos, order: list[int], sizes: list[int], budget: int | None,
+                 threads: int = READ_AHEAD_THREADS):
+        self._source, self._infos, self._order, self._sizes, self._budget = source, infos, order, sizes, budget
+        self._pos = {s: k for k, s in enumerate(order)}
+        self._cond = threading.Condition()
+        self._next = 0             # the next position of ``order`` a thread takes
+        self._frontier = -1        # the furthest position the reader has read from
+        self._ahead = 0            # bytes pinned or being fetched ahead of the reader
+        self._pins: dict[int, int] = {}
+        self._stop = False
+        self.errors: list[BaseException] = []
+        self._threads = [threading.Thread(target=self._run, name=f"loader-readahead-{i}", daemon=True)
+                         for i in range(max(0, threads))]
+        for t in self._threads:
+            t.start()
+
+    def _take(self) -> int | None:
+        """The next position to fetch, once it fits in the budget; None when done or stopped."""
+        with self._cond:
+            while not self._stop and self._next < len(self._order):
+                k = self._next
+                if k <= self._frontier:            # the reader got there first
+                    self._next += 1
+                    continue
+                if self._sizes[k] is None:         # a size request, outside the lock
+                    self._cond.release()
+                    try:
+                        s = self._order[k]
+                        size = self._source.file_size(s, self._infos[s])
+                    except BaseException as e:     # noqa: BLE001 - left for the reader to meet
+                        self.errors.append(e)
+                        size = self._infos[self._order[k]].bytes
+                    finally:
+                        self._cond.acquire()
+                    self._sizes[k] = size
+                    continue
+                size = self._sizes[k]
+                if self._budget is None or self._ahead + size <= self._budget:
+                    self._next += 1
+                    self._ahead += size
+                    return k
+                self._cond.wait(_WAIT_S)
+            return None
+
+    def _run(self) -> None:
+        while (k := self._take()) is not None:
+            s = self._order[k]
+            fd = None
+            try:
+                fd = self._source.fetch_pinned(self._infos[s], s)
+            except BaseException as e:   # noqa: BLE001 - the reader meets it again and raises it, one line
+                self.errors.append(e)
+            with self._cond:
+                if fd is not None and not self._stop and k > self._frontier:
+                    self._pins[k] = fd
+                    fd = None
+                else:
+                    self._ahead -= self._sizes[k]
+                self._cond.notify_all()
+            ShardCache.unpin(fd)
+
+    def consumed(self, shards) -> None:
+        """The reader has read from ``shards``: move the frontier, drop the pins it passed."""
+        done = []
+        with self._cond:
+            pos = max((self._pos.get(int(s), -1) for s in shards), default=-1)
+            if pos <= self._frontier:
+                return
+            self._frontier = pos
+            for k in [k for k in self._pins if k <= pos]:
+                done.append(self._pins.pop(k))
+                self._ahead -= self._sizes[k]
+            self._cond.notify_all()
+        for fd in done:
+            ShardCache.unpin(fd)
+
+    def stop(self) -> None:
+        """Stop fetching (downloads under way finish) and drop every pin."""
+        with self._cond:
+            self._stop = True
+            pins, self._pins = list(self._pins.values()), {}
+            self._cond.notify_all()
+        for fd in pins:
+            ShardCache.unpin(fd)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the threads to end (tests)."""
+        for t in self._threads:
+            t.join(timeout)
+
+
+def read_ahead_budget(source: RemoteSource, shards) -> int | None:
+    """Bytes one process may hold ahead of its reader: None without a ``cache_limit``; else the limit
+    less the index and one largest shard (the one being read), divided among ``LOCAL_WORLD_SIZE`` ranks."""
+    limit = source.cache.limit
+    if limit is None or not shards:
+        return None if limit is None else 0
+    s = max(range(len(shards)), key=lambda i: shards[i].bytes)
+    largest = source.file_size(s, shards[s])    # the file of the shard with the most payload (LMDB adds pages)
+    index = sum(f.stat().st_size for f in source.entry.iterdir() if f.is_file() and ".lmdb" not in f.name)
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(0, (limit - index - largest) // ranks)
