@@ -279,18 +279,25 @@ def test_bench_module_help_runs():
 SCHEMA = ["pipeline", "batch_size", "image_size", "images_per_sec", "workers", "threads", "images_per_sec_runs",
           "images", "seconds", "repeats", "first_batch_ms", "create_s", "peak_rss_mb", "workers_rss_mb",
           "gpu_mem_mb", "ratio_vs_dataloader", "ratio_vs_dataloader_lmdb", "pct_of_decode_limit", "device",
-          "train", "warmup", "pack_s", "gpu_peak_memory_mb"]
+          "train", "warmup", "pack_s", "gpu_peak_memory_mb",
+          # Added with the cache rows of a dataset at a URL (tests/test_bench_remote.py): appended, so a
+          # reader of the 23 fields above is unaffected.
+          "url", "ratio_vs_loader", "time_to_first_batch_ms", "cache_peak_bytes", "cache_limit",
+          "cache_start_bytes", "cache_start_files"]
 
 
 def test_row_json_schema_and_round_trip():
     row = BenchRow("loader", 64, 224, 1234.5, images_per_sec_runs=(1200.0, 1234.5, 1300.0), images=640)
     d = row.to_dict()
-    assert list(d) == SCHEMA and len(SCHEMA) == 23 and d["gpu_peak_memory_mb"] is None
+    assert list(d) == SCHEMA and len(SCHEMA) == 30 and d["gpu_peak_memory_mb"] is None
+    assert d["url"] is None and d["cache_peak_bytes"] is None
     assert d["images_per_sec_runs"] == [1200.0, 1234.5, 1300.0]
     assert json.loads(json.dumps(d)) == d
     assert BenchRow.from_dict(d) == row
     with pytest.raises(ValueError, match="unknown keys"):
         BenchRow.from_dict({**d, "extra": 1})
+    old = {k: v for k, v in d.items() if k in SCHEMA[:23]}     # a row written before the cache fields
+    assert BenchRow.from_dict(old) == row
 
 
 def test_time_steps_counts_warmup_apart_and_syncs():

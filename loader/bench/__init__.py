@@ -12,10 +12,16 @@ labels) -- or, with ``--eval``, resize + centre crop in order:
 * ``dataloader-lmdb`` -- the same DataLoader reading the packed shards;
 * ``decode-limit``    -- DALI's region decode alone: the ceiling.
 
+A packed dataset at a URL (``loader bench s3://.../photos.packed``, or an image folder
+with ``--packed s3://...``) adds ``loader (cold cache)`` and ``loader (warm cache)``:
+ImageLoader reading the URL through the node-local cache, from an empty cache and from a
+filled one, beside ``loader`` on a downloaded local copy (``--cache-dir``, ``--cache-limit``).
+
 The pieces, one job per module: :mod:`~loader.bench.source` (what SRC is; pack
 it once), :mod:`~loader.bench.contenders` (the pipelines, from one frozen
 :class:`ContenderSpec`; :mod:`~loader.bench.baseline` and
-:mod:`~loader.bench.decode_limit` beside them), :mod:`~loader.bench.harness`
+:mod:`~loader.bench.decode_limit` beside them), :mod:`~loader.bench.remote` (the cache
+rows' temporary caches and their sampling), :mod:`~loader.bench.harness`
 (the settings and the round-robin race), :mod:`~loader.bench.procstat`
 (``/proc``: waiting for idle), :mod:`~loader.bench.results` (:class:`BenchRow`,
 the JSON schema), :mod:`~loader.bench.recommend` and :mod:`~loader.bench.report`.

@@ -9,6 +9,15 @@
                          (:mod:`loader.bench.decode_limit`): the ceiling; on CUDA the
                          nvJPEG decode of the loader's GPU graph alone.
 
+When the packed dataset is a URL (``s3://...``) two more rows read it through the node-local
+cache (``ImageLoader(url, cache_dir=..., cache_limit=...)``), beside ``loader`` on a local copy:
+
+* ``loader (cold cache)`` -- a new contender on a fresh, empty ``cache_dir`` for every measurement
+                             (the harness times its creation, index download included);
+* ``loader (warm cache)`` -- one contender created on a cache the harness filled first
+                             (every shard fetched once, as far as ``cache_limit`` lets them stay),
+                             so its creation and first batch are a warm start's.
+
 On CUDA the DataLoader baselines run the way a careful GPU user runs them:
 ``pin_memory=True`` and ``.to(device, non_blocking=True)``; :meth:`Contender.sync`
 synchronizes the device before every clock read, so the copies are inside the
@@ -34,12 +43,18 @@ from typing import Any, Literal
 
 from loader.bench.procstat import descendants
 
-__all__ = ["CONTENDERS", "RUN_ORDER", "Contender", "ContenderName", "ContenderSpec", "make_contender"]
+__all__ = ["COLD", "CONTENDERS", "REMOTE_ROWS", "RUN_ORDER", "WARM", "Contender", "ContenderName",
+           "ContenderSpec", "make_contender"]
 
-ContenderName = Literal["loader", "dataloader", "dataloader-lmdb", "decode-limit"]
+ContenderName = Literal["loader", "dataloader", "dataloader-lmdb", "decode-limit",
+                        "loader (cold cache)", "loader (warm cache)"]
+# What --pipelines chooses from; the cache rows come with `loader` when the dataset is a URL.
 CONTENDERS: tuple[ContenderName, ...] = ("loader", "dataloader", "dataloader-lmdb", "decode-limit")
+COLD: ContenderName = "loader (cold cache)"
+WARM: ContenderName = "loader (warm cache)"
+REMOTE_ROWS: tuple[ContenderName, ...] = (COLD, WARM)
 # The order rows come out in, and the first round's order (later rounds rotate it).
-RUN_ORDER: tuple[ContenderName, ...] = ("dataloader", "dataloader-lmdb", "loader", "decode-limit")
+RUN_ORDER: tuple[ContenderName, ...] = ("dataloader", "dataloader-lmdb", "loader", WARM, COLD, "decode-limit")
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,8 @@ class ContenderSpec:
     always run torchvision's, whose pixels ``"torchvision"`` reproduces). ``color_jitter``:
     brightness = contrast = saturation for the training rows, as ImageLoader's
     ``color_jitter`` and torchvision's PIL ``ColorJitter`` in the DataLoader rows
-    (``decode-limit`` decodes only).
+    (``decode-limit`` decodes only). ``url``, ``cache_dir``, ``cache_limit`` (bytes): the cache
+    rows' dataset URL and ImageLoader's cache settings (None for the other rows, which read ``packed``).
     """
 
     name: ContenderName
@@ -70,6 +86,9 @@ class ContenderSpec:
     folder: str | Path | None = None
     eval_mode: str = "fast"
     color_jitter: float = 0.0
+    url: str | None = None
+    cache_dir: str | Path | None = None
+    cache_limit: int | None = None
 
 
 class Contender:
@@ -131,8 +150,10 @@ class _LoaderContender(Contender):
         from loader.load.imageloader import ImageLoader
 
         s = self.spec
-        self.obj = ImageLoader(s.packed, s.batch_size, image_size=s.image_size, train=s.train,
-                               num_threads=s.threads, prefetch=s.prefetch, seed=s.seed, device=s.device,
+        where = dict(cache_dir=s.cache_dir, cache_limit=s.cache_limit) if s.url is not None else {}
+        self.obj = ImageLoader(s.url if s.url is not None else s.packed, s.batch_size, image_size=s.image_size,
+                               train=s.train, num_threads=s.threads, prefetch=s.prefetch, seed=s.seed,
+                               device=s.device, **where,
                                augment=Augment(eval_mode=s.eval_mode, color_jitter=s.color_jitter or None))
 
     def step(self) -> int:
@@ -144,6 +165,15 @@ class _LoaderContender(Contender):
         super().close()
         if ds is not None:
             ds.close()   # release the shards now (other contenders may fork workers next)
+
+
+def fetch_all_shards(ds) -> None:
+    """Fetch every shard of the :class:`~loader.format.dataset.RemoteDataset` ``ds`` into its cache (in
+    order; under a ``cache_limit`` the least recently used ones make room), pinning none of them."""
+    from loader.storage.cache import ShardCache
+
+    for s, info in enumerate(ds.manifest.shards):
+        ShardCache.unpin(ds.source.fetch_pinned(info, s))
 
 
 class _DataLoaderContender(Contender):
@@ -208,11 +238,14 @@ class _DecodeLimitContender(Contender):
 _KINDS: dict[str, type[Contender]] = {
     "loader": _LoaderContender, "dataloader": _DataLoaderContender,
     "dataloader-lmdb": _DataLoaderContender, "decode-limit": _DecodeLimitContender,
+    COLD: _LoaderContender, WARM: _LoaderContender,
 }
 
 
 def make_contender(spec: ContenderSpec) -> Contender:
     """The contender ``spec.name`` describes (not yet created)."""
     if spec.name not in _KINDS:
-        raise ValueError(f"unknown contender {spec.name!r}; one of {', '.join(CONTENDERS)}")
+        raise ValueError(f"unknown contender {spec.name!r}; one of {', '.join(CONTENDERS + REMOTE_ROWS)}")
+    if spec.name in REMOTE_ROWS and spec.url is None:
+        raise ValueError(f"the {spec.name!r} contender reads a URL: set ContenderSpec.url")
     return _KINDS[spec.name](spec)

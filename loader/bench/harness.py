@@ -15,6 +15,9 @@ resolution and table layout are :mod:`loader.measure`'s, shared with
   and after it the process tree is left to go idle (:func:`loader.bench.procstat.settle`),
   so a contender's background prefetching never runs inside another's
   measurement. Images are counted from the labels of every batch consumed.
+  A dataset at a URL adds the cache rows (:mod:`loader.bench.remote`): the cold
+  row is created anew on an empty cache for each measurement, which is timed
+  from its creation (index download, first batch and no warm-up included).
 
 GPU memory on CUDA: ``gpu_mem_mb`` is the device's peak used memory (every
 contender of the configuration is alive at once, so it is the sum), and
@@ -26,6 +29,7 @@ during one of its measurements (the others are idle then). Device-wide figures
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import statistics
 import sys
@@ -34,8 +38,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.bench.contenders import CONTENDERS, RUN_ORDER, Contender, ContenderSpec, make_contender
+from loader.bench.contenders import (
+    COLD,
+    CONTENDERS,
+    REMOTE_ROWS,
+    RUN_ORDER,
+    WARM,
+    Contender,
+    ContenderSpec,
+    make_contender,
+)
 from loader.bench.procstat import settle
+from loader.bench.remote import CacheSampler, ColdStats, RemoteBench, dir_usage
 from loader.bench.results import BenchRow, with_ratios
 from loader.bench.source import resolve_source
 from loader.errors import ArgumentError, LoaderError
@@ -51,6 +65,7 @@ from loader.measure import (
     rss_bytes,
     time_steps,
 )
+from loader.storage.store import is_url
 from loader.units import MB, available_cores
 
 __all__ = ["BenchInterrupted", "BenchSettings", "Timing", "bench", "resolve_run_device", "time_steps"]
@@ -89,6 +104,10 @@ class BenchSettings:
     # Training colour jitter, b = c = s, of the loader and DataLoader rows (ContenderSpec).
     color_jitter: float = 0.0
     settle: bool = True            # wait for idle between measurements (tests turn it off)
+    # A dataset at a URL: where the cache rows' temporary caches go (default: the system's temporary
+    # folder) and their cache_limit (bytes or "50GB"; None: none). See loader.bench.remote.
+    cache_dir: str | Path | None = None
+    cache_limit: int | str | None = None
 
     def __post_init__(self):
         def set_(name, value):   # frozen: the resolved defaults are filled in once, here
@@ -122,6 +141,11 @@ class BenchSettings:
             raise ArgumentError(f"pipelines must name some of {', '.join(CONTENDERS)}, got {self.pipelines!r}",
                                 param="pipelines")
         set_("pipelines", pipelines)
+        from loader.storage.cache import parse_bytes
+
+        set_("cache_limit", parse_bytes(self.cache_limit, "cache_limit"))
+        if self.cache_dir is not None and not isinstance(self.cache_dir, (str, Path)):
+            raise ArgumentError(f"cache_dir must be a folder path or None, got {self.cache_dir!r}", param="cache_dir")
 
 
 class BenchInterrupted(KeyboardInterrupt):
@@ -150,6 +174,14 @@ class _Stats:
         self.gpu_created: int | None = None   # device memory gained by create() + the first batch
         self.gpu_growth = 0                   # the largest growth during one measurement
         self._gpu_start: int | None = None
+        self.cache_peak: int | None = None    # cache rows: peak bytes under cache_dir
+        self.cache_start_files: int | None = None
+        self.cache_start_bytes: int | None = None
+
+    def cache_start(self, files: int, nbytes: int) -> None:
+        """What the cache held as a measurement began (the largest over the measurements is kept)."""
+        self.cache_start_files = max(self.cache_start_files or 0, files)
+        self.cache_start_bytes = max(self.cache_start_bytes or 0, nbytes)
 
     def measure_starts(self, c: Contender) -> None:
         self._gpu_start = _gpu_used(c.spec.device)
@@ -170,16 +202,16 @@ class _Stats:
     def gpu_own(self) -> int | None:
         return None if self.gpu_created is None else max(self.gpu_created, 0) + self.gpu_growth
 
-    def row(self, c: Contender, s: BenchSettings, pack_s: float | None) -> BenchRow:
+    def row(self, spec: ContenderSpec, s: BenchSettings, pack_s: float | None) -> BenchRow:
         return BenchRow(
-            pipeline=c.name, batch_size=c.spec.batch_size, image_size=c.spec.image_size,
+            pipeline=spec.name, batch_size=spec.batch_size, image_size=spec.image_size,
             images_per_sec=statistics.median(self.runs) if self.runs else 0.0,
             workers=s.workers, threads=s.threads, images_per_sec_runs=tuple(self.runs),
             images=self.images, seconds=self.seconds, repeats=len(self.runs),
             first_batch_ms=self.first_batch_ms, create_s=self.create_s,
             peak_rss_mb=self.peak_rss / MB, workers_rss_mb=self.peak_workers_rss / MB,
             gpu_mem_mb=None if self.peak_gpu is None else self.peak_gpu / MB,
-            device=c.spec.device, train=s.train, warmup=s.warmup, pack_s=pack_s,
+            device=spec.device, train=s.train, warmup=s.warmup, pack_s=pack_s,
             gpu_peak_memory_mb=None if self.gpu_own() is None else self.gpu_own() / MB)
 
 
@@ -213,7 +245,53 @@ def _measure(c: Contender, st: _Stats, s: BenchSettings) -> Timing:
     return t
 
 
-def _close_all(contenders: dict[str, Contender]) -> None:
+def _measure_cold(remote: RemoteBench, spec: ContenderSpec, st: _Stats, cold: ColdStats, s: BenchSettings) -> Timing:
+    """One cold-cache measurement (:meth:`RemoteBench.measure_cold`): images / seconds from the
+    contender's creation on an empty cache through its first batch and ``batches`` more (no warm-up:
+    the downloads are what is measured)."""
+    last = [0.0]
+
+    def timer(c: Contender) -> Timing:
+        def tick():
+            now = time.perf_counter()
+            if now - last[0] >= 0.1:
+                last[0] = now
+                st.sample_memory(c)
+
+        return time_steps(c.step, warmup=0, batches=s.batches, seconds=s.seconds, sync=c.sync, tick=tick)
+
+    def end(c: Contender, peak: int) -> None:
+        st.sample_memory(c)
+        st.cache_peak = max(st.cache_peak or 0, peak)
+
+    images, seconds = remote.measure_cold(spec, cold, step_timer=timer, on_start=st.cache_start, on_end=end)
+    t = Timing(count=images, seconds=seconds, steps=0)
+    st.runs.append(t.rate)
+    st.images += images
+    st.seconds += seconds
+    return t
+
+
+def _row(name: str, spec: ContenderSpec, st: _Stats, cold: ColdStats, remote: RemoteBench | None,
+         s: BenchSettings, pack_s: float | None) -> BenchRow:
+    """The row of ``name``; the cache rows with their cache figures."""
+    row = st.row(spec, s, pack_s)
+    if name not in REMOTE_ROWS:
+        return row
+    if name == COLD:
+        create_s, first_ms, ttfb = cold.medians()
+    else:
+        create_s, first_ms = st.create_s, st.first_batch_ms
+        ttfb = None if create_s is None or first_ms is None else 1e3 * create_s + first_ms
+    return dataclasses.replace(row, url=remote.url, create_s=create_s, first_batch_ms=first_ms,
+                               time_to_first_batch_ms=ttfb, cache_peak_bytes=st.cache_peak,
+                               cache_limit=remote.cache_limit, cache_start_bytes=st.cache_start_bytes,
+                               cache_start_files=st.cache_start_files)
+
+
+def _close_all(contenders: dict[str, Contender], sampler: CacheSampler | None = None) -> None:
+    if sampler is not None:
+        sampler.stop()
     for c in contenders.values():
         try:
             c.close()
@@ -260,12 +338,29 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
         note(f"packed {report.num_records} images into {packed_path} in {report.seconds:.1f} s "
              f"({report.images_per_sec:.0f} images/s, {report.mb_per_sec:.1f} MB/s of input), "
              f"once; not part of the throughput figures")
+    url = str(packed_path) if is_url(packed_path) else None
+    remote = None if url is None else RemoteBench(url, cache_dir=s.cache_dir, cache_limit=s.cache_limit)
+    try:
+        if remote is not None:
+            packed_path = remote.local_copy()
+            note(f"{url}: the local rows read a copy downloaded into {packed_path} (removed after); "
+                 f"{COLD!r} and {WARM!r} read the URL through a cache in {remote.work}")
+        rows = _race(s, src, folder, packed_path, report, remote, log, note)
+    finally:
+        if remote is not None:
+            remote.close()
+    return with_ratios(rows)
+
+
+def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBench | None, log, note) -> list[BenchRow]:
     from loader.format.dataset import open_dataset
 
     ds = open_dataset(packed_path)
     num_records = len(ds)
     ds.close()
     wanted = s.pipelines
+    if remote is not None and "loader" in wanted:
+        wanted = wanted + REMOTE_ROWS
     if folder is None and "dataloader" in wanted:
         note(f"{src} is a packed dataset (no original files): skipping `dataloader`; "
              f"`dataloader-lmdb` runs the same DataLoader on the shards")
@@ -288,11 +383,20 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
                                          train=s.train, seed=s.seed, device=device, threads=s.threads,
                                          workers=s.workers, prefetch=s.prefetch, eval_mode=s.eval_mode,
                                          color_jitter=s.color_jitter) for name in order}
+            if WARM in specs:
+                specs[WARM] = remote.warm_spec(specs[WARM])
             contenders: dict[str, Contender] = {}
             stats = {name: _Stats() for name in order}
+            cold, warm_sampler = ColdStats(), None
             try:
                 for name in order:
-                    c, st = make_contender(specs[name]), stats[name]
+                    if name == COLD:      # created afresh for every measurement, on an empty cache
+                        continue
+                    st = stats[name]
+                    if name == WARM:
+                        warm_sampler = CacheSampler(remote.warm).start()
+                        remote.fill_warm()
+                    c = make_contender(specs[name])
                     before = _gpu_used(device)
                     t0 = time.perf_counter()
                     c.create()
@@ -309,19 +413,26 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
                     if s.settle:
                         settle()
                 for r, name in interleaved(order, s.repeats, rotate=True):   # rotate who goes first
-                    t = _measure(contenders[name], stats[name], s)
+                    if name == COLD:
+                        t = _measure_cold(remote, specs[name], stats[name], cold, s)
+                    else:
+                        if name == WARM:
+                            stats[name].cache_start(*dir_usage(remote.warm))
+                        t = _measure(contenders[name], stats[name], s)
                     log(f"{name} batch={b} size={size} {mode} repeat {r + 1}/{s.repeats}: "
                         f"{t.rate:.1f} images/s ({t.count} images in {t.seconds:.2f} s, {how})")
                     if s.settle:
                         settle()
+                if warm_sampler is not None:
+                    stats[WARM].cache_peak = warm_sampler.stop()
             except KeyboardInterrupt:
-                rows += [stats[n].row(contenders[n], s, pack_s) for n in order if stats[n].runs]
-                _close_all(contenders)
+                rows += [_row(n, specs[n], stats[n], cold, remote, s, pack_s) for n in order if stats[n].runs]
+                _close_all(contenders, warm_sampler)
                 raise BenchInterrupted(with_ratios(rows)) from None
             except BaseException:
-                _close_all(contenders)
+                _close_all(contenders, warm_sampler)
                 raise
-            rows += [stats[n].row(contenders[n], s, pack_s) for n in order]
-            _close_all(contenders)
-    return with_ratios(rows)
+            rows += [_row(n, specs[n], stats[n], cold, remote, s, pack_s) for n in order]
+            _close_all(contenders, warm_sampler)
+    return rows
 

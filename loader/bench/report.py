@@ -21,7 +21,7 @@ __all__ = ["format_table", "plot_series", "print_report", "text_table", "write_j
 
 # colour per contender in plots
 _COLOURS = {"loader": "tab:green", "dataloader": "tab:blue", "dataloader-lmdb": "tab:orange",
-            "decode-limit": "tab:gray"}
+            "decode-limit": "tab:gray", "loader (cold cache)": "tab:red", "loader (warm cache)": "tab:olive"}
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -117,6 +117,13 @@ def print_report(rows: Sequence[BenchRow], notes: Sequence[str] = (), *, prefetc
     for r in rows:
         if r.pct_of_decode_limit is not None:
             say(f"loader at batch {r.batch_size}, {r.image_size} px: {r.pct_of_decode_limit:.0f}% of the decode limit")
+    for r in rows:
+        if r.url is not None:
+            ratio = "" if r.ratio_vs_loader is None else f"{r.ratio_vs_loader:.2f}x the local loader row, "
+            limit = "no cache_limit" if r.cache_limit is None else f"cache_limit {r.cache_limit / 1e6:.1f} MB"
+            peak = None if r.cache_peak_bytes is None else r.cache_peak_bytes / 1e6
+            say(f"{r.pipeline} at batch {r.batch_size}, {r.image_size} px: {ratio}time to first batch "
+                f"{_fmt(r.time_to_first_batch_ms, '.0f')} ms, cache peak {_fmt(peak, '.1f')} MB on disk ({limit})")
     for n in notes:
         say(f"note: {n}")
     loader_rows = [r for r in rows if r.pipeline == "loader" and r.images_per_sec > 0]

@@ -25,6 +25,15 @@ class BenchRow:
     :mod:`loader.bench.harness`); both None on the CPU. ``ratio_vs_*`` divide this
     row's rate by the named baseline's at the same configuration;
     ``pct_of_decode_limit`` is set on ``loader`` rows.
+
+    The cache rows of a dataset at a URL (``loader (cold cache)``, ``loader (warm cache)``; see
+    :mod:`loader.bench.contenders`) also fill: ``url``; ``ratio_vs_loader`` (this rate / the local
+    ``loader`` row's); ``time_to_first_batch_ms`` (ImageLoader created, index fetched, first batch
+    out: the median over the cold row's measurements, each from an empty cache);
+    ``cache_peak_bytes`` (the most bytes of files under its ``cache_dir``, sampled every 20 ms in a
+    thread while it ran); ``cache_limit`` (bytes, None: none); ``cache_start_bytes`` /
+    ``cache_start_files`` (what its ``cache_dir`` held when each measurement started, the largest:
+    0 for the cold row).
     """
 
     pipeline: str
@@ -50,6 +59,13 @@ class BenchRow:
     warmup: int = 0
     pack_s: float | None = None                  # the one-off pack of SRC, when this run did it
     gpu_peak_memory_mb: float | None = None      # this contender's own GPU memory (None on the CPU)
+    url: str | None = None                       # the cache rows' dataset URL
+    ratio_vs_loader: float | None = None         # cache rows: this rate / the local loader row's
+    time_to_first_batch_ms: float | None = None  # cache rows: creation (index download) + first batch
+    cache_peak_bytes: int | None = None          # cache rows: peak bytes under cache_dir
+    cache_limit: int | None = None               # cache rows: the cache_limit in bytes (None: none)
+    cache_start_bytes: int | None = None         # cache rows: bytes under cache_dir as a measurement began
+    cache_start_files: int | None = None         # cache rows: files under cache_dir as a measurement began
 
     def to_dict(self) -> dict:
         """The JSON object (lists for tuples)."""
@@ -71,7 +87,8 @@ class BenchRow:
 
 
 def with_ratios(rows: Sequence[BenchRow]) -> list[BenchRow]:
-    """``rows`` with ``ratio_vs_dataloader``, ``ratio_vs_dataloader_lmdb`` and ``pct_of_decode_limit`` filled in."""
+    """``rows`` with ``ratio_vs_dataloader``, ``ratio_vs_dataloader_lmdb``, ``pct_of_decode_limit`` and
+    (cache rows) ``ratio_vs_loader`` filled in."""
     by_cfg: dict[tuple[int, int], dict[str, BenchRow]] = {}
     for r in rows:
         by_cfg.setdefault((r.batch_size, r.image_size), {})[r.pipeline] = r
@@ -84,6 +101,9 @@ def with_ratios(rows: Sequence[BenchRow]) -> list[BenchRow]:
                 base = cfg.get(ref)
                 if base is not None and base.images_per_sec > 0:
                     extra[key] = r.images_per_sec / base.images_per_sec
+            local = cfg.get("loader")
+            if r.url is not None and local is not None and local.images_per_sec > 0:
+                extra["ratio_vs_loader"] = r.images_per_sec / local.images_per_sec
             lim = cfg.get("decode-limit")
             if r.pipeline == "loader" and lim is not None and lim.images_per_sec > 0:
                 extra["pct_of_decode_limit"] = 100.0 * r.images_per_sec / lim.images_per_sec

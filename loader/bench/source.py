@@ -1,4 +1,7 @@
-"""What ``loader bench SRC`` measures: an image folder (packed once, then reused) or a packed dataset."""
+"""What ``loader bench SRC`` measures: an image folder (packed once, then reused) or a packed dataset.
+
+The packed dataset may be a URL (``s3://...``): SRC itself, or ``packed`` (an image folder SRC is
+then packed there unless the URL already holds a packed dataset)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 from loader.errors import LoaderError
 from loader.format.manifest import MANIFEST_NAME
+from loader.storage.store import is_url
 
 __all__ = ["CACHE_SUFFIX", "is_packed", "resolve_source"]
 
@@ -15,7 +19,11 @@ CACHE_SUFFIX = ".loader-cache"
 
 
 def is_packed(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds a packed dataset (made by ``loader pack``)."""
+    """Whether ``path`` (a folder or a URL) holds a packed dataset (made by ``loader pack``)."""
+    if is_url(path):
+        from loader.storage.remote import open_url_store
+
+        return open_url_store(str(path)).size(MANIFEST_NAME) is not None
     return (Path(path) / MANIFEST_NAME).is_file()
 
 
@@ -28,17 +36,28 @@ def resolve_source(src: str | os.PathLike, packed: str | os.PathLike | None = No
     a pack done now (None when one was reused or SRC is itself packed).
     """
     log = log or (lambda msg: None)
+    if is_url(src):
+        if packed is not None and str(packed) != str(src):
+            raise LoaderError(f"packed: {src} is already a packed dataset; give it alone, "
+                              f"without packed={str(packed)!r}", param="packed")
+        if not is_packed(src):
+            raise LoaderError(f"{src} holds no packed dataset (no {MANIFEST_NAME}); pack one there with "
+                              f"`loader pack FOLDER {src}`, or pass an image folder as src", param="src")
+        return None, str(src), None
     src_p = Path(src)
     if not src_p.exists():
         raise LoaderError(f"{src} does not exist; pass an image folder or a packed dataset as src", param="src")
     if not src_p.is_dir():
         raise LoaderError(f"{src} is not a folder; pass an image folder or a packed dataset as src", param="src")
     if is_packed(src_p):
-        if packed is not None and Path(packed).resolve() != src_p.resolve():
+        if packed is not None and (is_url(packed) or Path(packed).resolve() != src_p.resolve()):
             raise LoaderError(f"packed: {src} is already a packed dataset; give it alone, "
                               f"without packed={str(packed)!r}", param="packed")
         return None, src_p, None
-    dst = Path(packed) if packed is not None else Path(str(src_p).rstrip("/\\") + CACHE_SUFFIX)
+    if packed is not None and is_url(packed):
+        dst = str(packed)
+    else:
+        dst = Path(packed) if packed is not None else Path(str(src_p).rstrip("/\\") + CACHE_SUFFIX)
     if is_packed(dst):
         log(f"reusing the packed dataset {dst} (delete it to re-pack {src} and time the pack)")
         return src_p, dst, None

@@ -20,6 +20,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         eval_mode=args.eval_mode, color_jitter=args.color_jitter,
         batches=args.batches, seconds=args.seconds, train=not args.eval, device=args.device,
         prefetch=args.prefetch, seed=args.seed, memory_budget_mb=args.memory_budget_mb,
+        cache_dir=args.cache_dir, cache_limit=args.cache_limit,
         pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()))
     check_output_files({"--json": args.json, "--plot": args.plot})
     notes: list[str] = []
@@ -47,9 +48,16 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                        description=(bench_doc.__doc__ or "").split("The pieces,")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="image folder (one sub-folder per class) or a "
-                   "packed dataset (made by `loader pack`)")
+                   "packed dataset (made by `loader pack`), a folder or a URL (s3://, gs://, az://, file://)")
     p.add_argument("--packed", metavar="DST", help=f"where to pack an image folder SRC, or "
-                   f"an existing packed copy of it to reuse (default: SRC{CACHE_SUFFIX})")
+                   f"an existing packed copy of it to reuse, a folder or a URL (default: SRC{CACHE_SUFFIX}); "
+                   f"for a URL, the loader row reads a downloaded copy and the rows 'loader (cold cache)' "
+                   f"and 'loader (warm cache)' read the URL through the node-local cache")
+    p.add_argument("--cache-dir", metavar="DIR", help="for a dataset at a URL: where the cache rows' "
+                   "temporary caches go, in a folder bench makes and removes (default: the system's "
+                   "temporary folder)")
+    p.add_argument("--cache-limit", metavar="SIZE", help="for a dataset at a URL: the cache rows' "
+                   "cache_limit, bytes or e.g. 500MB, 2GiB (MB = 10^6) (default: none)")
     add_shared(p, "--batch-size", "(default: 64)", sweep=True, dest="batch_sizes", default="64")
     add_shared(p, "--image-size", "(default: 224)", sweep=True, dest="image_sizes", default="224")
     p.add_argument("--dataloader-workers", type=int, default=None, metavar="N", dest="workers",
