@@ -14,7 +14,15 @@ and measures, each in a fresh process:
 through :class:`loader.format.manifest.IndexWriter`, with one small shard) and
 measures its open time and RSS growth: a 10M row measured, not extrapolated.
 
+``--index-url N`` uploads such an index (its ``manifest.json``, columns and ``sources.bin``; not
+the shard, which an open never reads) to an S3 server on loopback (moto's, started and stopped here,
+fake credentials) and times ``open_dataset(url, cache_dir=...)`` in fresh processes: cold (an empty
+cache_dir: the index download and the open), warm (the same cache_dir again: the manifest GET and the
+open), and ``--ranks K`` processes opening it at once on one empty cache_dir (one downloads, the others
+wait on its lock: the per-node cost).
+
     python benchmarks/scale.py --images 128100 1281000 --index 10000000 --json scale.json
+    python benchmarks/scale.py --images --index-url 1281167 --ranks 4
 
 Data go to ``.cache/scale/`` (or ``--cache``); generated folders are reused.
 ``benchmarks/test_bench_scale.py`` runs it small in CI.
@@ -143,6 +151,82 @@ def measure_index(n: int, cache: Path) -> dict:
     return row
 
 
+_OPEN_URL = """
+import json, sys, time
+from loader.measure import rss_bytes
+from loader import open_dataset
+import loader.storage.objectstore  # the client library imported before the clock
+before = rss_bytes(); t0 = time.perf_counter()
+ds = open_dataset(sys.argv[1], cache_dir=sys.argv[2])
+out = {"records": len(ds), "open_s": time.perf_counter() - t0, "open_rss_mb": (rss_bytes() - before) / 1e6}
+ds.close()
+print(json.dumps(out))
+"""
+
+
+def _run_many(k: int, code: str, *args: str) -> list[dict]:
+    """``code`` in ``k`` processes started together; their JSON lines."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(k)]
+    out = []
+    for p in procs:
+        so, se = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"scale step failed (rc {p.returncode}): {se[-2000:]}")
+        out.append(json.loads(so.strip().splitlines()[-1]))
+    return out
+
+
+def measure_index_url(n: int, cache: Path, *, ranks: int = 4) -> dict:
+    """Open a synthetic N-record index from an S3 URL (moto on loopback): cold, warm, and ``ranks``
+    processes at once on one empty cache (see the module docstring)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    from loader.format.manifest import MANIFEST_NAME
+    from loader.storage.remote import open_url_store
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)   # moto's server logs every request
+    dst = write_synthetic_index(cache / f"index-{n}", n)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    saved = dict(os.environ)
+    try:
+        _host, port = server.get_host_and_port()
+        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            os.environ.pop(k, None)
+        import boto3
+
+        boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(
+            Bucket="scale")
+        url = f"s3://scale/index-{n}.packed"
+        store = open_url_store(url)
+        files = sorted(p for p in dst.iterdir() if p.is_file() and not p.name.endswith(".lmdb"))
+        for p in [p for p in files if p.name != MANIFEST_NAME] + [dst / MANIFEST_NAME]:   # manifest last
+            store.upload(p, p.name)
+        index_bytes = sum(p.stat().st_size for p in files)
+        caches = cache / f"index-{n}-caches"
+        shutil.rmtree(caches, ignore_errors=True)
+        (cold,) = _run_many(1, _OPEN_URL, url, caches / "one")
+        (warm,) = _run_many(1, _OPEN_URL, url, caches / "one")
+        many = _run_many(ranks, _OPEN_URL, url, caches / "node")
+        shutil.rmtree(caches, ignore_errors=True)
+        return {"records": n, "index_bytes": index_bytes, "cold_open_s": cold["open_s"],
+                "cold_open_rss_mb": cold["open_rss_mb"], "warm_open_s": warm["open_s"],
+                "warm_open_rss_mb": warm["open_rss_mb"], "ranks": ranks,
+                "ranks_open_s": sorted(r["open_s"] for r in many)}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        server.stop()
+        shutil.rmtree(dst, ignore_errors=True)
+
+
 def table(rows: list[dict]) -> str:
     """The README's Scale table (markdown)."""
     head = ("| records | pack images/s | pack parent peak RSS | disk / input bytes | `open_dataset()` "
@@ -163,14 +247,24 @@ def main(argv: list[str] | None = None) -> int:
                     help="image counts to generate, pack and open (default 128100)")
     ap.add_argument("--index", type=int, nargs="*", default=[],
                     help="record counts of synthetic indexes to open (e.g. 10000000)")
+    ap.add_argument("--index-url", type=int, nargs="*", default=[],
+                    help="record counts of synthetic indexes to open from an S3 URL (moto on loopback)")
+    ap.add_argument("--ranks", type=int, default=4, help="with --index-url: processes opening it at once")
     ap.add_argument("--cache", type=Path, default=ROOT / ".cache" / "scale", help="data folder")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     rows = [measure_images(n, args.cache) for n in args.images] + [measure_index(n, args.cache) for n in args.index]
-    print(table(rows))
+    url_rows = [measure_index_url(n, args.cache, ranks=args.ranks) for n in args.index_url]
+    if rows:
+        print(table(rows))
+    for r in url_rows:
+        print(f"{r['records']:,} records from s3:// ({r['index_bytes'] / 1e6:.1f} MB of index): "
+              f"cold open {r['cold_open_s']:.3f} s (+{r['cold_open_rss_mb']:.1f} MB RSS), "
+              f"warm {r['warm_open_s']:.3f} s; {r['ranks']} processes at once on one empty cache: "
+              + ", ".join(f"{x:.3f}" for x in r["ranks_open_s"]) + " s")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows + url_rows, indent=2) + "\n")
     return 0
 
 
