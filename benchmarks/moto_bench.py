@@ -1,0 +1,65 @@
+"""``loader pack`` + ``loader bench`` of a dataset on an S3 server on loopback (moto's, started here).
+
+Starts moto's ``ThreadedMotoServer`` on 127.0.0.1 (a free port), puts fake credentials and
+``AWS_ENDPOINT_URL`` in the environment, creates the bucket, runs ``loader pack SRC URL`` (unless
+``--no-pack``), then ``loader bench SRC --packed URL`` with the remaining arguments, and stops the
+server whatever happened. The figures in docs/remote.md ("Measured") come from:
+
+    python benchmarks/moto_bench.py /tmp/ds3k s3://bench/ds3k.packed -- \\
+        --pipelines loader --batch-size 64 --rounds 3 --json remote-bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the pack and the bench against a fresh moto server; the bench's exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", help="image folder")
+    ap.add_argument("url", help="s3://BUCKET/PREFIX to pack into (the bucket is created)")
+    ap.add_argument("--no-pack", action="store_true", help="bench only (SRC is packed by bench if needed)")
+    ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then loader bench's flags")
+    args = ap.parse_args(argv)
+    extra = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)    # moto's server logs every request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        _host, port = server.get_host_and_port()
+        endpoint = f"http://127.0.0.1:{port}"
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3")}
+        env.update(FAKE_ENV, AWS_ENDPOINT_URL=endpoint, PYTHONPATH=str(ROOT))
+        import boto3
+
+        bucket = args.url.removeprefix("s3://").split("/", 1)[0]
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+        loader_cmd = [sys.executable, "-m", "loader"]
+        if not args.no_pack:
+            cmd = [*loader_cmd, "pack", args.src, args.url]
+            print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+            subprocess.run(cmd, env=env, check=True)
+        cmd = [*loader_cmd, "bench", args.src, "--packed", args.url, *extra]
+        print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+        return subprocess.run(cmd, env=env, check=False).returncode
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
