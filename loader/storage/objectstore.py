@@ -40,6 +40,8 @@ __all__ = ["RETRIES", "RETRY_SECONDS", "ObjectStore", "missing_extra", "open_sto
 RETRIES = 5
 RETRY_SECONDS = 60.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 8.0
+#: obstore's connect timeout and its timeout for a whole request: a stalled response fails then and is retried.
+CONNECT_TIMEOUT, TIMEOUT = "10s", "300s"
 
 # What to set, per scheme, when a credential is missing or refused.
 _CREDENTIALS = {
@@ -88,7 +90,7 @@ def open_store(url: str) -> Store:
 
 def _options(scheme: str) -> dict:
     """obstore keyword arguments beyond what it reads from the environment itself."""
-    client = {"connect_timeout": "10s", "timeout": "300s"}    # a stalled response fails, then is retried
+    client = {"connect_timeout": CONNECT_TIMEOUT, "timeout": TIMEOUT}    # a stalled response fails, then is retried
     kw: dict = {}
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
