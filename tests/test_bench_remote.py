@@ -153,6 +153,14 @@ def test_cli_bench_of_a_url_json(remote, tmp_path):
     assert list((tmp_path / "c").iterdir()) == []
 
 
+def test_cache_settings_on_a_local_dataset_are_a_note(photos, tmp_path):
+    notes: list[str] = []
+    rows = bench(photos, BenchSettings(**{**FAST, "cache_limit": "1GB"}), packed=tmp_path / "p", progress=False,
+                 notes=notes)
+    assert [r.pipeline for r in rows] == ["loader"] and rows[0].url is None
+    assert f"cache_dir and cache_limit apply to a dataset at a URL; {tmp_path / 'p'} is read in place" in notes[-1]
+
+
 def test_cli_bad_cache_limit_names_the_flag(tmp_path):
     r = run_cli("bench", str(tmp_path), "--cache-limit", "lots")
     assert r.returncode != 0

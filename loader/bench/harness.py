@@ -339,6 +339,8 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
              f"({report.images_per_sec:.0f} images/s, {report.mb_per_sec:.1f} MB/s of input), "
              f"once; not part of the throughput figures")
     url = str(packed_path) if is_url(packed_path) else None
+    if url is None and (s.cache_dir is not None or s.cache_limit is not None):
+        note(f"cache_dir and cache_limit apply to a dataset at a URL; {packed_path} is read in place without them")
     remote = None if url is None else RemoteBench(url, cache_dir=s.cache_dir, cache_limit=s.cache_limit)
     try:
         if remote is not None:
