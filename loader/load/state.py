@@ -194,8 +194,10 @@ def resume_point(saved: SavedState, now: dict[str, Any], *, seed_drawn: bool, wh
 
     ``seed_drawn``: the loader's seed was drawn (``seed=None``), so it takes the saved one.
     ``where``: the dataset's path, for messages. Raises :class:`loader.errors.ArgumentError`
-    (``param="state_dict"``; ``param="batch_size"`` for another global batch mid-epoch) when the
-    state cannot resume this loader.
+    (``param="state_dict"``; mid-epoch, ``param="batch_size"`` for another global batch,
+    ``"shuffle"`` for another shuffle mode, ``"block_shards"`` for another block window,
+    ``"world_size"`` for another node layout under shuffle="block") when the state cannot resume
+    this loader.
     """
     if saved["num_records"] != now["num_records"]:
         raise ArgumentError(f"state_dict was saved for a dataset of {saved['num_records']} records, but "
