@@ -115,7 +115,10 @@ class RemoteSource:
         while len(self.sizes) <= s:
             self.sizes.append(None)
         if self.sizes[s] is None:
-            self.sizes[s] = self.store.size(info.name) or info.bytes
+            try:     # in the cache already: its size, with no request (not kept: the fetch checks the store's)
+                return (self.entry / info.name).stat().st_size
+            except FileNotFoundError:
+                self.sizes[s] = self.store.size(info.name) or info.bytes
         return self.sizes[s]
 
     def readers(self, shards: tuple[ShardInfo, ...]) -> list[CachedShardReader]:
