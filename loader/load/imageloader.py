@@ -20,7 +20,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from loader.augment.batch import batch_generator
@@ -35,16 +34,10 @@ from loader.load.culprits import culprit, decode_error, warn_replaced
 from loader.load.feed import EpochFeed, EpochPlan
 from loader.load.finisher import CpuFinisher
 from loader.load.pipeline import GpuDecode, build_pipeline
-from loader.load.placement import distributed_env, env_int, resolve_device, threads_per_rank
+from loader.load.placement import distributed_env, resolve_device, threads_per_rank
+from loader.load.planner import EpochPlanner
 from loader.load.sampler import (
-    block_order,
-    block_window,
-    epoch_order,
-    nodes_of,
     num_batches,
-    resumed_positions,
-    share_size,
-    split_indices,
 )
 from loader.load.settings import LoaderSettings, check_path, resolve_augment
 from loader.load.state import dataset_fingerprint, parse_state, resume_point
@@ -182,11 +175,8 @@ class ImageLoader:
         _check_seed_agrees(s, world_size)
 
         self.dataset = open_dataset(path, cache_dir=s.cache_dir, cache_limit=s.cache_limit)
-        # The records this loader draws from: None is all of them (no O(records) index array
-        # per rank); a validation split keeps its subset, int32 below 2**31 records.
-        self._subset = (None if s.validation_split is None
-                        else split_indices(len(self.dataset), s.validation_split, s.subset, s.seed))
-        self._n = len(self.dataset) if self._subset is None else len(self._subset)
+        self._planner = EpochPlanner(s, self.dataset, local_dataset=not isinstance(self.dataset, RemoteDataset))
+        self._subset, self._n = self._planner.subset, self._planner.n
         if self._n == 0:
             raise ArgumentError(f"validation_split={s.validation_split} leaves subset {s.subset!r} of {path} empty "
                                 f"({len(self.dataset)} records): raise validation_split or pack more records",
@@ -241,21 +231,8 @@ class ImageLoader:
         return rank, world_size, local_rank
 
     def _share(self, world_size: int, rank: int = 0) -> int:
-        """Samples ``rank`` gets per epoch with ``world_size`` ranks (the same on every rank but with ``pad=False``)."""
-        pad = self.pad
-        if not pad and self.drop_last:
-            # drop_last already gives every rank an equal share with nothing repeated; pad=False
-            # asks for every record once, which drop_last cannot give: say so rather than ignore it.
-            raise ArgumentError("pad=False (every record exactly once over the ranks) needs drop_last=False: "
-                                "with drop_last=True each rank gets an equal share and the remainder is "
-                                "dropped; pass drop_last=False (train=False does) or leave pad=True", param="pad")
-        share = share_size(self._n, world_size, self.batch_size, self.drop_last, pad=pad, rank=rank)
-        if share == 0 and self.drop_last:     # (pad=False: fewer records than ranks leaves a rank none; fine)
-            raise ArgumentError(
-                f"batch_size={self.batch_size} is larger than this rank's share of {self.dataset.where} "
-                f"({self._n // world_size} of {self._n} records over {world_size} "
-                f"rank(s)) with drop_last=True: lower batch_size or pass drop_last=False", param="batch_size")
-        return share
+        """Samples ``rank`` gets per epoch with ``world_size`` ranks (:meth:`EpochPlanner.share`)."""
+        return self._planner.share(world_size, rank)
 
     @property
     def rank(self) -> int:
@@ -307,34 +284,7 @@ class ImageLoader:
 
     def _plan(self, epoch: int, start_batch: int, segments) -> EpochPlan:
         rank, world_size, _ = self._distribution()
-        # Per rank, only the share's arrays outlive this call (the epoch's permutation is
-        # needed whole, as on every rank, to agree on the order).
-        positions = resumed_positions(self._n, segments, rank, world_size, self.batch_size, self.drop_last,
-                                      pad=self.pad)
-        order = (self._block_order(epoch, world_size) if self.settings.shuffle_mode == "block"
-                 else epoch_order(self._n, self.seed, epoch, self.shuffle))
-        records = order[positions]
-        if self._subset is not None:
-            records = self._subset[records]
-        return EpochPlan(epoch=epoch, records=records.astype(np.int64), positions=positions,
-                         batch_size=self.batch_size, start_batch=start_batch)
-
-    def _block(self, world_size: int) -> tuple[int, int]:
-        """(window in shards, local world size) of shuffle="block" on ``world_size`` ranks."""
-        local = env_int("LOCAL_WORLD_SIZE", 1, least=1)
-        shards = self.dataset.manifest.shards
-        limit = self.settings.cache_limit if isinstance(self.dataset, RemoteDataset) else None  # local: in place
-        return block_window(len(shards), nodes_of(world_size, local), block_shards=self.settings.block_shards,
-                            cache_limit=limit, largest_shard=max((sh.bytes for sh in shards), default=1)), local
-
-    def _block_order(self, epoch: int, world_size: int) -> np.ndarray:
-        """shuffle="block"'s epoch order (:func:`loader.load.sampler.block_order`)."""
-        window, local = self._block(world_size)
-        shards = self.dataset.manifest.shards
-        records = np.arange(self._n) if self._subset is None else self._subset
-        shard_of = np.searchsorted(np.array([sh.first for sh in shards]), records, side="right") - 1
-        return block_order(shard_of, len(shards), self.seed, epoch, window, world_size=world_size,
-                           local_world_size=local, batch_size=self.batch_size, drop_last=self.drop_last, pad=self.pad)
+        return self._planner.plan(epoch, start_batch, segments, rank, world_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """The next epoch's batches. The epoch starts at the first ``next()``, not here:
@@ -472,21 +422,13 @@ class ImageLoader:
         rank, world_size, _ = self._distribution()
         share = self._share(world_size, rank)
         # After a resume on another world size, the epoch's batches are this rank's share of its rest.
-        part = len(resumed_positions(self._n, segments, rank, world_size, self.batch_size, self.drop_last,
-                                     pad=self.pad)) if segments else share
+        part = len(self._planner.positions(segments, rank, world_size)) if segments else share
         return {"epoch": epoch, "batches_done": done, "seed": self.seed, "batch_size": self.batch_size,
                 "num_samples": share, "num_batches": num_batches(part, self.batch_size, self.drop_last),
                 "world_size": world_size, "rank": rank, "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "pad": self.pad, "num_records": len(self.dataset), "subset_records": self._n,
                 "dataset": dataset_fingerprint(self.dataset), "segments": [list(p) for p in segments],
-                "shuffle_mode": self.settings.shuffle_mode, **self._block_state(world_size)}
-
-    def _block_state(self, world_size: int) -> dict[str, int]:
-        """shuffle="block"'s window and local world size (0 and 0 otherwise): a mid-epoch resume needs them."""
-        if self.settings.shuffle_mode != "block":
-            return {"block_shards": 0, "local_world_size": 0}
-        window, local = self._block(world_size)
-        return {"block_shards": window, "local_world_size": local}
+                "shuffle_mode": self.settings.shuffle_mode, **self._planner.block_state(world_size)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next ``iter()`` yields the batches the saved run would have yielded next.
@@ -515,7 +457,7 @@ class ImageLoader:
     def _adopt_seed(self, seed: int) -> None:
         """Take a restored run's seed: the order and crops follow it from the next epoch on (a drawn
         seed never seeds a split: ``seed=None`` with ``validation_split`` is refused)."""
-        self.settings = self.settings.with_seed(seed)
+        self.settings = self._planner.settings = self.settings.with_seed(seed)
         # The feed and DALI's graph were built with the old seed: the next epoch builds them anew.
         self._release_pipeline()
         self._feed = None
