@@ -94,3 +94,29 @@ def test_s3_dataset_opens_through_the_cache_and_checks_each_shard_digest(image_t
         fresh.read_batch([fresh.manifest.shards[1].first])
     msg = str(info.value)
     assert msg.startswith(f"{url}/shard-00001.lmdb has digest ") and "downloaded twice" in msg and "\n" not in msg
+
+
+def test_two_epochs_from_s3_are_the_local_pack_s_records_labels_and_batches(tmp_path, s3_env):
+    """The issue's first acceptance point: a pack in s3:// (moto) yields, over two epochs with the
+    global shuffle, byte for byte the batches (images, labels, record indices) the same pack yields
+    read locally; with a cache that holds the whole dataset and one that holds half of it."""
+    from tests.conftest import pack_small_images
+
+    src_root = tmp_path / "data"
+    local = pack_small_images(src_root, classes=3, per_class=8, base=(40, 30))
+    url = f"s3://{s3_env}/small.packed"
+    loader.pack(src_root / "src", url, shards=4, workers=1, progress=False)
+    kw = dict(batch_size=4, image_size=32, device="cpu", seed=9, num_threads=1, with_indices=True)
+
+    def two_epochs(ld):
+        return [[t.clone() for t in out] for _ in range(2) for out in ld]
+
+    want = two_epochs(ImageLoader(local, **kw))
+    index = sum(f.stat().st_size for f in local.iterdir() if not f.name.startswith("shard-"))
+    half = index + 2 * max(f.stat().st_size for f in local.glob("shard-*.lmdb"))   # 2 of the 4 shards
+    for limit in (None, half):
+        got = two_epochs(ImageLoader(url, cache_dir=tmp_path / f"cache-{limit}", cache_limit=limit, **kw))
+        assert len(got) == len(want) == 12
+        for a, b in zip(want, got):
+            assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert sorted(int(i) for out in want[:6] for i in out[2]) == list(range(24))   # epoch 1: every record once
