@@ -40,6 +40,20 @@ def image_tree(tmp_path: Path) -> Path:
     return src
 
 
+def pack_jpeg_classes(root: Path, *, classes: int, per_class: int, shards: int, seed_step: int,
+                      size: tuple[int, int]) -> Path:
+    """Pack ``classes x per_class`` small photo-like JPEGs (record ``i`` of class ``c`` from seed
+    ``seed_step * c + i``, ``size`` pixels) into ``shards`` shards at ``root/packed``; return it."""
+    import loader
+
+    for label in range(classes):
+        for i in range(per_class):
+            write(root / "src" / f"c{label}" / f"{i:02d}.jpg", jpeg_bytes(seed=seed_step * label + i, size=size,
+                                                                          label=label))
+    loader.pack(root / "src", root / "packed", shards=shards, workers=1, progress=False)
+    return root / "packed"
+
+
 def pack_small_images(root: Path, classes: int, per_class: int, base: tuple[int, int]) -> Path:
     """Pack ``classes x per_class`` small solid JPEGs, each of its own size (``base`` + (i, class)),
     into ``root/packed``; return it."""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, write
+from conftest import jpeg_bytes, pack_jpeg_classes, write
 
 import loader
 from loader.errors import ArgumentError, DatasetError
@@ -86,11 +86,7 @@ def cached_bytes(cache_dir: Path) -> int:
 def six(tmp_path_factory) -> Path:
     """48 small photo-like JPEGs in 2 classes packed into 6 shards."""
     root = tmp_path_factory.mktemp("six")
-    for label in range(2):
-        for i in range(24):
-            write(root / "src" / f"c{label}" / f"{i:02d}.jpg", jpeg_bytes(seed=100 * label + i, size=(96, 72),
-                                                                          label=label))
-    loader.pack(root / "src", root / "packed", shards=6, workers=1, progress=False)
+    pack_jpeg_classes(root, classes=2, per_class=24, shards=6, seed_step=100, size=(96, 72))
     assert len(list((root / "packed").glob("shard-*.lmdb"))) == 6
     return root / "packed"
 

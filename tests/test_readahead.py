@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import jpeg_bytes, write
+from conftest import pack_jpeg_classes
 from test_cache import cached_bytes
 
-import loader
 import loader.storage.remote as remote
 from loader import ImageLoader
 from loader.format.dataset import open_dataset, open_remote
@@ -56,11 +55,7 @@ class SlowStore(LocalStore):
 def packed(tmp_path_factory) -> Path:
     """64 small JPEGs in 2 classes, 8 shards."""
     root = tmp_path_factory.mktemp("readahead")
-    for label in range(2):
-        for i in range(32):
-            write(root / "src" / f"c{label}" / f"{i:02d}.jpg", jpeg_bytes(seed=50 * label + i, size=(64, 48),
-                                                                          label=label))
-    loader.pack(root / "src", root / "packed", shards=SHARDS, workers=1, progress=False)
+    pack_jpeg_classes(root, classes=2, per_class=32, shards=SHARDS, seed_step=50, size=(64, 48))
     return root / "packed"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import jpeg_bytes, write
+from conftest import pack_jpeg_classes
 
 import loader
 import loader.storage.objectstore as objectstore
@@ -37,11 +37,7 @@ SHARDS = 4
 def packed(tmp_path_factory) -> Path:
     """32 small JPEGs in 2 classes, 4 shards (a local pack, uploaded to each test's bucket)."""
     root = tmp_path_factory.mktemp("faults")
-    for label in range(2):
-        for i in range(16):
-            write(root / "src" / f"c{label}" / f"{i:02d}.jpg", jpeg_bytes(seed=70 * label + i, size=(64, 48),
-                                                                          label=label))
-    loader.pack(root / "src", root / "packed", shards=SHARDS, workers=1, progress=False)
+    pack_jpeg_classes(root, classes=2, per_class=16, shards=SHARDS, seed_step=70, size=(64, 48))
     return root / "packed"
 
 
