@@ -26,9 +26,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # Lightning and accelerate: tests/test_trainers.py runs them (test tools, not dependencies;
   # both accept the torch installed here, so neither replaces it).
   # obstore (the `remote` extra) and moto[server] (a local S3 for tests/test_remote_pack.py): ~30 s more.
+  # ray[default,train] (the `ray` extra; tests/raycluster.py starts a 2-node local cluster): 19 s, +556 MB.
   pip install torch==2.13.0 "nvidia-dali-cuda120>=1.40" "lmdb>=1.4" "numpy>=1.24" "tqdm>=4.60" \
       "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7" "setuptools>=64" wheel \
-      "lightning==2.6.6" "accelerate==1.15.0" "obstore==0.12.1" "moto[server]==5.2.5"
+      "lightning==2.6.6" "accelerate==1.15.0" "obstore==0.12.1" "moto[server]==5.2.5" \
+      "ray[default,train]==2.60.0"
   pip install --no-deps -e .
 fi
 

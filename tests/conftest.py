@@ -14,6 +14,11 @@ from loader.synthetic import photo_like_image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Ray reads these when first imported (tests/raycluster.py): set after that, a driver on this machine
+# never reaches a cluster bound to 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
 
 def jpeg_bytes(seed: int = 0, size: tuple[int, int] = (64, 48), quality: int = 90, label: int = 0) -> bytes:
     """A small photo-like JPEG (width, height = size)."""
