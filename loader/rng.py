@@ -20,6 +20,7 @@ batch transform        ``SeedSequence([seed, epoch, rank, batch,    ``augment.ba
                        BATCH_TRANSFORM])``
 bench decode ceiling   ``[seed, DECODE_LIMIT_ORDER]``,              ``bench.decode_limit``
                        ``[seed, DECODE_LIMIT_CROP]``
+pack record order      ``[shuffle_seed, PACK_ORDER]``               ``convert.packing.pack``
 =====================  ===========================================  ============================
 
 ("first position": the epoch position of the batch's first record, so the crops of a batch do not
@@ -34,6 +35,7 @@ DECODE_LIMIT_ORDER = 0xD0
 DECODE_LIMIT_CROP = 0xD1
 BLOCK_SHARDS = 0xB10C
 BLOCK_RECORDS = 0xB10D
+PACK_ORDER = 0x9AC0
 
 
 def batch_rng(seed: int, epoch: int, first_position: int, stream: int):

@@ -29,7 +29,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                   workers=args.workers, max_side=args.max_side, quality=args.quality,
                   overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
                   labels=args.labels, unlabeled=args.unlabeled, classes=classes,
-                  classes_from=args.classes_from, keep_suspect=args.keep_suspect)
+                  classes_from=args.classes_from, keep_suspect=args.keep_suspect,
+                  shuffle_seed=args.shuffle_seed)
     print(report.summary())
     if report.num_skipped:
         from loader.format.manifest import SKIPPED_NAME
@@ -221,6 +222,10 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
                    "without images is kept (count 0)")
     g.add_argument("--classes-from", metavar="OTHER_DST", help="take the class list from the packed "
                    "dataset OTHER_DST (e.g. pack val with train's classes: same label indices)")
+    p.add_argument("--shuffle", dest="shuffle_seed", type=int, nargs="?", const=0, metavar="SEED",
+                   help="store the records in a seeded random order (SEED, default 0) instead of class by "
+                   "class, so every shard mixes the classes: what ImageLoader(shuffle='block') needs to cost "
+                   "no accuracy (docs/remote.md#shuffle); the same SEED gives the same bytes")
     add_shared(p, "--quiet", "(default: a progress bar on stderr)")
     p.set_defaults(func=_cmd_pack)
 

@@ -22,7 +22,7 @@ from loader.validate import is_int as _is_int
 from loader.validate import is_number
 
 __all__ = ["MAX_SHARDS", "MAX_SHARD_SIZE_MB", "MAX_SIDE_LIMIT", "MAX_WORKERS", "MIN_SHARD_SIZE_MB",
-           "check_label_options", "check_options"]
+           "check_label_options", "check_options", "check_shuffle_seed"]
 
 # Upper bounds of pack's numeric options: beyond them a value is a typo, not a plan (a shard
 # size of inf once wrote Infinity, not JSON, into manifest.json; workers=10**6 would fork that many).
@@ -54,6 +54,16 @@ def check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict
         if not isinstance(value, bool):
             raise ArgumentError(f"{name} must be True or False (got {value!r})", param=name)
     return int(workers or available_cores())
+
+
+MAX_SEED = 2**63 - 1
+
+
+def check_shuffle_seed(shuffle_seed) -> None:
+    """``shuffle_seed``: None (records in scan order) or an integer from 0 to 2**63-1."""
+    if shuffle_seed is not None and (not _is_int(shuffle_seed) or not 0 <= shuffle_seed <= MAX_SEED):
+        raise ArgumentError(f"shuffle_seed must be None or an integer from 0 to 2**63-1 (got {shuffle_seed!r})",
+                            param="shuffle_seed")
 
 
 def check_label_options(labels, unlabeled, classes, classes_from) -> tuple[list[str] | None, str]:

@@ -56,12 +56,13 @@ from tqdm import tqdm
 from loader.convert.destination import check_dst, install, make_partial, remove_stale, write_error
 from loader.convert.imagecheck import MAX_FILE_BYTES, BadImage, CheckedImage, check_bytes, read_capped
 from loader.convert.indexwriter import IndexWriter
-from loader.convert.options import MAX_SHARDS, check_label_options, check_options
+from loader.convert.options import MAX_SHARDS, check_label_options, check_options, check_shuffle_seed
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
 from loader.errors import PackError
 from loader.format.files import add_shard_digests
 from loader.format.manifest import SKIPPED_NAME
 from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
+from loader.rng import PACK_ORDER
 from loader.storage.store import is_url, split_url
 from loader.units import MB
 
@@ -316,6 +317,17 @@ def _csr_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tupl
     return new_offsets, values[np.repeat(starts, counts) + ranks]
 
 
+def _shuffled(items: Items, label_csr, seed: int) -> tuple[Items, tuple | None]:
+    """``items`` (and the multi-label rows ``label_csr``) in the seeded order of ``shuffle_seed``,
+    vectorised: the paths blob is gathered as a CSR of bytes (1.28M paths: no per-item Python)."""
+    perm = np.random.default_rng([seed, PACK_ORDER]).permutation(len(items))
+    ends = items._ends
+    offsets, blob = _csr_rows(np.concatenate([np.zeros(1, np.int64), ends]),
+                              np.frombuffer(items._blob, dtype=np.uint8), perm)
+    shuffled = Items(blob.tobytes(), offsets[1:], items.labels[perm])
+    return shuffled, (None if label_csr is None else _csr_rows(*label_csr, perm))
+
+
 def _tsv_field(s: str) -> str:
     return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
@@ -346,7 +358,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
          quality: int = 95, overwrite: bool = False, strict: bool = False,
          progress: bool = True, labels: str | os.PathLike | None = None, unlabeled: bool = False,
          classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None,
-         keep_suspect: bool = False) -> PackReport:
+         keep_suspect: bool = False, shuffle_seed: int | None = None) -> PackReport:
     """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
 
     ``dst``: a folder, or an object-store URL (``s3://``, ``gs://``, ``az://``; needs the ``remote``
@@ -377,6 +389,11 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ``dst/suspect.tsv`` (and ``PackReport.suspect``) instead of skipping them. Files over
     :data:`loader.convert.imagecheck.MAX_FILE_BYTES` are skipped unread.
 
+    ``shuffle_seed``: store the records in a seeded random order (``[shuffle_seed, rng.PACK_ORDER]``)
+    instead of the scan's (class by class, or the labels file's rows), so that every shard is a sample
+    of the classes: what ``ImageLoader(shuffle="block")`` needs to cost no accuracy (docs/remote.md#shuffle).
+    The same seed gives the same dataset byte for byte; ``manifest.json`` records it (``pack_params``).
+
     Raises :class:`~loader.errors.ArgumentError` (naming the parameter) for a bad option,
     :class:`PackError` for bad input, a failed write or a full disk; nothing is left at ``dst``
     then.
@@ -393,7 +410,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                            shard_size_mb=REMOTE_SHARD_SIZE_MB if shard_size_mb is None else shard_size_mb,
                            max_side=max_side, quality=quality, overwrite=overwrite, strict=strict,
                            progress=progress, labels=labels, unlabeled=unlabeled, classes=classes,
-                           classes_from=classes_from, keep_suspect=keep_suspect)
+                           classes_from=classes_from, keep_suspect=keep_suspect, shuffle_seed=shuffle_seed)
     if is_url(dst):
         dst = split_url(str(dst))[2]
     if shard_size_mb is None:
@@ -403,6 +420,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                              dict(overwrite=overwrite, strict=strict, progress=progress, unlabeled=unlabeled,
                                   keep_suspect=keep_suspect))
     pinned, origin = check_label_options(labels, unlabeled, classes, classes_from)
+    check_shuffle_seed(shuffle_seed)
     src, dst = Path(src), Path(os.path.abspath(dst))
     unlisted, label_csr = 0, None
     if unlabeled:
@@ -432,6 +450,8 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                                     f"({len(pinned)} classes); add the class there, or move the "
                                     f"folder out of SRC")
         class_list, items = scan(src, classes=pinned)
+    if shuffle_seed is not None:
+        items, label_csr = _shuffled(items, label_csr, shuffle_seed)
     check_dst(src, dst, overwrite)
     remove_stale(dst)
     prefix = os.path.join(src, "")
@@ -453,7 +473,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
             if label_csr is not None:     # the rows of the records that were packed
                 label_offsets, label_values = _csr_rows(*label_csr, np.flatnonzero(kept))
             index.finish(classes=class_list, shards=shard_infos, skipped=len(skipped),
-                         pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict),
+                         pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict, shuffle_seed),
                          label_source=label_source, unlisted=unlisted, label_offsets=label_offsets,
                          label_values=label_values)
             add_shard_digests(partial_dir)
@@ -479,10 +499,13 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
 
 
 def _pack_params(shards: int | None, shard_size_mb: float, max_side: int | None, quality: int,
-                 strict: bool) -> dict:
+                 strict: bool, shuffle_seed: int | None = None) -> dict:
     from loader.version import __version__
 
     # No `workers` (nor timings): the index must not depend on them.
-    return {"shards": shards, "shard_size_mb": shard_size_mb if shards is None else None,
-            "max_side": max_side, "quality": quality, "strict": strict,
-            "block_bytes": BLOCK_BYTES, "loader_version": __version__}
+    params = {"shards": shards, "shard_size_mb": shard_size_mb if shards is None else None,
+              "max_side": max_side, "quality": quality, "strict": strict,
+              "block_bytes": BLOCK_BYTES, "loader_version": __version__}
+    if shuffle_seed is not None:     # absent otherwise: a default pack's manifest is loader 0.3's
+        params["shuffle_seed"] = shuffle_seed
+    return params

@@ -9,6 +9,8 @@ asks it for plans and shares; it holds no DALI and no torch.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from loader.errors import ArgumentError
@@ -39,6 +41,8 @@ class EpochPlanner:
         self.subset = (None if s.validation_split is None
                        else split_indices(len(dataset), s.validation_split, s.subset, s.seed))
         self.n = len(dataset) if self.subset is None else len(self.subset)
+        if s.shuffle_mode == "block":
+            _warn_if_class_sorted(dataset)
 
     def share(self, world_size: int, rank: int = 0) -> int:
         """Samples ``rank`` gets per epoch with ``world_size`` ranks (the same on every rank but with ``pad=False``)."""
@@ -100,3 +104,14 @@ class EpochPlanner:
         shard_of = np.searchsorted(np.array([sh.first for sh in shards]), records, side="right") - 1
         return block_order(shard_of, len(shards), s.seed, epoch, window, world_size=world_size,
                            local_world_size=local, batch_size=s.batch_size, drop_last=s.drop_last, pad=s.pad)
+
+
+def _warn_if_class_sorted(dataset) -> None:
+    """shuffle="block" over a pack written class by class: batches of a few classes, a measured 0.93 ->
+    0.69 top-1 (docs/remote.md#shuffle). One line saying how to re-pack."""
+    m = dataset.manifest
+    if m.label_source == "folders" and len(m.classes) > 1 and m.pack_params.get("shuffle_seed") is None:
+        warnings.warn(f"loader: {dataset.where} was packed class by class (its shards are class-sorted), so "
+                      f"shuffle='block' gives batches of a few classes and costs accuracy; re-pack with "
+                      f"`loader pack SRC DST --shuffle` (docs/remote.md#shuffle), or use shuffle=True",
+                      UserWarning, stacklevel=4)
