@@ -7,6 +7,9 @@ server whatever happened. The figures in docs/remote.md ("Measured") come from:
 
     python benchmarks/moto_bench.py /tmp/ds3k s3://bench/ds3k.packed -- \\
         --pipelines loader --batch-size 64 --rounds 3 --json remote-bench.json
+
+``--bandwidth-mb`` puts tests/faultproxy.py's proxy, capped for all responses together, between the
+bench and the server (the "capped at 2x what the loader consumes" row).
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="image folder")
     ap.add_argument("url", help="s3://BUCKET/PREFIX to pack into (the bucket is created)")
     ap.add_argument("--no-pack", action="store_true", help="bench only (SRC is packed by bench if needed)")
+    ap.add_argument("--bandwidth-mb", type=float, metavar="MB_PER_S", help="read the bench through "
+                    "tests/faultproxy.py's proxy capped at MB_PER_S (10^6 bytes/s) for all responses together "
+                    "(the pack goes to the server directly)")
     ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then loader bench's flags")
     args = ap.parse_args(argv)
     extra = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
@@ -56,7 +62,20 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run(cmd, env=env, check=True)
         cmd = [*loader_cmd, "bench", args.src, "--packed", args.url, *extra]
         print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-        return subprocess.run(cmd, env=env, check=False).returncode
+        if args.bandwidth_mb is None:
+            return subprocess.run(cmd, env=env, check=False).returncode
+        sys.path.insert(0, str(ROOT))
+        from tests.faultproxy import FaultProxy
+
+        proxy = FaultProxy(endpoint, bandwidth=int(args.bandwidth_mb * 1e6)).start()
+        try:
+            print(f"(through a proxy capped at {args.bandwidth_mb:g} MB/s: {proxy.url})", file=sys.stderr, flush=True)
+            result = subprocess.run(cmd, env={**env, "AWS_ENDPOINT_URL": proxy.url}, check=False).returncode
+            got = sum(1 for r in proxy.log if r.method == "GET")
+            print(f"(the proxy served {got} GETs)", file=sys.stderr, flush=True)
+            return result
+        finally:
+            proxy.stop()
     finally:
         server.stop()
 

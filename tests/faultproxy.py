@@ -24,6 +24,7 @@ import pytest
 
 MAX_STALL_S = 5.0          # the longest a "stall" holds a response
 MAX_SLOW_S = 20.0          # the longest a "slow" body takes (then the rest goes at once)
+MAX_LINK_S = 120.0         # the longest one body takes under a shared ``bandwidth`` cap (benchmarks)
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade"}
 FAULTS = ("503", "reset", "truncate", "stall", "slow")
 
@@ -53,9 +54,11 @@ class FaultProxy:
     """The proxy; ``url`` is its endpoint. ``add(fault, ...)`` arms a :class:`Rule`; ``log`` is every
     request seen, in order."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, *, bandwidth: int | None = None):
+        """``bandwidth``: bytes per second for all response bodies together (a link's capacity), or None."""
         u = urlparse(upstream)
         self._up = (u.hostname, u.port)
+        self.bandwidth = _Link(bandwidth) if bandwidth else None
         self.rules: list[Rule] = []
         self.log: list[Request] = []
         self._lock = threading.Lock()
@@ -118,6 +121,33 @@ class FaultProxy:
         0). Further ranged GETs of the same object read parts of one download and are not counted."""
         return sum(1 for r in list(self.log) if r.method == "GET" and r.path.endswith("/" + key)
                    and (r.range is None or re.fullmatch(r"bytes=0-\d*", r.range.strip())))
+
+
+class _Link:
+    """A shared bandwidth cap: every response body reserves its chunks' transfer time on one clock, so N
+    concurrent responses share ``rate`` bytes/s instead of getting it each. Bounded: after MAX_LINK_S of
+    one body, the rest goes at once."""
+
+    CHUNK = 256 << 10
+
+    def __init__(self, rate: int):
+        self.rate, self._free_at, self._lock = rate, time.monotonic(), threading.Lock()
+
+    def send(self, out, data: bytes, closing: threading.Event) -> None:
+        deadline = time.monotonic() + MAX_LINK_S
+        for lo in range(0, len(data), self.CHUNK):
+            chunk = data[lo:lo + self.CHUNK]
+            with self._lock:
+                start = max(time.monotonic(), self._free_at)
+                self._free_at = start + len(chunk) / self.rate
+                done_at = self._free_at
+            wait = done_at - time.monotonic()
+            if time.monotonic() > deadline or closing.is_set():
+                out.write(data[lo:])
+                return
+            if wait > 0:
+                time.sleep(wait)
+            out.write(chunk)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -189,7 +219,9 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.send_header("Content-Length", str(len(data) if length is None else length))
             self.end_headers()
-            if rate is None:
+            if rate is None and self.owner.bandwidth is not None:
+                self.owner.bandwidth.send(self.wfile, data, self.owner._closing)
+            elif rate is None:
                 self.wfile.write(data)
             else:
                 deadline = time.monotonic() + MAX_SLOW_S

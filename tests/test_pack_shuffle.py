@@ -1,4 +1,4 @@
-"""``pack(shuffle_seed=...)`` / ``loader pack --shuffle``: the same records in a seeded order, byte for byte
+"""``pack(shuffle_seed=...)`` / ``loader pack --shuffle-seed``: the same records in a seeded order, byte for byte
 reproducible, multi-label rows following their records; and the warning of ``shuffle="block"`` on a
 class-sorted pack."""
 
@@ -77,9 +77,9 @@ def test_bad_seed_refused_naming_it(photos, tmp_path, bad):
 
 
 def test_cli_flag(photos, tmp_path):
-    r = run_cli("pack", str(photos), str(tmp_path / "d0"), "--shuffle", "--quiet", "--workers", "1")
+    r = run_cli("pack", str(photos), str(tmp_path / "d0"), "--shuffle-seed", "0", "--quiet", "--workers", "1")
     assert r.returncode == 0, r.stderr
-    r = run_cli("pack", str(photos), str(tmp_path / "d5"), "--shuffle", "5", "--quiet", "--workers", "1")
+    r = run_cli("pack", str(photos), str(tmp_path / "d5"), "--shuffle-seed", "5", "--quiet", "--workers", "1")
     assert r.returncode == 0, r.stderr
     seeds = [json.loads((tmp_path / d / "manifest.json").read_text())["pack_params"]["shuffle_seed"]
              for d in ("d0", "d5")]
@@ -89,7 +89,7 @@ def test_cli_flag(photos, tmp_path):
 def test_block_shuffle_warns_on_a_class_sorted_pack_only(photos, tmp_path):
     loader.pack(photos, tmp_path / "sorted", shards=3, workers=1, progress=False)
     loader.pack(photos, tmp_path / "mixed", shards=3, workers=1, progress=False, shuffle_seed=0)
-    with pytest.warns(UserWarning, match="--shuffle"):
+    with pytest.warns(UserWarning, match="--shuffle-seed"):
         loader.ImageLoader(tmp_path / "sorted", batch_size=2, shuffle="block", device="cpu", seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

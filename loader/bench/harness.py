@@ -108,6 +108,9 @@ class BenchSettings:
     # folder) and their cache_limit (bytes or "50GB"; None: none). See loader.bench.remote.
     cache_dir: str | Path | None = None
     cache_limit: int | str | None = None
+    # The loader rows' training order (ImageLoader's shuffle): "global", or "block" (shard windows,
+    # what a cache smaller than the dataset wants; docs/remote.md#shuffle).
+    shuffle: str = "global"
 
     def __post_init__(self):
         def set_(name, value):   # frozen: the resolved defaults are filled in once, here
@@ -131,6 +134,7 @@ class BenchSettings:
         from loader.augment.settings import EVAL_MODES
 
         check_choice("eval_mode", self.eval_mode, EVAL_MODES)
+        check_choice("shuffle", self.shuffle, ("global", "block"))
         if not is_number(self.color_jitter) or not 0 <= self.color_jitter < float("inf"):
             raise ArgumentError(f"color_jitter must be a number >= 0, got {self.color_jitter!r}", param="color_jitter")
         try:
@@ -384,7 +388,7 @@ def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBenc
             specs = {name: ContenderSpec(name, packed=packed_path, folder=folder, batch_size=b, image_size=size,
                                          train=s.train, seed=s.seed, device=device, threads=s.threads,
                                          workers=s.workers, prefetch=s.prefetch, eval_mode=s.eval_mode,
-                                         color_jitter=s.color_jitter) for name in order}
+                                         color_jitter=s.color_jitter, shuffle=s.shuffle) for name in order}
             if WARM in specs:
                 specs[WARM] = remote.warm_spec(specs[WARM])
             contenders: dict[str, Contender] = {}

@@ -222,8 +222,8 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
                    "without images is kept (count 0)")
     g.add_argument("--classes-from", metavar="OTHER_DST", help="take the class list from the packed "
                    "dataset OTHER_DST (e.g. pack val with train's classes: same label indices)")
-    p.add_argument("--shuffle", dest="shuffle_seed", type=int, nargs="?", const=0, metavar="SEED",
-                   help="store the records in a seeded random order (SEED, default 0) instead of class by "
+    p.add_argument("--shuffle-seed", type=int, metavar="SEED",
+                   help="store the records in a random order seeded by SEED (e.g. 0) instead of class by "
                    "class, so every shard mixes the classes: what ImageLoader(shuffle='block') needs to cost "
                    "no accuracy (docs/remote.md#shuffle); the same SEED gives the same bytes")
     add_shared(p, "--quiet", "(default: a progress bar on stderr)")

@@ -20,7 +20,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         eval_mode=args.eval_mode, color_jitter=args.color_jitter,
         batches=args.batches, seconds=args.seconds, train=not args.eval, device=args.device,
         prefetch=args.prefetch, seed=args.seed, memory_budget_mb=args.memory_budget_mb,
-        cache_dir=args.cache_dir, cache_limit=args.cache_limit,
+        cache_dir=args.cache_dir, cache_limit=args.cache_limit, shuffle=args.shuffle,
         pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()))
     check_output_files({"--json": args.json, "--plot": args.plot})
     notes: list[str] = []
@@ -58,6 +58,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
                    "temporary folder)")
     p.add_argument("--cache-limit", metavar="SIZE", help="for a dataset at a URL: the cache rows' "
                    "cache_limit, bytes or e.g. 500MB, 2GiB (MB = 10^6) (default: none)")
+    p.add_argument("--shuffle", choices=("global", "block"), default="global", help="the loader rows' "
+                   "training order: ImageLoader's shuffle='global' (default) or 'block' (shard windows; "
+                   "docs/remote.md#shuffle)")
     add_shared(p, "--batch-size", "(default: 64)", sweep=True, dest="batch_sizes", default="64")
     add_shared(p, "--image-size", "(default: 224)", sweep=True, dest="image_sizes", default="224")
     p.add_argument("--dataloader-workers", type=int, default=None, metavar="N", dest="workers",

@@ -389,9 +389,10 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ``dst/suspect.tsv`` (and ``PackReport.suspect``) instead of skipping them. Files over
     :data:`loader.convert.imagecheck.MAX_FILE_BYTES` are skipped unread.
 
-    ``shuffle_seed``: store the records in a seeded random order (``[shuffle_seed, rng.PACK_ORDER]``)
-    instead of the scan's (class by class, or the labels file's rows), so that every shard is a sample
-    of the classes: what ``ImageLoader(shuffle="block")`` needs to cost no accuracy (docs/remote.md#shuffle).
+    ``shuffle_seed`` (``--shuffle-seed``): store the records in a seeded random order
+    (``[shuffle_seed, rng.PACK_ORDER]``) instead of the scan's (class by class, or the labels file's
+    rows), so that every shard is a sample of the classes: what ``ImageLoader(shuffle="block")``
+    needs to cost no accuracy (docs/remote.md#shuffle).
     The same seed gives the same dataset byte for byte; ``manifest.json`` records it (``pack_params``).
 
     Raises :class:`~loader.errors.ArgumentError` (naming the parameter) for a bad option,

@@ -113,5 +113,5 @@ def _warn_if_class_sorted(dataset) -> None:
     if m.label_source == "folders" and len(m.classes) > 1 and m.pack_params.get("shuffle_seed") is None:
         warnings.warn(f"loader: {dataset.where} was packed class by class (its shards are class-sorted), so "
                       f"shuffle='block' gives batches of a few classes and costs accuracy; re-pack with "
-                      f"`loader pack SRC DST --shuffle` (docs/remote.md#shuffle), or use shuffle=True",
+                      f"`loader pack SRC DST --shuffle-seed 0` (docs/remote.md#shuffle), or use shuffle=True",
                       UserWarning, stacklevel=4)
