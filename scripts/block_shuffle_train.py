@@ -3,6 +3,7 @@
     loader pack .cache/quickstart/images /tmp/qs6 --shards 6
     .venv/bin/python scripts/block_shuffle_train.py /tmp/qs6 global 0 0 15
     .venv/bin/python scripts/block_shuffle_train.py /tmp/qs6 block 3 0 15      # windows of 3 shards
+    loader pack .cache/quickstart/images /tmp/qs6s --shards 6 --shuffle-seed 0  # shards mix the classes
 
 Arguments: PACK MODE WINDOW SEED EPOCHS. 20% of PACK (split by SEED) is held out; the rest trains
 scripts/train_example.py's small CNN (AdamW 3e-3, batch 32, 64 px) on the CPU.
