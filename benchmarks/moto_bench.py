@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", help="image folder")
     ap.add_argument("url", help="s3://BUCKET/PREFIX to pack into (the bucket is created)")
     ap.add_argument("--no-pack", action="store_true", help="bench only (SRC is packed by bench if needed)")
+    ap.add_argument("--pack-args", default="", metavar="'FLAGS'", help="more flags for loader pack, one string, "
+                    "given before SRC with = (e.g. --pack-args='--shuffle-seed 0')")
     ap.add_argument("--bandwidth-mb", type=float, metavar="MB_PER_S", help="read the bench through "
                     "tests/faultproxy.py's proxy capped at MB_PER_S (10^6 bytes/s) for all responses together "
                     "(the pack goes to the server directly)")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                      aws_secret_access_key="testing").create_bucket(Bucket=bucket)
         loader_cmd = [sys.executable, "-m", "loader"]
         if not args.no_pack:
-            cmd = [*loader_cmd, "pack", args.src, args.url]
+            cmd = [*loader_cmd, "pack", args.src, args.url, *args.pack_args.split()]
             print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
             subprocess.run(cmd, env=env, check=True)
         cmd = [*loader_cmd, "bench", args.src, "--packed", args.url, *extra]
