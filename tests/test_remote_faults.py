@@ -60,7 +60,7 @@ def test_a_transient_fault_is_retried_and_the_bytes_are_right(packed, proxied, s
                                                                fault, times):
     bucket, proxy = proxied
     url = upload(packed, s3_server, bucket)
-    monkeypatch.setattr(objectstore, "TIMEOUT", "1s")       # the stall (2 s) outlasts it: a timeout, retried
+    monkeypatch.setenv("LOADER_STALL_TIMEOUT", "1")        # the stall (2 s) outlasts it: a timeout, retried
     key = "shard-00001.lmdb"
     proxy.add(fault, path=f"/{key}$", times=times, seconds=2.0)
     delays: list[float] = []

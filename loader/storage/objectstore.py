@@ -14,10 +14,17 @@ boto3 when it is installed.
 obstore's runtime is not fork-safe: the client is built on first use in each process (a forked
 DataLoader worker builds its own), never inherited.
 
-Failures: transient ones (HTTP 5xx / SlowDown, a reset or refused connection, a timeout, a body
-shorter than the object) are retried :data:`RETRIES` times with exponential backoff and full jitter,
-within :data:`RETRY_SECONDS` in all; a missing object, a refused credential and a retry budget spent
-are one :class:`~loader.errors.DatasetError` line naming the URL and what to do.
+Failures: transient ones (HTTP 5xx / SlowDown, a reset or refused connection, a timeout, a stall, a
+body shorter than the object) are retried :data:`RETRIES` times with exponential backoff and full
+jitter, within :data:`RETRY_SECONDS` in all; a missing object, a refused credential and a retry
+budget spent are one :class:`~loader.errors.DatasetError` line naming the URL and what to do.
+
+Stalls: a read (GET, HEAD, list, delete) fails when no byte arrives for ``$LOADER_STALL_TIMEOUT``
+seconds (:data:`STALL_TIMEOUT`, 30 s), waiting for the headers or mid-body, and is retried; a slow
+transfer that keeps moving is never cut (no whole-request timeout on reads). This is reqwest's
+``read_timeout``, which resets on every read. Uploads get a client without it: reqwest counts the
+time to send the request body against it (measured: a 1 MiB PUT to a server reading 500 kB/s was cut
+at the 0.5 s read timeout), so a PUT keeps the whole-request :data:`UPLOAD_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -31,17 +38,24 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TypeVar
 
-from loader.errors import DatasetError, LoaderError
+from loader.errors import ArgumentError, DatasetError, LoaderError
 from loader.storage.store import LocalStore, Store, split_url
 
-__all__ = ["RETRIES", "RETRY_SECONDS", "ObjectStore", "missing_extra", "open_store"]
+__all__ = ["RETRIES", "RETRY_SECONDS", "STALL_TIMEOUT", "ObjectStore", "missing_extra", "open_store",
+           "stall_timeout"]
 
 #: Attempts after the first for a transient failure, and the time all attempts of one call may take.
 RETRIES = 5
 RETRY_SECONDS = 60.0
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 8.0
-#: obstore's connect timeout and its timeout for a whole request: a stalled response fails then and is retried.
-CONNECT_TIMEOUT, TIMEOUT = "10s", "300s"
+#: Seconds without a byte after which a read counts as stalled, fails, and is retried
+#: (``$LOADER_STALL_TIMEOUT`` overrides it). 30 s: far above a loopback or in-region store's time to
+#: first byte (4 ms on moto, tens of ms on S3), and a stalled 64 MB shard is noticed in 30 s, not 300.
+STALL_TIMEOUT = 30.0
+#: obstore's connect timeout, and the whole-request timeout of an upload (one PUT or one 16 MiB part).
+CONNECT_TIMEOUT, UPLOAD_TIMEOUT = "10s", "300s"
+#: Reads have no whole-request limit (a moving transfer is never cut); reqwest needs a value: 30 days.
+_NO_LIMIT = "30d"
 
 # What to set, per scheme, when a credential is missing or refused.
 _CREDENTIALS = {
@@ -88,9 +102,30 @@ def open_store(url: str) -> Store:
     return ObjectStore(url)
 
 
-def _options(scheme: str) -> dict:
-    """obstore keyword arguments beyond what it reads from the environment itself."""
-    client = {"connect_timeout": CONNECT_TIMEOUT, "timeout": TIMEOUT}    # a stalled response fails, then is retried
+def stall_timeout() -> float:
+    """Seconds without a byte before a read is abandoned and retried: ``$LOADER_STALL_TIMEOUT`` (a
+    number > 0) or :data:`STALL_TIMEOUT`. Read when a process builds its client."""
+    raw = os.environ.get("LOADER_STALL_TIMEOUT")
+    if raw is None or not raw.strip():
+        return STALL_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 10 ** 6:     # also NaN
+        raise ArgumentError(f"environment variable LOADER_STALL_TIMEOUT={raw!r} must be a number of seconds "
+                            f"> 0 (default {STALL_TIMEOUT:g}): fix or unset it")
+    return value
+
+
+def _options(scheme: str, *, upload: bool = False) -> dict:
+    """obstore keyword arguments beyond what it reads from the environment itself; ``upload``: for the
+    client that sends bodies (no stall timeout, a whole-request one instead)."""
+    client: dict = {"connect_timeout": CONNECT_TIMEOUT}
+    if upload:
+        client["timeout"] = UPLOAD_TIMEOUT
+    else:       # no byte for stall_timeout(): fails, then is retried; a slow but moving body is never cut
+        client.update(read_timeout=f"{round(stall_timeout() * 1000)}ms", timeout=_NO_LIMIT)
     kw: dict = {}
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -130,17 +165,19 @@ class ObjectStore:
         self.url = url.rstrip("/")
         self.scheme, self.bucket, self.prefix = split_url(url)
         self._sleep = sleep            # tests pass a recorder: the backoff is checked, not waited for
-        self._client = None
+        self._clients: dict[bool, object] = {}
         self._pid = -1
 
-    # The client is per process: obstore's runtime does not survive fork().
-    def _store(self):
-        if self._client is None or self._pid != os.getpid():
+    # The clients are per process: obstore's runtime does not survive fork(). Two: reads (stall timeout)
+    # and uploads (whole-request timeout), see the module's docstring.
+    def _store(self, *, upload: bool = False):
+        if self._pid != os.getpid():
+            self._clients, self._pid = {}, os.getpid()
+        if upload not in self._clients:
             from obstore.store import from_url
 
-            self._client = from_url(f"{self.scheme}://{self.bucket}", **_options(self.scheme))
-            self._pid = os.getpid()
-        return self._client
+            self._clients[upload] = from_url(f"{self.scheme}://{self.bucket}", **_options(self.scheme, upload=upload))
+        return self._clients[upload]
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -197,8 +234,10 @@ class ObjectStore:
                 if not transient or attempt == RETRIES or time.monotonic() - t0 + delay > RETRY_SECONDS:
                     err = self._error(e, key, doing)
                     if transient:
+                        stalled = ("; the last one timed out (a read with no byte for LOADER_STALL_TIMEOUT="
+                                   f"{stall_timeout():g} s is a stall)" if "timeout" in str(e).lower() else "")
                         err = DatasetError(f"{err}; gave up after {attempt + 1} attempts in "
-                                           f"{time.monotonic() - t0:.0f} s; check the network and the "
+                                           f"{time.monotonic() - t0:.0f} s{stalled}; check the network and the "
                                            f"store's endpoint")
                     raise err from None
                 self._sleep(delay)
@@ -259,7 +298,7 @@ class ObjectStore:
 
         def put():
             with open(src, "rb") as f:
-                obstore.put(self._store(), self._key(key), f, chunk_size=16 << 20, max_concurrency=8)
+                obstore.put(self._store(upload=True), self._key(key), f, chunk_size=16 << 20, max_concurrency=8)
         self._call(put, key, "upload it")
 
     def list(self, prefix: str = "") -> Iterator[str]:
