@@ -29,6 +29,7 @@ at the 0.5 s read timeout), so a PUT keeps the whole-request :data:`UPLOAD_TIMEO
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -61,10 +62,17 @@ _NO_LIMIT = "30d"
 _CREDENTIALS = {
     "s3": "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or run with an instance role); "
           "AWS_ENDPOINT_URL for an S3-compatible store",
-    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file (or run with a service account)",
+    "gs": "set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file (or run with a service account); "
+          "STORAGE_EMULATOR_HOST for an emulator",
     "az": "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN, or a "
-          "managed identity)",
+          "managed identity); AZURE_STORAGE_ENDPOINT for Azurite",
 }
+# Where a GCS credential can come from besides the metadata server (object_store's names and Google's).
+_GCS_CREDENTIAL_VARS = ("GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH", "GOOGLE_SERVICE_ACCOUNT_KEY",
+                        "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_BEARER_TOKEN")
+# A credential that is there but cannot be used (a service-account file that does not open or whose key
+# does not parse): obstore says so before any request.
+_UNUSABLE_WORDS = ("credential", "account must be specified", "invalid rsa key", "private key", "service account")
 # How a failure reads in obstore's messages (``... status code: 503 Service Unavailable ...``) or in
 # the provider's error body: classified by status code first, words second (never a bare "403",
 # which a port number can contain).
@@ -143,8 +151,17 @@ def _options(scheme: str, *, upload: bool = False) -> dict:
                 kw["credential_provider"] = Boto3CredentialProvider()
             except ImportError:
                 pass
+    elif scheme == "gs":
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
+        if emulator:        # what Google's client libraries and gcsfs read for an emulator (fake-gcs-server)
+            kw["base_url"] = (emulator if "://" in emulator else f"http://{emulator}").rstrip("/")
+            if not any(os.environ.get(k) for k in _GCS_CREDENTIAL_VARS):
+                # An emulator checks no credential; without one obstore would ask the metadata server.
+                kw["bearer_token"] = "emulator"
+        if (kw.get("base_url") or os.environ.get("GOOGLE_BASE_URL") or _gcs_file_base_url()).startswith("http://"):
+            client["allow_http"] = True
     elif scheme == "az":
-        if os.environ.get("AZURE_STORAGE_ENDPOINT", "").startswith("http://"):
+        if (os.environ.get("AZURE_STORAGE_ENDPOINT") or os.environ.get("AZURE_ENDPOINT") or "").startswith("http://"):
             client["allow_http"] = True
     kw["client_options"] = client
     # Retries are ours alone (ObjectStore._call: it also covers truncated bodies), so their count is exact.
@@ -152,6 +169,19 @@ def _options(scheme: str, *, upload: bool = False) -> dict:
                           "backoff": {"init_backoff": timedelta(seconds=_BACKOFF_FIRST),
                                       "max_backoff": timedelta(seconds=_BACKOFF_MAX), "base": 2.0}}
     return kw
+
+
+def _gcs_file_base_url() -> str:
+    """The ``gcs_base_url`` of the service-account file obstore will read (an emulator's address), or ""."""
+    path = next((os.environ[k] for k in ("GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH",
+                                         "GOOGLE_APPLICATION_CREDENTIALS") if os.environ.get(k)), None)
+    try:
+        with open(path, "rb") as f:             # a service-account file is a few KB: read at most 1 MB
+            obj = json.loads(f.read(1 << 20))
+        url = obj.get("gcs_base_url") if isinstance(obj, dict) else None
+        return url if isinstance(url, str) else ""
+    except (TypeError, OSError, ValueError):    # no file, or not JSON: obstore's own error says so
+        return ""
 
 
 class _Truncated(Exception):
@@ -210,12 +240,12 @@ class ObjectStore:
         text = str(e).lower()
         kind = self._kind(e)
         if kind == "missing":
-            what = "its bucket" if "nosuchbucket" in text else "the object"
+            what = "its bucket" if "nosuchbucket" in text or "containernotfound" in text else "the object"
             return DatasetError(f"{where} does not exist ({what} was not found while trying to {doing}); "
                                 f"check the URL")
         if kind == "denied":
             return DatasetError(f"{where}: access denied while trying to {doing}; {_CREDENTIALS[self.scheme]}")
-        if "credential" in text or "account must be specified" in text:
+        if any(w in text for w in _UNUSABLE_WORDS):
             return DatasetError(f"{where}: no credentials found to {doing}; {_CREDENTIALS[self.scheme]}")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return DatasetError(f"{where}: cannot {doing}: {first[:300]}")

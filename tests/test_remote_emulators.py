@@ -1,0 +1,156 @@
+"""``az://`` and ``gs://`` against real emulators on loopback (tests/emulators.py): Azurite and fake-gcs-server.
+
+Azure: ``loader pack SRC az://...`` then ``open_dataset`` / ``ImageLoader`` read back exactly the local pack's
+shards, records and batches; a missing object, a missing container and a wrong account key are one line.
+
+GCS: fake-gcs-server serves obstore's reads (GET, ranged GET, HEAD, list) but not its writes: obstore writes
+through GCS's XML API (``PUT /BUCKET/OBJECT``), which fake-gcs-server answers ``400 invalid uploadType``
+(it implements the JSON upload API; a bare PUT is an upload there only as a signed URL). So the pack is
+put into the emulator through its JSON API and read back through loader; the pack to ``gs://`` is pinned
+as that one-line error, so the day the emulator accepts the write this test says so.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import pack_jpeg_classes
+
+import loader
+from loader import ImageLoader
+from loader.errors import DatasetError, LoaderError
+from loader.format.dataset import open_dataset
+from loader.storage.objectstore import open_store
+
+pytest_plugins = ["emulators"]
+
+SHARDS = 4
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    """24 small JPEGs in 3 classes, 4 shards; ``packed.parent / "src"`` is the image folder."""
+    root = tmp_path_factory.mktemp("emulators")
+    return pack_jpeg_classes(root, classes=3, per_class=8, shards=SHARDS, seed_step=30, size=(56, 40))
+
+
+def records(ds) -> list[bytes]:
+    return [a.tobytes() for a in ds.read_batch(range(len(ds)))]
+
+
+def batches(ld, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for epoch in range(epochs):
+        ld.set_epoch(epoch)
+        out += [(x.clone(), y.clone()) for x, y in ld]
+    return out
+
+
+def assert_reads_back(url: str, packed: Path, cache: Path) -> None:
+    """open_dataset(url) and ImageLoader(url) give the local pack's records, labels and batches."""
+    ds, local = open_dataset(url, cache_dir=cache), open_dataset(packed)
+    assert records(ds) == records(local) and ds.labels.tolist() == local.labels.tolist()
+    kw = dict(batch_size=4, image_size=32, device="cpu", seed=5, num_threads=1)
+    want, got = batches(ImageLoader(packed, **kw)), batches(ImageLoader(url, cache_dir=cache, **kw))
+    assert len(want) == len(got) == 12
+    for (xa, ya), (xb, yb) in zip(want, got):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+# ------------------------------------------------------------------------------------------------ Azure
+
+
+def test_a_pack_to_azurite_reads_back_as_the_local_pack(packed, az_env, tmp_path):
+    url = f"az://{az_env}/photos.packed"
+    loader.pack(packed.parent / "src", url, shards=SHARDS, workers=1, progress=False)
+    store = open_store(url)
+    shards = sorted(f.name for f in packed.glob("shard-*.lmdb"))
+    assert [k for k in store.list() if k.startswith("shard-")] == shards
+    assert all(store.read(k) == (packed / k).read_bytes() for k in shards)     # byte-reproducible shards
+    assert_reads_back(url, packed, tmp_path / "cache")
+
+
+def test_azurite_missing_object_and_container_are_one_line(packed, az_env, tmp_path):
+    with pytest.raises(DatasetError) as info:
+        open_dataset(f"az://{az_env}/nothing.packed", cache_dir=tmp_path / "cache")
+    assert str(info.value) == (f"not a packed dataset: az://{az_env}/nothing.packed has no manifest.json; create one "
+                               f"with `loader pack SRC az://{az_env}/nothing.packed`")
+    with pytest.raises(DatasetError) as info:
+        open_store(f"az://{az_env}/p").read("gone.bin")
+    assert str(info.value) == (f"az://{az_env}/p/gone.bin does not exist (the object was not found while trying to "
+                               f"read it); check the URL")
+    with pytest.raises(DatasetError) as info:
+        open_store("az://no-such-container/p").read("manifest.json")
+    assert str(info.value) == ("az://no-such-container/p/manifest.json does not exist (its bucket was not found "
+                               "while trying to read it); check the URL")
+
+
+def test_azurite_refuses_a_wrong_account_key_in_one_line(packed, az_env, monkeypatch):
+    open_store(f"az://{az_env}/p").upload(packed / "manifest.json", "manifest.json")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25n")
+    with pytest.raises(DatasetError) as info:
+        open_store(f"az://{az_env}/p").read("manifest.json")
+    assert str(info.value) == (f"az://{az_env}/p/manifest.json: access denied while trying to read it; set "
+                               f"AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_TOKEN, "
+                               f"or a managed identity); AZURE_STORAGE_ENDPOINT for Azurite")
+
+
+# ------------------------------------------------------------------------------------------------ GCS
+
+
+def put_pack(packed: Path, endpoint: str, bucket: str, prefix: str) -> str:
+    from emulators import gcs_put
+
+    for f in sorted(packed.iterdir()):
+        gcs_put(endpoint, bucket, f"{prefix}/{f.name}", f.read_bytes())
+    return f"gs://{bucket}/{prefix}"
+
+
+def test_a_pack_in_fake_gcs_reads_back_as_the_local_pack(packed, gcs_env, fake_gcs, tmp_path):
+    url = put_pack(packed, fake_gcs, gcs_env, "photos.packed")
+    store = open_store(url)
+    assert list(store.list()) == sorted(f.name for f in packed.iterdir())
+    assert store.size("shard-00001.lmdb") == (packed / "shard-00001.lmdb").stat().st_size
+    assert store.read("shard-00001.lmdb", 100, 900) == (packed / "shard-00001.lmdb").read_bytes()[100:900]
+    assert_reads_back(url, packed, tmp_path / "cache")
+
+
+def test_packing_to_fake_gcs_stops_at_its_missing_xml_upload_in_one_line(packed, gcs_env):
+    with pytest.raises(LoaderError) as info:
+        loader.pack(packed.parent / "src", f"gs://{gcs_env}/photos.packed", shards=SHARDS, workers=1, progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"gs://{gcs_env}/photos.packed/shard-00000.lmdb: cannot upload it: ")
+    assert "400 Bad Request" in msg and "invalid uploadType" in msg
+    assert not open_store(f"gs://{gcs_env}/photos.packed").size("manifest.json")     # nothing a reader accepts
+
+
+def test_fake_gcs_missing_object_is_one_line(gcs_env, tmp_path):
+    with pytest.raises(DatasetError) as info:
+        open_dataset(f"gs://{gcs_env}/nothing.packed", cache_dir=tmp_path / "cache")
+    assert str(info.value) == (f"not a packed dataset: gs://{gcs_env}/nothing.packed has no manifest.json; create one "
+                               f"with `loader pack SRC gs://{gcs_env}/nothing.packed`")
+    with pytest.raises(DatasetError) as info:
+        open_store(f"gs://{gcs_env}/p").read("gone.bin")
+    assert str(info.value) == (f"gs://{gcs_env}/p/gone.bin does not exist (the object was not found while trying to "
+                               f"read it); check the URL")
+
+
+@pytest.mark.parametrize("bad", ["missing file", "bad key"])
+def test_an_unusable_gcs_credential_is_one_line_naming_what_to_set(gcs_env, fake_gcs, tmp_path, monkeypatch, bad):
+    """fake-gcs-server checks no credential, so a refused one cannot be shown here; one that cannot be used
+    (a service-account file that is not there, or whose key does not parse) fails before any request."""
+    sa = tmp_path / "sa.json"
+    if bad == "bad key":     # token_uri and gcs_base_url on loopback: nothing here may reach out
+        sa.write_text(json.dumps({"type": "service_account", "client_email": "x@example.iam.gserviceaccount.com",
+                                  "private_key_id": "k", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+                                  "-----END PRIVATE KEY-----\n", "token_uri": f"{fake_gcs}/token",
+                                  "gcs_base_url": fake_gcs}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(sa))
+    with pytest.raises(DatasetError) as info:
+        open_store(f"gs://{gcs_env}/p").read("manifest.json")
+    assert str(info.value) == (f"gs://{gcs_env}/p/manifest.json: no credentials found to read it; set "
+                               f"GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file (or run with a service "
+                               f"account); STORAGE_EMULATOR_HOST for an emulator")
