@@ -25,9 +25,11 @@ from loader.errors import (
     LoaderError,
     ModelSpecError,
     PackError,
+    ServiceError,
     import_dali,
 )
 from loader.format.dataset import PackedDataset, open_dataset
+from loader.service.settings import RayService  # settings only: Ray is imported when a service starts
 from loader.version import __version__
 
 _moved.install()   # loader.pipeline & co. (0.3 paths) still import, with a DeprecationWarning
@@ -63,5 +65,6 @@ def __dir__():
 __all__ = [
     "ArgumentError", "Augment", "ColorJitter", "ConcurrentEpochError", "DaliMissingError", "DatasetError",
     "DecodeError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageLoader", "LoaderError", "ModelSpecError", "PackError",
-    "PackReport", "PackedDataset", "__version__", "advise", "import_dali", "open_dataset", "pack", "show",
+    "PackReport", "PackedDataset", "RayService", "ServiceError", "__version__", "advise", "import_dali",
+    "open_dataset", "pack", "show",
 ]

@@ -14,7 +14,7 @@ error: photos/ does not exist; pass an image folder as SRC
 from __future__ import annotations
 
 __all__ = ["ArgumentError", "ConcurrentEpochError", "DaliMissingError", "DatasetError", "DecodeError", "LoaderError",
-           "ModelSpecError", "PackError", "import_dali", "one_line"]
+           "ModelSpecError", "PackError", "ServiceError", "import_dali", "one_line"]
 
 
 class LoaderError(Exception):
@@ -56,6 +56,11 @@ class ConcurrentEpochError(LoaderError, RuntimeError):
 
 class ModelSpecError(LoaderError, ValueError):
     """``advise``'s ``model`` names nothing usable, or what it builds is not a classifier for this dataset."""
+
+
+class ServiceError(LoaderError, RuntimeError):
+    """The decode service (``ImageLoader(service=loader.RayService(...))``) cannot run: Ray missing or
+    unreachable, actors that cannot be placed, or that keep dying on one batch."""
 
 
 class DaliMissingError(LoaderError, ModuleNotFoundError):

@@ -43,7 +43,7 @@ def test_every_exception_of_loader_errors_is_exported():
     defined = {name for name, obj in vars(loader.errors).items()
                if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == "loader.errors"}
     assert defined == {"ArgumentError", "ConcurrentEpochError", "DaliMissingError", "DatasetError", "DecodeError",
-                       "LoaderError", "ModelSpecError", "PackError"}
+                       "LoaderError", "ModelSpecError", "PackError", "ServiceError"}
     assert defined <= set(loader.errors.__all__) and defined <= set(loader.__all__)
     for name in defined:
         assert getattr(loader, name) is getattr(loader.errors, name)

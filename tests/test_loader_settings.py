@@ -68,6 +68,7 @@ BAD = {
     "batch_transform": [dict(batch_transform="mixup"), dict(batch_transform=3)],
     "pad": [dict(pad="no"), dict(pad=None), dict(pad=0), dict(pad=False, drop_last=True)],
     "cache_dir": [dict(cache_dir=3), dict(cache_dir=b"/tmp/x")],
+    "service": [dict(service="ray"), dict(service=2), dict(service={"num_workers": 2})],
     "cache_limit": [dict(cache_limit=0), dict(cache_limit=-1), dict(cache_limit="lots"), dict(cache_limit="5 parsecs"),
                     dict(cache_limit=True), dict(cache_limit=1.5)],
     # The deprecated flat keywords (ImageLoader's **deprecated_augment), validated by Augment.

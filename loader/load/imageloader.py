@@ -41,6 +41,8 @@ from loader.load.sampler import (
 )
 from loader.load.settings import LoaderSettings, check_path, resolve_augment
 from loader.load.state import dataset_fingerprint, parse_state, resume_point
+from loader.service.client import ServiceClient
+from loader.service.settings import RayService
 from loader.validate import is_int
 
 __all__ = ["ImageLoader", "IMAGENET_MEAN", "IMAGENET_STD", "ConcurrentEpochError", "DecodeError", "resolve_device"]
@@ -132,6 +134,8 @@ class ImageLoader:
             node-local cache of its shards (default ``$LOADER_CACHE`` or ``~/.cache/loader``) and its
             bound in bytes (an int or ``"50GB"``; None: unbounded); see docs/remote.md. A local path is
             read in place and ignores both.
+        service: None (decode here), or a :class:`loader.RayService`: Ray actors decode and augment
+            this rank's batches (the same bytes), the trainer normalizes them; see docs/service.md.
 
     Every argument is checked here (:class:`loader.load.settings.LoaderSettings`): a bad one is
     an :class:`loader.errors.ArgumentError` naming it (``e.param``), before any data is read.
@@ -157,7 +161,7 @@ class ImageLoader:
                  augment: Augment | None = None, batch_transform: Callable[..., Any] | None = None,
                  pad: bool = True, cache_dir: str | os.PathLike | None = None,
                  cache_limit: int | str | None = None, block_shards: int | None = None,
-                 **deprecated_augment: Any):
+                 service: RayService | None = None, **deprecated_augment: Any):
         check_path(path)
         self.settings = s = LoaderSettings(
             batch_size=batch_size, image_size=image_size, train=train, shuffle=shuffle, drop_last=drop_last,
@@ -165,7 +169,7 @@ class ImageLoader:
             channels_last=channels_last, mean=mean, std=std, validation_split=validation_split, subset=subset,
             rank=rank, world_size=world_size, with_indices=with_indices, on_error=on_error, gpu_decode=gpu_decode,
             augment=resolve_augment(augment, deprecated_augment, stacklevel=2), batch_transform=batch_transform,
-            pad=pad, cache_dir=cache_dir, cache_limit=cache_limit, block_shards=block_shards)
+            pad=pad, cache_dir=cache_dir, cache_limit=cache_limit, block_shards=block_shards, service=service)
 
         # Rank and world size are looked up again at each epoch's start (and by len()) unless
         # given here: trainers such as Lightning build the loader first and start the other
@@ -197,11 +201,15 @@ class ImageLoader:
         self._feed: EpochFeed | None = None
         self._pipe = None
         self._finisher: CpuFinisher | None = None
-        self._guard: RecordGuard | None = None   # which records were checked survives new pipelines
         self._warned: set[int] = set()
         self._lock = threading.Lock()
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
+        # The decode service's actors (loader.service), started now: an unreachable pool fails here.
+        self._service = (None if s.service is None else
+                         ServiceClient(s.service, self.dataset, s, self._buffers, self.num_threads))
+        # Which records were checked survives new pipelines (the service's: what its actors found).
+        self._guard: RecordGuard | None = self._service.guard if self._service is not None else None
 
     batch_size = _from_settings("batch_size")
     image_size = _from_settings("image_size")
@@ -322,6 +330,8 @@ class ImageLoader:
         _check_seed_agrees(s, world_size)
         self.device = resolve_device(s.device, local_rank)
         self.num_threads = s.num_threads or threads_per_rank()
+        if self._service is not None:     # the actors run the graph; this process finishes their batches
+            return self._service.start(plan, self.device, s.seed)
         if self._guard is None:
             self._guard = RecordGuard(self.dataset)
         self._feed = EpochFeed(self.dataset, train=s.train, seed=s.seed, history=s.prefetch + 4, guard=self._guard,
@@ -385,6 +395,17 @@ class ImageLoader:
         return sorted(self._guard.bad) if self._guard is not None else []
 
     def _run_once(self, epoch: int, batch: int) -> tuple[torch.Tensor, ...]:
+        images, targets, idx = self._service.batch(batch) if self._service is not None else self._local_batch()
+        if self.batch_transform is not None:
+            g = batch_generator(self.seed, epoch=epoch, rank=self.rank, batch=batch, device=self.device)
+            out = self.batch_transform(images, targets, g)
+            if not self.with_indices:
+                return out
+            return (*(out if isinstance(out, tuple) else (out,)), idx.to(self.device))
+        return (images, targets, idx.to(self.device)) if self.with_indices else (images, targets)
+
+    def _local_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch of this process's own pipeline: (images, targets, indices on the CPU)."""
         try:
             outputs = self._pipe.run()
         except StopIteration:
@@ -403,14 +424,7 @@ class ImageLoader:
             raise error from None
         if self._feed.replaced and len(self._warned) < len(self._feed.replaced):
             warn_replaced(self.dataset, self._feed.replaced, self._guard.bad, self._warned)
-        images, targets, idx = self._assemble(outputs)
-        if self.batch_transform is not None:
-            g = batch_generator(self.seed, epoch=epoch, rank=self.rank, batch=batch, device=self.device)
-            out = self.batch_transform(images, targets, g)
-            if not self.with_indices:
-                return out
-            return (*(out if isinstance(out, tuple) else (out,)), idx.to(self.device))
-        return (images, targets, idx.to(self.device)) if self.with_indices else (images, targets)
+        return self._assemble(outputs)
 
     # -- resume -------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -471,8 +485,11 @@ class ImageLoader:
             self._finisher = None
 
     def close(self) -> None:
-        """Release DALI's threads and buffers (also done when the loader is garbage-collected)."""
+        """Release DALI's threads and buffers, and the service's actors (also done when the loader is
+        garbage-collected)."""
         self._release_pipeline()
+        if getattr(self, "_service", None) is not None:
+            self._service.close()
         self._feed = None
         self._buffers.clear()
 

@@ -40,6 +40,7 @@ from loader.augment.torchvision_eval import resize_of
 from loader.errors import ArgumentError
 from loader.load.pipeline import GPU_DECODES, resolve_gpu_decode
 from loader.load.placement import resolve_device
+from loader.service.settings import RayService
 from loader.validate import is_int as _is_int
 from loader.validate import is_number
 
@@ -160,6 +161,7 @@ class LoaderSettings:
     cache_dir: str | os.PathLike | None = None
     cache_limit: int | str | None = None
     block_shards: int | None = None
+    service: RayService | None = None
     seed_drawn: bool = field(default=False, init=False)
     shuffle_mode: str = field(default="global", init=False)     # "global", "block", or "off"
 
@@ -219,6 +221,9 @@ class LoaderSettings:
         from loader.storage.cache import parse_bytes  # (standard library only)
 
         put("cache_limit", parse_bytes(self.cache_limit, "cache_limit"))
+        if self.service is not None and not isinstance(self.service, RayService):
+            raise ArgumentError(f"service must be None or a loader.RayService(num_workers=...), got {self.service!r}",
+                                param="service")
         side = resize_of(self.image_size, self.augment.crop_fraction)
         if not self.train and side > MAX_SIDE:       # (training never resizes by crop_fraction)
             raise ArgumentError(
