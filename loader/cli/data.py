@@ -30,7 +30,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                   overwrite=args.overwrite, strict=args.strict, progress=not args.quiet,
                   labels=args.labels, unlabeled=args.unlabeled, classes=classes,
                   classes_from=args.classes_from, keep_suspect=args.keep_suspect,
-                  shuffle_seed=args.shuffle_seed)
+                  shuffle_seed=args.shuffle_seed, engine=args.engine, ray_address=args.ray_address)
     print(report.summary())
     if report.num_skipped:
         from loader.format.manifest import SKIPPED_NAME
@@ -226,6 +226,12 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
                    help="store the records in a random order seeded by SEED (e.g. 0) instead of class by "
                    "class, so every shard mixes the classes: what ImageLoader(shuffle='block') needs to cost "
                    "no accuracy (docs/remote.md#shuffle); the same SEED gives the same bytes")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local: a process pool on "
+                   "this machine (default); ray: one Ray task per shard across a Ray cluster, the same bytes "
+                   "(needs loader[ray]; SRC and a folder DST on paths every node sees; docs/ray.md)")
+    p.add_argument("--address", dest="ray_address", metavar="ADDR", help="with --engine ray: the Ray "
+                   "cluster's address (default: as ray.init(): RAY_ADDRESS, a cluster started on this "
+                   "machine, or a new local one); --workers is then the tasks at once (default: the cluster's CPUs)")
     add_shared(p, "--quiet", "(default: a progress bar on stderr)")
     p.set_defaults(func=_cmd_pack)
 

@@ -77,12 +77,21 @@ class IndexWriter:
         return k
 
     def extend(self, *, labels, heights, widths, crcs, keys, offsets, lengths, sources: bytes,
-               source_ends) -> None:
+               source_ends, converted=None, conversions: Sequence[str] = ()) -> None:
         """Append many records at once from arrays (``source_ends``: each path's end offset in
-        ``sources``, relative to it). For synthetic indexes and bulk writers; records are stored
-        as-is (``converted`` 0)."""
+        ``sources``, relative to it). For synthetic indexes and bulk writers (pack's shards).
+        ``converted``: per record 0 (stored as-is) or ``k + 1`` for ``conversions[k]`` (default:
+        all as-is); codes are numbered in order of first use, as :meth:`add` numbers them."""
         k, m = self.count, len(labels)
         c = self._cols
+        if converted is not None and len(conversions):
+            lut = np.zeros(len(conversions) + 1, dtype=np.uint8)
+            for i, name in enumerate(conversions):
+                code = self._codes.setdefault(name, len(self._codes) + 1)
+                if code > 255:
+                    raise ValueError("more than 255 distinct conversions")
+                lut[i + 1] = code
+            c["converted"][k:k + m] = lut[np.asarray(converted)]
         for name, values in (("labels", labels), ("heights", heights), ("widths", widths),
                              ("checksums", crcs), ("keys", keys), ("offsets", offsets),
                              ("lengths", lengths)):

@@ -22,7 +22,7 @@ from loader.validate import is_int as _is_int
 from loader.validate import is_number
 
 __all__ = ["MAX_SHARDS", "MAX_SHARD_SIZE_MB", "MAX_SIDE_LIMIT", "MAX_WORKERS", "MIN_SHARD_SIZE_MB",
-           "check_label_options", "check_options", "check_shuffle_seed"]
+           "ENGINES", "check_engine", "check_label_options", "check_options", "check_shuffle_seed"]
 
 # Upper bounds of pack's numeric options: beyond them a value is a typo, not a plan (a shard
 # size of inf once wrote Infinity, not JSON, into manifest.json; workers=10**6 would fork that many).
@@ -57,6 +57,28 @@ def check_options(shards, shard_size_mb, workers, max_side, quality, flags: dict
 
 
 MAX_SEED = 2**63 - 1
+
+#: pack's engines: a process pool on this machine, or one Ray task per shard (loader.convert.rayengine).
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine, ray_address) -> None:
+    """``engine``: one of :data:`ENGINES`; ``ray_address``: None or a non-empty string, only with ``"ray"``.
+
+    >>> check_engine("spark", None)
+    Traceback (most recent call last):
+    ...
+    loader.errors.ArgumentError: engine must be 'local' or 'ray' (got 'spark')
+    """
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ArgumentError(f"engine must be 'local' or 'ray' (got {_short(engine)})", param="engine")
+    if ray_address is not None:
+        if not isinstance(ray_address, str) or not ray_address.strip():
+            raise ArgumentError(f"ray_address must be a Ray address such as 'ray://head:10001' or "
+                                f"'10.0.0.1:6379' (got {_short(ray_address)})", param="ray_address")
+        if engine != "ray":
+            raise ArgumentError(f"ray_address is for engine='ray' (got engine={engine!r}); pass "
+                                f"engine='ray' too, or drop ray_address", param="ray_address")
 
 
 def check_shuffle_seed(shuffle_seed) -> None:

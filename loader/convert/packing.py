@@ -40,11 +40,9 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
-import stat
 import sys
 import time
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,14 +52,22 @@ import numpy as np
 from tqdm import tqdm
 
 from loader.convert.destination import check_dst, install, make_partial, remove_stale, write_error
-from loader.convert.imagecheck import MAX_FILE_BYTES, BadImage, CheckedImage, check_bytes, read_capped
+from loader.convert.imagecheck import MAX_FILE_BYTES
 from loader.convert.indexwriter import IndexWriter
-from loader.convert.options import MAX_SHARDS, check_label_options, check_options, check_shuffle_seed
+from loader.convert.options import MAX_SHARDS, check_engine, check_label_options, check_options, check_shuffle_seed
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
+
+# The per-file check, re-exported: tests (and pack's earlier releases) import them from here.
+from loader.convert.shardtask import _BAD as _BAD
+from loader.convert.shardtask import _DATA as _DATA
+from loader.convert.shardtask import _KEEP as _KEEP
+from loader.convert.shardtask import ShardResult, add_result, items_slice, shard_map_size, write_shard
+from loader.convert.shardtask import _load_kept as _load_kept
+from loader.convert.shardtask import _process as _process
 from loader.errors import PackError
 from loader.format.files import add_shard_digests
 from loader.format.manifest import SKIPPED_NAME
-from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter, shard_name
+from loader.format.shards import BLOCK_BYTES, ShardInfo, shard_name
 from loader.rng import PACK_ORDER
 from loader.storage.store import is_url, split_url
 from loader.units import MB
@@ -78,7 +84,6 @@ SUSPECT_NAME = "suspect.tsv"
 # 16, measured here), but at least ~8 tasks per worker keep the ends even.
 _CHUNKSIZE = 32
 _TASKS_PER_WORKER = 8
-_KEEP, _DATA, _BAD = 0, 1, 2  # kinds of worker results
 
 
 @dataclass(frozen=True)
@@ -164,69 +169,6 @@ def _init_worker() -> None:
             pass
 
 
-def _file_sig(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def _result(c: CheckedImage, sig: tuple | None) -> tuple:
-    if c.converted is None and sig is not None:
-        # Stored as-is: the parent reads the file itself (from the page cache)
-        # instead of receiving it through a pipe -- that transfer would cost
-        # the parent more CPU than all its other work together.
-        return _KEEP, c.height, c.width, zlib.crc32(c.data), sig, c.suspect
-    return _DATA, c.data, c.height, c.width, c.converted, zlib.crc32(c.data), c.suspect
-
-
-def _read(path: str) -> tuple[bytes, tuple]:
-    """The bytes of the file at ``path`` (at most MAX_FILE_BYTES: BadImage beyond) and its signature.
-
-    Opened without blocking: the scan lists regular files only, but one replaced by a FIFO since
-    would block ``open`` forever (and a device never ends); such a file is a BadImage.
-    """
-    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise BadImage("not a regular file (a FIFO, device or socket); leave it out of SRC")
-        return read_capped(f, st.st_size), _file_sig(st)
-
-
-def _process(path: str, max_side: int | None, quality: int, keep_suspect: bool) -> tuple:
-    """Worker: check one file. Returns one of
-    ``(_KEEP, height, width, checksum, file_sig, suspect)``,
-    ``(_DATA, data, height, width, converted, checksum, suspect)``, ``(_BAD, reason)``.
-    """
-    try:
-        data, sig = _read(path)
-        c = check_bytes(data, max_side=max_side, quality=quality, keep_suspect=keep_suspect)
-    except OSError as e:
-        return _BAD, f"cannot read file: {e.strerror or e}"
-    except BadImage as e:
-        return _BAD, e.reason
-    return _result(c, sig)
-
-
-def _load_kept(path: str, r: tuple, max_side: int | None, quality: int, keep_suspect: bool) -> tuple:
-    """Parent: turn a ``_KEEP`` result into a ``_DATA`` one by reading the file.
-
-    If the file changed since the worker checked it (other inode, size or
-    mtime), what was read now is checked again here: only checked bytes are
-    stored. (``loader verify`` compares checksums, as a last line of defence.)
-    """
-    _, height, width, checksum, sig, suspect = r
-    try:
-        data, now = _read(path)
-    except OSError as e:
-        return _BAD, f"cannot read file: {e.strerror or e}"
-    except BadImage as e:
-        return _BAD, e.reason
-    if now == sig and len(data) == now[2]:
-        return _DATA, data, height, width, None, checksum, suspect
-    try:
-        return _result(check_bytes(data, max_side=max_side, quality=quality, keep_suspect=keep_suspect), None)
-    except BadImage as e:
-        return _BAD, e.reason
-
-
 def _pool_context() -> mp.context.BaseContext:
     # fork starts workers instantly, but forking a process that has loaded
     # torch or DALI (threads, CUDA) is unsafe: then start clean ones instead.
@@ -251,17 +193,11 @@ def _results(paths: Iterator[str], n: int, workers: int, max_side: int | None, q
 # ---------------------------------------------------------------- writing
 
 
-def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
-                  num_shards: int, workers: int, max_side: int | None, quality: int,
-                  strict: bool, keep_suspect: bool, progress: bool
-                  ) -> tuple[IndexWriter, list[ShardInfo], list, list, np.ndarray]:
-    """Write the shards; return the index, the shards, the skipped and the kept suspect
-    ``(relpath, reason)`` and which items were packed (bool per item)."""
-    index = IndexWriter(partial, capacity=len(items))
-    shards: list[ShardInfo] = []
-    skipped: list[tuple[str, str]] = []
-    suspect: list[tuple[str, str]] = []
-    kept = np.zeros(len(items), dtype=bool)
+def _local_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray, ranges: list[tuple[int, int]],
+                  workers: int, options: dict, progress: bool) -> Iterator[tuple[str, int, ShardResult]]:
+    """The local engine: a process pool checks the files, this process writes the shards in order;
+    yields ``(name, lo, result)`` per shard."""
+    max_side, quality, keep_suspect = options["max_side"], options["quality"], options["keep_suspect"]
     prefix = os.path.join(src, "")   # paths are built when used: no list of 1.281M strings
     pools: list = []
     bar = None
@@ -270,42 +206,43 @@ def _write_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray,
                            quality, keep_suspect, pools)
         bar = tqdm(total=len(items), unit="img", desc="pack", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
-        for s, (lo, hi) in enumerate(shard_ranges(len(items), num_shards)):
-            name = shard_name(s)
-            first = index.count
-            with ShardWriter(partial / name, map_size=int(sizes[lo:hi].sum() * 1.2) + 64 * 2**20,
-                             block_bytes=BLOCK_BYTES) as w:
-                for j in range(lo, hi):
-                    r = next(results)
-                    bar.update(1)
-                    rel, label = items[j]
-                    if r[0] == _KEEP:
-                        r = _load_kept(prefix + rel, r, max_side, quality, keep_suspect)
-                    if r[0] == _BAD:
-                        if strict:
-                            raise PackError(f"bad image {src / rel}: {r[1]} (strict=True stops at the first "
-                                            f"bad file; without it bad files are skipped and listed in "
-                                            f"DST/{SKIPPED_NAME})", param="strict")
-                        skipped.append((rel, r[1]))
-                        continue
-                    _, data, height, width, converted, crc, why = r
-                    if why is not None:
-                        suspect.append((rel, why))
-                    key, offset = w.append(data)
-                    index.add(label=label, height=height, width=width, crc=crc, key=key, offset=offset,
-                              length=len(data), converted=converted, source=rel)
-                    kept[j] = True
-            shards.append(ShardInfo(name, first, w.count, w.payload_bytes, w.values))
-    except BaseException:
-        index.close()
-        raise
+        for s, (lo, hi) in enumerate(ranges):
+            res = write_shard(partial / shard_name(s), items_slice(items, lo, hi), results, src=src,
+                              map_size=shard_map_size(sizes[lo:hi]), tick=bar.update, **options)
+            yield shard_name(s), lo, res
     finally:
         if bar is not None:
             bar.close()
         for pool in pools:
             pool.terminate()
             pool.join()
-    return index, shards, skipped, suspect, kept
+
+
+def _build_index(partial: Path, items: Items, done: Iterable[tuple[str, int, ShardResult]]
+                 ) -> tuple[IndexWriter, list[ShardInfo], list, list, np.ndarray, list]:
+    """Append the shards' results, in shard order, to a new index; return it, the shards, the skipped
+    and the kept suspect ``(relpath, reason)``, which items were packed (bool per item) and the digests."""
+    index = IndexWriter(partial, capacity=len(items))
+    shards: list[ShardInfo] = []
+    skipped: list[tuple[str, str]] = []
+    suspect: list[tuple[str, str]] = []
+    digests: list[str | None] = []
+    kept = np.zeros(len(items), dtype=bool)
+    try:
+        for name, lo, res in done:
+            shards.append(add_result(index, res, items, lo, name))
+            skipped += res.skipped
+            suspect += res.suspect
+            kept[lo:lo + len(res.kept)] = res.kept
+            digests.append(res.digest)
+    except BaseException:
+        index.close()
+        raise
+    finally:
+        close = getattr(done, "close", None)
+        if close is not None:    # the local engine's generator: its pool stops now, not when collected
+            close()
+    return index, shards, skipped, suspect, kept, digests
 
 
 def _csr_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -358,7 +295,8 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
          quality: int = 95, overwrite: bool = False, strict: bool = False,
          progress: bool = True, labels: str | os.PathLike | None = None, unlabeled: bool = False,
          classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None,
-         keep_suspect: bool = False, shuffle_seed: int | None = None) -> PackReport:
+         keep_suspect: bool = False, shuffle_seed: int | None = None, engine: str = "local",
+         ray_address: str | None = None) -> PackReport:
     """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
 
     ``dst``: a folder, or an object-store URL (``s3://``, ``gs://``, ``az://``; needs the ``remote``
@@ -395,6 +333,12 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     needs to cost no accuracy (docs/remote.md#shuffle).
     The same seed gives the same dataset byte for byte; ``manifest.json`` records it (``pack_params``).
 
+    ``engine``: ``"local"`` (a process pool on this machine) or ``"ray"``: one Ray task per shard
+    across a cluster (``workers``: tasks at once, default the cluster's CPUs; needs the ``ray`` extra),
+    the same bytes (docs/ray.md). ``ray_address``: the cluster's address (default: as ``ray.init()``:
+    ``RAY_ADDRESS``, a cluster started on this machine, or a new local one); SRC and a folder DST must
+    be on paths every node sees.
+
     Raises :class:`~loader.errors.ArgumentError` (naming the parameter) for a bad option,
     :class:`PackError` for bad input, a failed write or a full disk; nothing is left at ``dst``
     then.
@@ -404,22 +348,36 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     >>> pack("val/", "val.packed", classes_from="train.packed").classes[:2]   # doctest: +SKIP
     ('cat', 'dog')
     """
+    check_engine(engine, ray_address)
+    options = dict(shards=shards, workers=workers, max_side=max_side, quality=quality, strict=strict,
+                   progress=progress, labels=labels, unlabeled=unlabeled, classes=classes,
+                   classes_from=classes_from, keep_suspect=keep_suspect, shuffle_seed=shuffle_seed,
+                   engine=engine, ray_address=ray_address)
     if is_url(dst) and not str(dst).startswith("file://"):
         from loader.storage.remotepack import pack_remote
 
-        return pack_remote(pack, src, str(dst), shards=shards, workers=workers,
-                           shard_size_mb=REMOTE_SHARD_SIZE_MB if shard_size_mb is None else shard_size_mb,
-                           max_side=max_side, quality=quality, overwrite=overwrite, strict=strict,
-                           progress=progress, labels=labels, unlabeled=unlabeled, classes=classes,
-                           classes_from=classes_from, keep_suspect=keep_suspect, shuffle_seed=shuffle_seed)
+        return pack_remote(_pack, src, str(dst), overwrite=overwrite, **options,
+                           shard_size_mb=REMOTE_SHARD_SIZE_MB if shard_size_mb is None else shard_size_mb)
     if is_url(dst):
         dst = split_url(str(dst))[2]
-    if shard_size_mb is None:
-        shard_size_mb = 512
+    return _pack(src, dst, overwrite=overwrite, shard_size_mb=512 if shard_size_mb is None else shard_size_mb,
+                 **options)
+
+
+def _pack(src, dst, *, shards, shard_size_mb, workers, max_side, quality, overwrite, strict, progress, labels,
+          unlabeled, classes, classes_from, keep_suspect, shuffle_seed, engine, ray_address,
+          remote: tuple[str, list[str]] | None = None) -> PackReport:
+    """:func:`pack` to the folder ``dst``. ``remote``: ``(url, keys there now)``: ``dst`` is the local
+    staging folder of a URL DST whose shards the Ray tasks upload themselves (``pack_remote``)."""
     t0 = time.perf_counter()
+    ray_workers = workers
     workers = check_options(shards, shard_size_mb, workers, max_side, quality,
                              dict(overwrite=overwrite, strict=strict, progress=progress, unlabeled=unlabeled,
                                   keep_suspect=keep_suspect))
+    if engine == "ray":
+        from loader.convert.rayengine import import_ray
+
+        import_ray()     # a missing extra is reported before SRC is listed
     pinned, origin = check_label_options(labels, unlabeled, classes, classes_from)
     check_shuffle_seed(shuffle_seed)
     src, dst = Path(src), Path(os.path.abspath(dst))
@@ -458,13 +416,27 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     prefix = os.path.join(src, "")
     sizes = np.fromiter((_file_size(prefix + rel) for rel, _ in items), dtype=np.int64, count=len(items))
     num_shards = plan_shards(int(sizes.sum()), len(items), shards, shard_size_mb)
+    ranges = shard_ranges(len(items), num_shards)
+    shard_options = dict(max_side=max_side, quality=quality, keep_suspect=keep_suspect, strict=strict)
 
     partial_dir = make_partial(dst)
     try:
         try:
-            index, shard_infos, skipped, suspect, kept = _write_shards(
-                src, partial_dir, items, sizes, num_shards, workers, max_side, quality, strict, keep_suspect,
-                progress)
+            if engine == "ray":
+                from loader.convert.rayengine import ray_shards
+
+                if remote is not None:
+                    from loader.storage.remotepack import shard_names
+
+                    names = shard_names(num_shards, remote[1])
+                else:
+                    names = [shard_name(s) for s in range(num_shards)]
+                done = ray_shards(src, partial_dir, items, sizes, ranges, names, dst=dst,
+                                  url=None if remote is None else remote[0], address=ray_address,
+                                  workers=ray_workers, options=shard_options, progress=progress)
+            else:
+                done = _local_shards(src, partial_dir, items, sizes, ranges, workers, shard_options, progress)
+            index, shard_infos, skipped, suspect, kept, digests = _build_index(partial_dir, items, done)
             if not index.count:
                 index.close()
                 rel, reason = skipped[0]
@@ -477,7 +449,12 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
                          pack_params=_pack_params(shards, shard_size_mb, max_side, quality, strict, shuffle_seed),
                          label_source=label_source, unlisted=unlisted, label_offsets=label_offsets,
                          label_values=label_values)
-            add_shard_digests(partial_dir)
+            if engine == "ray":     # the tasks digested their shards (a URL DST's are not here)
+                from loader.convert.rayengine import set_shard_digests
+
+                set_shard_digests(partial_dir, digests)
+            else:
+                add_shard_digests(partial_dir)
             _write_skipped(partial_dir, skipped)
             if suspect:
                 _write_skipped(partial_dir, suspect, SUSPECT_NAME)

@@ -39,7 +39,7 @@ from loader.format.shards import shard_name
 from loader.storage.objectstore import open_store
 from loader.storage.store import Store
 
-__all__ = ["fetch_dataset", "fetch_index", "pack_remote", "upload_dataset"]
+__all__ = ["fetch_dataset", "fetch_index", "pack_remote", "shard_names", "upload_dataset"]
 
 _SHARD = re.compile(r"shard-(\d{5,})\.lmdb")
 
@@ -83,16 +83,37 @@ def _rename_shards(folder: Path, manifest: dict, old_keys: list[str]) -> list[st
     return [s["name"] for s in manifest["shards"]]
 
 
-def upload_dataset(folder: Path, store: Store, old_keys: list[str] = (), *, progress: bool = False) -> None:
+def shard_names(count: int, old_keys: list[str]) -> list[str]:
+    """The names ``count`` new shards get at a prefix holding ``old_keys``: numbered past a live
+    dataset's shards where the names would collide (as :func:`upload_dataset` renames them).
+
+    >>> shard_names(2, ["manifest.json", "shard-00000.lmdb"])
+    ['shard-00001.lmdb', 'shard-00002.lmdb']
+    """
+    names = [shard_name(i) for i in range(count)]
+    old = {k for k in old_keys if _SHARD.fullmatch(k)}
+    if MANIFEST_NAME not in old_keys or not old & set(names):
+        return names
+    first = 1 + max(int(_SHARD.fullmatch(k).group(1)) for k in old)
+    return [shard_name(first + i) for i in range(count)]
+
+
+def upload_dataset(folder: Path, store: Store, old_keys: list[str] = (), *, progress: bool = False,
+                   uploaded: bool = False) -> None:
     """Upload the packed dataset in ``folder`` to ``store`` (see the module docstring): the shards
     (under names the old dataset does not use), then, the old manifest withdrawn, the other files and
-    ``manifest.json`` last; then delete the ``old_keys`` the new dataset does not have."""
+    ``manifest.json`` last; then delete the ``old_keys`` the new dataset does not have. ``uploaded``:
+    the shards are at ``store`` already, under the names the manifest gives (:func:`shard_names`; the
+    Ray engine's tasks uploaded them), and not in ``folder``."""
     manifest = read_json(folder / MANIFEST_NAME)
     live = MANIFEST_NAME in old_keys      # a dataset readers may be using (else: leftovers, replaced)
-    shards = _rename_shards(folder, manifest, list(old_keys)) if live else [s["name"] for s in manifest["shards"]]
+    if live and not uploaded:
+        shards = _rename_shards(folder, manifest, list(old_keys))
+    else:
+        shards = [s["name"] for s in manifest["shards"]]
     others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in shards
                     and p.name != MANIFEST_NAME)
-    order = [*shards, "-", *others, MANIFEST_NAME]
+    order = [*([] if uploaded else shards), "-", *others, MANIFEST_NAME]
     total = sum((folder / n).stat().st_size for n in order if n != "-")
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload to {store.url}", disable=not progress,
               leave=False) as bar:
@@ -120,8 +141,12 @@ def pack_remote(pack_local, src, url: str, *, overwrite: bool, **options):
     staging = Path(tempfile.mkdtemp(prefix="loader-pack-"))
     try:
         local = staging / "dataset.packed"
-        report = pack_local(src, local, overwrite=False, **options)
-        upload_dataset(local, store, old_keys, progress=options.get("progress", True))
+        if options.get("engine") == "ray":     # its tasks upload the shards themselves, under shard_names()
+            report = pack_local(src, local, overwrite=False, remote=(url, old_keys), **options)
+            upload_dataset(local, store, old_keys, progress=options.get("progress", True), uploaded=True)
+        else:
+            report = pack_local(src, local, overwrite=False, **options)
+            upload_dataset(local, store, old_keys, progress=options.get("progress", True))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     seconds = max(time.perf_counter() - t0, 1e-9)
