@@ -59,13 +59,6 @@ def process_group() -> str | None:
     return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
-def resume_epoch(loader_state: dict[str, Any]) -> int:
-    """The epoch a saved ``ImageLoader.state_dict()`` continues in: its own, or the next one when it
-    was saved after that epoch's last batch. Start the epoch loop there: ``set_epoch`` of that epoch
-    keeps the restored position, ``set_epoch`` of an earlier one would run it again from its start."""
-    return loader_state["epoch"] + int(loader_state["batches_done"] == loader_state["num_batches"])
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: ``config`` holds packed, epochs, batch_size, image_size, seed, lr, threads,
     checkpoint_every, and optionally log_dir (each step's record indices, one JSON line per step in
@@ -83,15 +76,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                seed=config["seed"], device=str(device), num_threads=config["threads"],
                                with_indices=True)
     model = model_for(train)
-    start_epoch, step, resumed_from, saved = 0, 0, None, None
+    step, resumed_from, saved = 0, None, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:       # a restart: every rank loads rank 0's checkpoint
         with checkpoint.as_directory() as d:
             saved = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
         train.load_state_dict(saved["loader"])
-        start_epoch, step = resume_epoch(saved["loader"]), saved["step"]
-        resumed_from = step
+        step = resumed_from = saved["step"]
+    # The epoch the loader runs next: 0, or the restored one (the next, if saved after an epoch's last batch).
+    start_epoch = train.state_dict()["epoch"]
     model = ray.train.torch.prepare_model(model)        # DDP: the ranks step in lockstep
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=0.9)
     if saved is not None:
@@ -112,7 +106,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     try:
         for epoch in range(start_epoch, config["epochs"]):
-            train.set_epoch(epoch)   # after a restore: the restored epoch, so its position is kept
+            train.set_epoch(epoch)   # after a restore, the restored epoch: its position is kept
             loss = float("nan")
             for images, labels, idx in train:
                 loss_t = nn.functional.cross_entropy(model(images), labels)
