@@ -1,15 +1,16 @@
 """``pack``: convert an image folder into LMDB shards plus a manifest.
 
 Stages: :mod:`loader.convert.scan` lists the files, :mod:`loader.convert.imagecheck` decodes
-each one (in a process pool) and decides what bytes to store, this module
-writes them into shards (:mod:`loader.format.shards`), then the index
+each one (in a process pool) and decides what bytes to store, :mod:`loader.convert.shardtask`
+writes them into shards (:mod:`loader.format.shards`; with ``engine="ray"``, one Ray task per
+shard: :mod:`loader.convert.rayengine`), then this module writes the index
 (:mod:`loader.convert.indexwriter`) and ``skipped.tsv``, in a folder that
 :mod:`loader.convert.destination` installs at DST.
 
 Guarantees:
 
 * Deterministic: the output depends only on the input and the options, never
-  on ``workers``. Items are split into contiguous ranges, one per shard
+  on ``workers`` nor on the engine. Items are split into contiguous ranges, one per shard
   (shard ``s`` gets items ``[s*n//S, (s+1)*n//S)``); bad files are skipped
   inside their shard; records are numbered in shard order.
 * Atomic: everything is written to ``DST.partial-<pid>`` next to DST and

@@ -170,7 +170,8 @@ def ray_shards(src: Path, out_dir: Path, items, sizes, ranges: Sequence[tuple[in
         run = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_shard_task)
         if url is not None:
             run = run.options(runtime_env={"env_vars": _store_env()})
-        src_s, out_s, dst_s = str(src), str(out_dir), str(dst)
+        # Absolute: a worker's current folder is not the driver's.
+        src_s, out_s, dst_s = os.path.abspath(src), os.path.abspath(out_dir), os.path.abspath(dst)
         refs: dict = {}
         done: list = [None] * len(ranges)
         todo = iter(range(len(ranges)))
