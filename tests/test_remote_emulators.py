@@ -155,3 +155,17 @@ def test_an_unusable_gcs_credential_is_one_line_naming_what_to_set(gcs_env, fake
     assert str(info.value) == (f"gs://{gcs_env}/p/manifest.json: no credentials found to read it; set "
                                f"GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file (or run with a service "
                                f"account); STORAGE_EMULATOR_HOST for an emulator")
+
+
+def test_a_service_account_file_with_an_http_gcs_base_url_reaches_the_emulator(packed, gcs_env, fake_gcs, tmp_path,
+                                                                                monkeypatch):
+    """obstore's documented emulator file (``gcs_base_url``, ``disable_oauth``) without STORAGE_EMULATOR_HOST:
+    loader allows its http:// URL."""
+    url = put_pack(packed, fake_gcs, gcs_env, "photos.packed")
+    sa = tmp_path / "sa.json"
+    sa.write_text(json.dumps({"gcs_base_url": fake_gcs, "disable_oauth": True, "client_email": "", "private_key": "",
+                              "private_key_id": ""}))
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(sa))
+    ds = open_dataset(url, cache_dir=tmp_path / "cache")
+    assert records(ds) == records(open_dataset(packed))
