@@ -230,3 +230,25 @@ def test_ray_service_settings_are_checked_naming_the_parameter(kwargs, param):
         loader.RayService(2)                                        # keyword-only
     s = loader.RayService(num_workers=3, num_cpus=2)
     assert (s.num_threads, s.in_flight) == (2, 6)
+
+
+def test_bench_service_rows_report_bytes_per_image_and_the_wait(packed, ray_connected):  # noqa: F811
+    from loader.bench import BenchSettings, bench, format_table
+
+    settings = BenchSettings(pipelines=("loader", "service"), service_workers=(1, 2), batch_sizes=(8,),
+                             image_sizes=(32,), batches=3, repeats=1, warmup=1, threads=1, device="cpu",
+                             settle=False)
+    rows = bench(packed, settings, progress=False)
+    assert [r.pipeline for r in rows] == ["loader", "service (1 actor)", "service (2 actors)"]
+    assert [r.service_workers for r in rows] == [None, 1, 2]
+    for r in rows[1:]:
+        assert r.images == 24 and r.images_per_sec > 0
+        assert r.bytes_per_image == 32 * 32 * 3 + 8          # uint8 pixels and the int64 record index
+        assert 0 <= r.wait_share <= 1 and r.trainer_ms_per_batch > 0
+    assert "service (2 actors)" in format_table(rows)
+    import ray
+
+    assert ray.is_initialized()                             # a connected process's Ray is left as it was
+    with pytest.raises(ArgumentError) as info:
+        BenchSettings(pipelines=("service",), service_workers=(0,))
+    assert info.value.param == "service_workers"

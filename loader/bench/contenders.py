@@ -146,6 +146,8 @@ class Contender:
 
 
 class _LoaderContender(Contender):
+    loader_kwargs: dict = {}     # more ImageLoader arguments (the service rows': loader.bench.service)
+
     def create(self) -> None:
         from loader.augment.settings import Augment
         from loader.load.imageloader import ImageLoader
@@ -155,6 +157,7 @@ class _LoaderContender(Contender):
         self.obj = ImageLoader(s.url if s.url is not None else s.packed, s.batch_size, image_size=s.image_size,
                                train=s.train, num_threads=s.threads, prefetch=s.prefetch, seed=s.seed,
                                device=s.device, **where, **({"shuffle": s.shuffle} if s.train else {}),
+                               **self.loader_kwargs,
                                augment=Augment(eval_mode=s.eval_mode, color_jitter=s.color_jitter or None))
 
     def step(self) -> int:

@@ -29,6 +29,7 @@ during one of its measurements (the others are idle then). Device-wide figures
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import statistics
@@ -51,6 +52,7 @@ from loader.bench.contenders import (
 from loader.bench.procstat import settle
 from loader.bench.remote import CacheSampler, ColdStats, RemoteBench, dir_usage
 from loader.bench.results import BenchRow, with_ratios
+from loader.bench.service import SERVICE, ServiceContender, ray_session, service_row
 from loader.bench.source import resolve_source
 from loader.errors import ArgumentError, LoaderError
 from loader.measure import (
@@ -111,6 +113,10 @@ class BenchSettings:
     # The loader rows' training order (ImageLoader's shuffle): "global", or "block" (shard windows,
     # what a cache smaller than the dataset wants; docs/remote.md#shuffle).
     shuffle: str = "global"
+    # pipelines "service": one row per actor count (loader.bench.service); the Ray cluster's address
+    # (None: a local Ray started for the rows and stopped after).
+    service_workers: tuple[int, ...] = (1, 2)
+    service_address: str | None = None
 
     def __post_init__(self):
         def set_(name, value):   # frozen: the resolved defaults are filled in once, here
@@ -141,10 +147,17 @@ class BenchSettings:
             pipelines = tuple(self.pipelines)
         except TypeError:
             pipelines = ()
-        if not pipelines or any(p not in CONTENDERS for p in pipelines):
-            raise ArgumentError(f"pipelines must name some of {', '.join(CONTENDERS)}, got {self.pipelines!r}",
-                                param="pipelines")
+        if not pipelines or any(p not in CONTENDERS + (SERVICE,) for p in pipelines):
+            raise ArgumentError(f"pipelines must name some of {', '.join(CONTENDERS + (SERVICE,))}, got "
+                                f"{self.pipelines!r}", param="pipelines")
         set_("pipelines", pipelines)
+        try:
+            workers = tuple(self.service_workers)
+        except TypeError:
+            workers = ()
+        for n in workers or (None,):
+            check_int("service_workers", n, 1)
+        set_("service_workers", workers)
         from loader.storage.cache import parse_bytes
 
         set_("cache_limit", parse_bytes(self.cache_limit, "cache_limit"))
@@ -351,7 +364,8 @@ def bench(src: str | Path, settings: BenchSettings | None = None, *, packed: str
             packed_path = remote.local_copy()
             note(f"{url}: the local rows read a copy downloaded into {packed_path} (removed after); "
                  f"{COLD!r} and {WARM!r} read the URL through a cache in {remote.work}")
-        rows = _race(s, src, folder, packed_path, report, remote, log, note)
+        with ray_session(s.service_address, s.threads) if SERVICE in s.pipelines else contextlib.nullcontext():
+            rows = _race(s, src, folder, packed_path, report, remote, log, note)
     finally:
         if remote is not None:
             remote.close()
@@ -379,6 +393,8 @@ def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBenc
 
     device = _resolve_device(s.device)
     order = [p for p in RUN_ORDER if p in wanted]
+    service = {service_row(n): n for n in s.service_workers} if SERVICE in wanted else {}
+    order += list(service)
     pack_s = None if report is None else report.seconds
     mode = "train" if s.train else "eval"
     how = f"{s.batches} batches" if s.batches is not None else f"{s.seconds:g} s"
@@ -402,7 +418,8 @@ def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBenc
                     if name == WARM:
                         warm_sampler = CacheSampler(remote.warm).start()
                         remote.fill_warm()
-                    c = make_contender(specs[name])
+                    c = (ServiceContender(specs[name], service[name], s.service_address) if name in service
+                         else make_contender(specs[name]))
                     before = _gpu_used(device)
                     t0 = time.perf_counter()
                     c.create()
@@ -438,7 +455,8 @@ def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBenc
             except BaseException:
                 _close_all(contenders, warm_sampler)
                 raise
-            rows += [_row(n, specs[n], stats[n], cold, remote, s, pack_s) for n in order]
+            rows += [dataclasses.replace(_row(n, specs[n], stats[n], cold, remote, s, pack_s),
+                                         **(contenders[n].row_fields() if n in service else {})) for n in order]
             _close_all(contenders, warm_sampler)
     return rows
 

@@ -21,7 +21,8 @@ __all__ = ["format_table", "plot_series", "print_report", "text_table", "write_j
 
 # colour per contender in plots
 _COLOURS = {"loader": "tab:green", "dataloader": "tab:blue", "dataloader-lmdb": "tab:orange",
-            "decode-limit": "tab:gray", "loader (cold cache)": "tab:red", "loader (warm cache)": "tab:olive"}
+            "decode-limit": "tab:gray", "loader (cold cache)": "tab:red", "loader (warm cache)": "tab:olive",
+            "service (1 actor)": "tab:purple", "service (2 actors)": "tab:brown"}
 
 
 def _fmt(v, spec: str, none: str = "-") -> str:
@@ -124,6 +125,16 @@ def print_report(rows: Sequence[BenchRow], notes: Sequence[str] = (), *, prefetc
             peak = None if r.cache_peak_bytes is None else r.cache_peak_bytes / 1e6
             say(f"{r.pipeline} at batch {r.batch_size}, {r.image_size} px: {ratio}time to first batch "
                 f"{_fmt(r.time_to_first_batch_ms, '.0f')} ms, cache peak {_fmt(peak, '.1f')} MB on disk ({limit})")
+    local = {(r.batch_size, r.image_size): r.images_per_sec for r in rows if r.pipeline == "loader"}
+    for r in rows:
+        if r.service_workers is not None:
+            base = local.get((r.batch_size, r.image_size))
+            ratio = f"{r.images_per_sec / base:.2f}x the loader row, " if base else ""
+            share = "-" if r.wait_share is None else f"{100 * r.wait_share:.0f}%"
+            say(f"{r.pipeline} at batch {r.batch_size}, {r.image_size} px: {ratio}"
+                f"{_fmt(None if r.bytes_per_image is None else r.bytes_per_image / 1e3, '.1f')} kB per image over "
+                f"Ray, waiting for the actors {share} of the time, {_fmt(r.trainer_ms_per_batch, '.2f')} ms of "
+                f"trainer work per batch")
     for n in notes:
         say(f"note: {n}")
     loader_rows = [r for r in rows if r.pipeline == "loader" and r.images_per_sec > 0]

@@ -34,6 +34,11 @@ class BenchRow:
     thread while it ran); ``cache_limit`` (bytes, None: none); ``cache_start_bytes`` /
     ``cache_start_files`` (what its ``cache_dir`` held when each measurement started, the largest:
     0 for the cold row).
+
+    The decode service's rows (``service (N actors)``, :mod:`loader.bench.service`) fill
+    ``service_workers`` (N), ``bytes_per_image`` (received over Ray's object store),
+    ``wait_share`` (of the time in ``next()``, blocked on the actors) and ``trainer_ms_per_batch``
+    (the rest of ``next()``: the trainer's own cost of a batch).
     """
 
     pipeline: str
@@ -66,6 +71,10 @@ class BenchRow:
     cache_limit: int | None = None               # cache rows: the cache_limit in bytes (None: none)
     cache_start_bytes: int | None = None         # cache rows: bytes under cache_dir as a measurement began
     cache_start_files: int | None = None         # cache rows: files under cache_dir as a measurement began
+    service_workers: int | None = None           # service rows: Ray actors
+    bytes_per_image: float | None = None         # service rows: bytes received per image
+    wait_share: float | None = None              # service rows: share of next() blocked on the actors
+    trainer_ms_per_batch: float | None = None    # service rows: the trainer's own ms per batch
 
     def to_dict(self) -> dict:
         """The JSON object (lists for tuples)."""

@@ -21,6 +21,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batches=args.batches, seconds=args.seconds, train=not args.eval, device=args.device,
         prefetch=args.prefetch, seed=args.seed, memory_budget_mb=args.memory_budget_mb,
         cache_dir=args.cache_dir, cache_limit=args.cache_limit, shuffle=args.shuffle,
+        service_workers=parse_sizes(args.service_workers, "service_workers"), service_address=args.service_address,
         pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()))
     check_output_files({"--json": args.json, "--plot": args.plot})
     notes: list[str] = []
@@ -80,7 +81,12 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     add_shared(p, "--color-jitter", "(ImageLoader's color_jitter in the loader row, torchvision's PIL "
                "ColorJitter in the dataloader rows; default: 0, off)", type=float, default=0.0)
     p.add_argument("--pipelines", default=",".join(CONTENDERS), metavar="LIST",
-                   help=f"contenders to run (default: {','.join(CONTENDERS)})")
+                   help=f"contenders to run (default: {','.join(CONTENDERS)}); 'service' adds rows of "
+                   f"ImageLoader(service=loader.RayService(...)), one per --service-workers count (needs Ray)")
+    p.add_argument("--service-workers", default="1,2", metavar="N[,N...]", help="the service rows' actor "
+                   "counts (default: 1,2)")
+    p.add_argument("--service-address", metavar="ADDR", help="the service rows' Ray cluster, 'auto' or "
+                   "HOST:PORT (default: a local Ray started for them and stopped after)")
     add_shared(p, "--device", "the loader contender's (default: auto)", default="auto")
     add_shared(p, "--prefetch", "the loader contender's (default: 2)", type=int, default=2)
     add_shared(p, "--seed", "seeds the shuffle and the augmentation (default: 0)", type=int, default=0)
