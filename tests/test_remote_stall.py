@@ -182,10 +182,14 @@ def test_a_slow_upload_is_not_cut_by_the_stall_timeout(s3_env, tmp_path, monkeyp
 @pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan"])
 def test_a_bad_stall_timeout_is_one_line_naming_the_variable(monkeypatch, raw):
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", raw)
+    want = (f"environment variable LOADER_STALL_TIMEOUT={raw!r} must be a number of seconds > 0 (default 30): "
+            f"fix or unset it")
     with pytest.raises(ArgumentError) as info:
         objectstore.stall_timeout()
-    assert str(info.value) == (f"environment variable LOADER_STALL_TIMEOUT={raw!r} must be a number of seconds > 0 "
-                               f"(default 30): fix or unset it")
+    assert str(info.value) == want
+    with pytest.raises(ArgumentError) as info:      # as is, when a store builds its client: not a "cannot read it"
+        objectstore.ObjectStore("s3://bucket/p", sleep=lambda s: None).size("manifest.json")
+    assert str(info.value) == want
 
 
 def test_the_stall_timeout_default_and_override(monkeypatch):

@@ -266,7 +266,7 @@ class ObjectStore:
         for attempt in range(RETRIES + 1):
             try:
                 return fn()
-            except DatasetError:
+            except LoaderError:      # ours (a DatasetError from a nested call, a bad LOADER_STALL_TIMEOUT): as is
                 raise
             except Exception as e:   # obstore's errors, OSError from a body stream, _Truncated
                 transient = self._kind(e) == "transient"
