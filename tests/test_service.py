@@ -140,6 +140,11 @@ def test_an_actor_killed_mid_epoch_is_replaced_and_no_batch_is_lost_or_repeated(
         assert remote._service.actors[0] is not victim
         assert_same(got, want)
         assert [i for b in got[0] for i in b[2].tolist()] == local.epoch_plan(0).records.tolist()
+        it = iter(remote)
+        next(it)                                        # epoch 2 left after one batch, the rest in flight
+        del it
+        local.set_epoch(3)
+        assert_same(epochs(remote, 1), epochs(local, 1))  # epoch 3 as usual (the requests left were cancelled)
     finally:
         remote.close()
 
