@@ -8,9 +8,10 @@ and calls :meth:`ServiceClient.start` with the plan; batch ``k`` is actor ``(k -
 (Ray queues an actor's calls in order, so each actor gets its batches in its plan's order) and
 returns batch ``k`` finished by :class:`~loader.service.receive.Receiver`.
 
-Faults: a request whose actor died (killed, its node lost) raises Ray's ``RayActorError``; the
-actor is replaced by a new one started on the same plan with the dead one's batches not yet
-received, and those already requested are requested again, in order. Nothing is lost or
+Faults: a request whose actor died (killed, its node lost) raises Ray's ``RayActorError`` (a reply
+lost with its node: ``ObjectLostError``, handled the same way); the actor is replaced by a new one
+started on the same plan with the dead one's batches not yet received, and those already
+requested are requested again, in order. Nothing is lost or
 duplicated: the trainer receives batch ``k`` exactly once, whoever made it, and a batch's bytes
 do not depend on which actor made it. More than ``max_replacements`` deaths on one batch (a
 record that crashes the decoder, say) is a :class:`~loader.errors.ServiceError` naming it.
@@ -178,7 +179,8 @@ class ServiceClient:
             try:
                 got = ray.get(self._refs[k])
                 break
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                # Its actor died, or the node that held its reply: the slot's actor starts afresh.
                 self._replace(self._owner(k), k, e)
             finally:
                 self.stats["wait_s"] += time.perf_counter() - t0
