@@ -206,8 +206,7 @@ class ImageLoader:
         # Batches the consumer may still hold, plus one being filled, reuse no memory.
         self._buffers = BatchBuffers(capacity=4)
         # The decode service's actors (loader.service), started now: an unreachable pool fails here.
-        self._service = (None if s.service is None else
-                         ServiceClient(s.service, self.dataset, s, self._buffers, self.num_threads))
+        self._service = s.service and ServiceClient(s.service, self.dataset, s, self._buffers, self.num_threads)
         # Which records were checked survives new pipelines (the service's: what its actors found).
         self._guard: RecordGuard | None = self._service.guard if self._service is not None else None
 
@@ -485,8 +484,7 @@ class ImageLoader:
             self._finisher = None
 
     def close(self) -> None:
-        """Release DALI's threads and buffers, and the service's actors (also done when the loader is
-        garbage-collected)."""
+        """Release DALI's threads and buffers and the service's actors (also done at garbage collection)."""
         self._release_pipeline()
         if getattr(self, "_service", None) is not None:
             self._service.close()
