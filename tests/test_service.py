@@ -126,14 +126,14 @@ def test_an_actor_killed_mid_epoch_is_replaced_and_no_batch_is_lost_or_repeated(
     want = epochs(local)
     remote = service_loader(packed, 2, **kw)
     try:
+        victim = remote._service.actors[0]
+        pid = ray.get(victim.pid.remote())              # asked now: later it would queue behind its batches
         got = []
         for e in range(2):
             batches = []
             for k, b in enumerate(remote):
                 batches.append(b)
                 if e == 0 and k == 1:                   # batches 2..5 are requested: actor 0 owns 2 and 4
-                    victim = remote._service.actors[0]
-                    pid = ray.get(victim.pid.remote())
                     os.kill(pid, signal.SIGKILL)
             got.append(batches)
         assert remote._service.stats["replaced_actors"] == 1
@@ -183,16 +183,16 @@ def test_a_pool_that_cannot_be_placed_is_one_line(packed, ray_connected):  # noq
 
     before = ray.available_resources().get("CPU", 0)
     with pytest.raises(ServiceError, match=r"^3 decode actors of num_cpus=1.0 were not ready within timeout=3 s "
-                                           r"\(\d+ CPUs free in the Ray cluster now\): lower num_workers") as info:
+                                           r"\([\d.]+ CPUs free in the Ray cluster now\): lower num_workers") as info:
         loader.ImageLoader(packed, batch_size=4, **KW, service=loader.RayService(num_workers=3, timeout=3))
     assert "\n" not in str(info.value)
     for _ in range(100):                                          # its actors were killed: the CPUs come back
-        if ray.available_resources().get("CPU", 0) == before:
+        if ray.available_resources().get("CPU", 0) >= before:
             break
         import time
 
         time.sleep(0.1)
-    assert ray.available_resources().get("CPU", 0) == before
+    assert ray.available_resources().get("CPU", 0) >= before
 
 
 UNREACHABLE = """
