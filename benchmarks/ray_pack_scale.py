@@ -6,19 +6,20 @@
 SRC: an image folder (``scripts/make_dataset.py /tmp/ds3k --classes 10 --per-class 300`` makes the
 3000-photo set of docs/benchmarks.md; a missing SRC is generated with ``--classes`` x ``--per-class``).
 Every pack goes to a fresh DST under a temporary folder, with the same ``--shards`` (the output is the
-same bytes whatever the engine; checked here once per contender). Contenders run round-robin, each
+same bytes whatever the engine; checked here on every pack). Contenders run round-robin, each
 once per round; the table gives the median images/s and the range. The input is read once before
 (warm page cache) so that every contender reads from memory.
 
-Phase 1 starts one Ray node with 2 CPUs (``ray.init(address="local", num_cpus=2)``: never another's):
-local, ray x1, ray x2.
-Phase 2 starts a 2-node cluster (``ray.cluster_utils.Cluster``, 1 CPU each, as tests/raycluster.py):
-local, ray 2 nodes. The cost parts, measured in this process or with no-op Ray tasks:
+Phase 0 packs with the local engine before any Ray process runs. Phase 1 starts one Ray node with
+2 CPUs (``ray.init(address="local", num_cpus=2)``: never another's): local, ray x1, ray x2. Phase 2
+starts a 2-node cluster (``ray.cluster_utils.Cluster``, 1 CPU each, as tests/raycluster.py): local,
+ray 2 nodes. The cost parts, measured in this process or with no-op Ray tasks:
 
 * listing: the driver's scan of SRC and the stat of every file (what ``pack`` does before the plan);
 * scheduling: a no-op task's round trip (submit -> result) with 1 in flight, on warm workers;
 * per-task start: the first task's round trip on a fresh cluster (a worker process started);
-* per file: ``run_shard`` (read, check, write, digest) of one whole shard in this process / its files;
+* per file: ``run_shard`` (read, check, write, digest) of one whole shard in this process / its files,
+  and of that the I/O: reading the files whole (warm page cache);
 * per shard: ``run_shard`` of a 1-file shard minus one file's cost (LMDB open/commit/fsync/close, digest);
 * index: the driver's ``IndexWriter.extend`` + ``finish`` for ``--index-records`` synthetic records.
 
@@ -95,9 +96,7 @@ def _phase(contenders, src: Path, work: Path, shards: int, rounds: int, results:
     for r in range(rounds):
         for name, engine, workers in contenders:
             rate, files = _pack_once(src, work, f"{name.replace(' ', '_')}.packed", shards, engine, workers)
-            if name not in reference:
-                reference[name] = files
-            if files != reference["local"]:
+            if files != reference.setdefault("bytes", files):
                 raise SystemExit(f"{name}: the output differs from engine local's")
             results.setdefault(name, []).append(rate)
             print(f"round {r + 1}: {name:<14} {rate:8.0f} images/s", file=sys.stderr)
@@ -129,6 +128,13 @@ def _local_costs(src: Path, work: Path, shards: int, index_records: int) -> dict
                   **opts)
         per_one.append(time.perf_counter() - t0)
     file_s = statistics.median(per_file)
+    reads = []
+    for _ in range(3):      # I/O alone: the shard's files read whole (warm page cache), nothing checked
+        t0 = time.perf_counter()
+        for rel, _ in items_slice(items, lo, hi):
+            with open(prefix + rel, "rb") as f:
+                f.read()
+        reads.append((time.perf_counter() - t0) / (hi - lo))
     # The index: synthetic columns of index_records records (paths like "class_0000/000000.jpg").
     m = index_records
     folder = work / "index"
@@ -144,7 +150,8 @@ def _local_costs(src: Path, work: Path, shards: int, index_records: int) -> dict
     index = time.perf_counter() - t0
     shutil.rmtree(folder)
     return {"files": n, "listing_s": listing, "listing_us_per_file": listing / n * 1e6,
-            "per_file_ms": file_s * 1e3, "per_shard_ms": max(0.0, statistics.median(per_one) - file_s) * 1e3,
+            "per_file_ms": file_s * 1e3, "read_ms_per_file": statistics.median(reads) * 1e3,
+            "per_shard_ms": max(0.0, statistics.median(per_one) - file_s) * 1e3,
             "index_records": m, "index_s": index}
 
 
@@ -193,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         out["costs"] = _local_costs(args.src, work, args.shards, args.index_records)
 
+        # Phase 0: the local engine before any Ray process exists (Ray's idle daemons take CPU too).
+        _phase([("local, no Ray", "local", 2)], args.src, work, args.shards, args.rounds, rates, reference)
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address=LOOPBACK, log_to_driver=False)
         out["one_node_start_s"] = time.perf_counter() - t0
         try:
             out["ray_one_node"] = _ray_costs(ray, args.probes)
-            _phase([("local", "local", 2), ("ray x1", "ray", 1), ("ray x2", "ray", 2)], args.src, work,
+            _phase([("local, Ray up", "local", 2), ("ray x1", "ray", 1), ("ray x2", "ray", 2)], args.src, work,
                    args.shards, args.rounds, rates, reference)
         finally:
             ray.shutdown()
@@ -213,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             out["two_node_start_s"] = time.perf_counter() - t0
             try:
                 out["ray_two_nodes"] = _ray_costs(ray, args.probes)
-                _phase([("local", "local", 2), ("ray 2 nodes", "ray", 2)], args.src, work, args.shards,
+                _phase([("local, Ray up", "local", 2), ("ray 2 nodes", "ray", 2)], args.src, work, args.shards,
                        args.rounds, rates, reference)
             finally:
                 ray.shutdown()
@@ -227,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {statistics.median(values):,.0f} | {min(values):,.0f}-{max(values):,.0f} | {len(values)} |")
     ro, rt = out["ray_one_node"], out["ray_two_nodes"]
     print(f"\nlisting {c['listing_s'] * 1e3:.0f} ms ({c['listing_us_per_file']:.1f} us/file); per file "
-          f"{c['per_file_ms']:.3f} ms; per shard {c['per_shard_ms']:.2f} ms; index of {c['index_records']:,} "
+          f"{c['per_file_ms']:.3f} ms (of which reading it {c['read_ms_per_file']:.3f} ms);"
+          f" per shard {c['per_shard_ms']:.2f} ms; index of {c['index_records']:,} "
           f"records {c['index_s']:.2f} s")
     print(f"ray: start {out['one_node_start_s']:.1f} s (1 node) / {out['two_node_start_s']:.1f} s (2 nodes); "
           f"first task {ro['first_task_ms']:.0f} / {rt['first_task_ms']:.0f} ms; warm round trip "
