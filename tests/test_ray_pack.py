@@ -146,6 +146,15 @@ def test_a_task_failing_every_attempt_fails_the_pack_naming_its_files(photos, lo
     assert _files(dst) == _files(local_pack)
 
 
+def test_a_failed_pack_to_s3_deletes_the_shards_its_tasks_uploaded(photos, s3_env, s3_server, monkeypatch,
+                                                                   ray_connected):  # noqa: F811
+    monkeypatch.setenv("LOADER_FAULT", "raytask-always:2")      # shards 0 and 1 go up first (2 in flight)
+    url = f"s3://{s3_env}/failed.packed"
+    with pytest.raises(PackError, match=r"^the Ray task writing shard-00002\.lmdb \(5 files: c2/00\.jpg, "):
+        loader.pack(photos, url, shards=3, workers=2, progress=False, engine="ray")
+    assert _objects(s3_server, s3_env, "failed.packed") == {}
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
