@@ -7,7 +7,8 @@ saying so (scripts/setup.sh installs it).
 driver (``ray.init(address=...)``), disconnected after; yields the address. Everything binds to
 127.0.0.1 (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, ``node_ip_address``): nothing leaves loopback.
 
-Import the fixtures into a test module with ``from tests.raycluster import ray_cluster, ray_connected``.
+A test module takes the fixtures with ``pytest_plugins = ["raycluster"]`` (a plugin is registered once, so
+the whole session shares one cluster; importing the fixtures into each module would start one per module).
 """
 
 from __future__ import annotations

@@ -17,9 +17,8 @@ from conftest import REPO, jpeg_bytes, write
 
 import loader
 from loader.errors import PackError
-from tests.raycluster import ray_cluster, ray_connected  # noqa: F401 - fixtures
 
-pytest_plugins = ["s3server"]     # s3_server and s3_env
+pytest_plugins = ["s3server", "raycluster"]     # s3_server, s3_env; ray_cluster, ray_connected (one a session)
 
 
 def _photos(root: Path) -> Path:

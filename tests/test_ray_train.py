@@ -23,7 +23,8 @@ import torch
 
 import loader
 from tests.conftest import pack_jpeg_classes
-from tests.raycluster import ray_cluster  # noqa: F401 - fixture
+
+pytest_plugins = ["raycluster"]     # ray_cluster: one 2-node cluster for the whole session
 
 REPO = Path(__file__).resolve().parents[1]
 B, WORLD, EPOCHS, KILL_AFTER, EVERY, SEED = 4, 2, 2, 3, 2, 11

@@ -19,7 +19,8 @@ import loader
 from loader.augment.settings import Augment
 from loader.errors import ArgumentError, DecodeError, ServiceError
 from tests.conftest import REPO, pack_jpeg_classes, replace_records
-from tests.raycluster import ray_cluster, ray_connected  # noqa: F401 - fixtures
+
+pytest_plugins = ["raycluster"]     # ray_cluster, ray_connected: one 2-node cluster for the whole session
 
 KW = dict(image_size=32, device="cpu", num_threads=1)
 # 32 records; eval's batch of 5 leaves a partial last batch (7 per epoch on one rank, 4 on each of two).
