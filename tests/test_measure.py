@@ -136,9 +136,9 @@ BENCH_BAD = [
     (dict(batches=2, seconds=1.0), "batches",
      "batches and seconds are exclusive: give one, got batches=2 and seconds=1.0"),
     (dict(pipelines=("loader", "nope")), "pipelines",
-     "pipelines must name some of loader, dataloader, dataloader-lmdb, decode-limit, got ('loader', 'nope')"),
+     "pipelines must name some of loader, dataloader, dataloader-lmdb, decode-limit, service, got ('loader', 'nope')"),
     (dict(pipelines=()), "pipelines",
-     "pipelines must name some of loader, dataloader, dataloader-lmdb, decode-limit, got ()"),
+     "pipelines must name some of loader, dataloader, dataloader-lmdb, decode-limit, service, got ()"),
     (dict(color_jitter=True), "color_jitter", "color_jitter must be a number >= 0, got True"),
 ]
 
