@@ -9,12 +9,13 @@ and calls :meth:`ServiceClient.start` with the plan; batch ``k`` is actor ``(k -
 returns batch ``k`` finished by :class:`~loader.service.receive.Receiver`.
 
 Faults: a request whose actor died (killed, its node lost) raises Ray's ``RayActorError`` (a reply
-lost with its node: ``ObjectLostError``, handled the same way); the actor is replaced by a new one
-started on the same plan with the dead one's batches not yet received, and those already
-requested are requested again, in order. Nothing is lost or
+lost with its node: ``ObjectLostError``, handled the same way). A batch not received within
+``batch_timeout`` seconds means its actor is alive but hung: it is killed and handled as dead.
+The actor is replaced by a new one started on the same plan with the dead one's batches not yet
+received, and those already requested are requested again, in order. Nothing is lost or
 duplicated: the trainer receives batch ``k`` exactly once, whoever made it, and a batch's bytes
-do not depend on which actor made it. More than ``max_replacements`` deaths on one batch (a
-record that crashes the decoder, say) is a :class:`~loader.errors.ServiceError` naming it.
+do not depend on which actor made it. More than ``max_replacements`` deaths or hangs on one batch
+(a record that crashes the decoder, say) is a :class:`~loader.errors.ServiceError` naming it.
 ``close()`` (and garbage collection) kills the actors.
 """
 
@@ -177,11 +178,16 @@ class ServiceClient:
             self._fill()
             t0 = time.perf_counter()
             try:
-                got = ray.get(self._refs[k])
+                got = ray.get(self._refs[k], timeout=self.service.batch_timeout)
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
                 # Its actor died, or the node that held its reply: the slot's actor starts afresh.
                 self._replace(self._owner(k), k, e)
+            except ray.exceptions.GetTimeoutError:
+                # Alive but not answering (a stuck decoder, a stopped process): without a deadline the
+                # trainer would wait forever. Killed and replaced as if it had died.
+                self._replace(self._owner(k), k, f"no batch within batch_timeout={self.service.batch_timeout:g} s "
+                                                 f"(the actor hung; it was killed)")
             finally:
                 self.stats["wait_s"] += time.perf_counter() - t0
         del self._refs[k]
@@ -202,14 +208,14 @@ class ServiceClient:
         st["images"] += len(got["indices"])
         return out
 
-    def _replace(self, a: int, k: int, error: Exception) -> None:
-        """Actor slot ``a`` died while batch ``k`` was awaited: a new actor takes its remaining batches."""
+    def _replace(self, a: int, k: int, error: Exception | str) -> None:
+        """Actor slot ``a`` died (or hung) while batch ``k`` was awaited: a new actor takes its remaining batches."""
+        _kill_all(self._ray, [self.actors[a]])       # a hung one must not answer later, nor hold its CPU
         self._deaths[k] += 1
         if self._deaths[k] > self.service.max_replacements:
-            raise ServiceError(f"{self._deaths[k]} decode actors died producing batch {k} of epoch "
+            raise ServiceError(f"{self._deaths[k]} decode actors died or hung producing batch {k} of epoch "
                                f"{self._plan.epoch} of {self.dataset.where} (max_replacements="
                                f"{self.service.max_replacements}); the last: {one_line(error, 200)}")
-        _kill_all(self._ray, [self.actors[a]])
         self.actors[a] = actor = self._new_actor()
         self.stats["replaced_actors"] += 1
         mine = self._batches_of(a, since=self._next)

@@ -51,8 +51,11 @@ class RayService:
         in_flight: batches requested ahead of the one the trainer waits for (default
             ``2 * num_workers``): the memory bound, ``in_flight`` uint8 batches in Ray's object store.
         timeout: seconds to wait at construction for the actors to be placed and ready.
-        max_replacements: actors that may die while producing one batch before the epoch fails
-            (a dead actor is replaced and its outstanding batches are requested again).
+        batch_timeout: seconds the trainer waits for any one batch; an actor that has not delivered
+            it by then (alive but hung) is killed and treated as dead.
+        max_replacements: actors that may die (or hang past ``batch_timeout``) while producing one
+            batch before the epoch fails (such an actor is replaced and its outstanding batches are
+            requested again).
     """
 
     num_workers: int
@@ -61,6 +64,7 @@ class RayService:
     num_threads: int | None = None
     in_flight: int | None = None
     timeout: float = 120.0
+    batch_timeout: float = 300.0
     max_replacements: int = 3
 
     def __post_init__(self) -> None:
@@ -86,8 +90,10 @@ class RayService:
             if not is_int(v) or not lo <= v <= hi:
                 raise ArgumentError(f"{name} must be an int in [{lo}, {hi}] or None, got {v!r}", param=name)
             put(name, int(v))
-        if not is_number(self.timeout) or not 0 < self.timeout < math.inf:
-            raise ArgumentError(f"timeout must be a number of seconds > 0, got {self.timeout!r}", param="timeout")
+        for name in ("timeout", "batch_timeout"):
+            v = getattr(self, name)
+            if not is_number(v) or not 0 < v < math.inf:
+                raise ArgumentError(f"{name} must be a number of seconds > 0, got {v!r}", param=name)
         if not is_int(self.max_replacements) or not 0 <= self.max_replacements <= 1000:
             raise ArgumentError(f"max_replacements must be an int in [0, 1000], got {self.max_replacements!r}",
                                 param="max_replacements")
