@@ -186,7 +186,9 @@ def add_pack(sub: argparse._SubParsersAction) -> None:
         epilog=_epilog_pack(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", metavar="SRC", help="image folder with one sub-folder per class; class "
                    "labels follow the sorted folder names; files in nested folders count for their "
-                   "class; hidden files are ignored (with --labels or --unlabeled: any folder of images)")
+                   "class; hidden files are ignored (with --labels or --unlabeled: any folder of images); "
+                   "or an object-store prefix in that layout (s3://BUCKET/PHOTOS, gs://, az://; needs "
+                   "loader[remote]): listed once, each object read through the store, the same bytes")
     p.add_argument("dst", metavar="DST", help="folder to create for the packed dataset (must not "
                    "exist unless --overwrite), or an object-store URL (s3://BUCKET/PREFIX, gs://, az://; "
                    "needs loader[remote]): packed locally under $TMPDIR, uploaded with manifest.json last")

@@ -159,7 +159,7 @@ def remove_stale(dst: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def check_dst(src: Path, dst: Path, overwrite: bool) -> None:
+def check_dst(src: Path | None, dst: Path, overwrite: bool) -> None:
     """Check that pack may write ``dst`` (replacing it only if ``overwrite`` and it is provably a
     packed dataset); first moves back a previous dataset that a killed pack left beside it.
     Raises :class:`PackError` naming DST and why not."""
@@ -180,10 +180,10 @@ def check_dst(src: Path, dst: Path, overwrite: bool) -> None:
             # Replacing DST deletes it: only ever delete something pack made.
             raise PackError(f"{dst} exists and is not a packed dataset ({why}); refusing to replace it: "
                             f"move it away yourself or choose another DST")
-    src_r, dst_r = src.resolve(), dst.resolve()
-    if dst_r == src_r or src_r in dst_r.parents:
+    src_r, dst_r = (None, None) if src is None else (src.resolve(), dst.resolve())   # None: SRC is a bucket
+    if src_r is not None and (dst_r == src_r or src_r in dst_r.parents):
         raise PackError(f"DST {dst} is inside SRC {src}; choose a DST outside the image folder")
-    if dst_r in src_r.parents:
+    if src_r is not None and dst_r in src_r.parents:
         raise PackError(f"SRC {src} is inside DST {dst}; choose another DST")
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ import json
 import os
 import re
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +48,7 @@ import numpy as np
 from loader.convert.scan import Items, iter_files
 from loader.errors import PackError
 
-__all__ = ["LABEL_EXTENSIONS", "LabelFile", "check_paths", "read_label_file"]
+__all__ = ["LABEL_EXTENSIONS", "LabelFile", "check_listed", "check_paths", "check_unique", "read_label_file"]
 
 LABEL_EXTENSIONS = (".csv", ".jsonl", ".json-lines")
 # The longest line a labels file may have (a row is one path and its labels): read no further
@@ -448,26 +448,41 @@ def check_paths(lf: LabelFile, src: str | os.PathLike) -> int:
     Raises :class:`PackError` naming the labels file and line of the first bad row.
     """
     src = Path(src)
-    dup = _duplicate(lf)
-    if dup is not None:
-        row, first = dup
-        raise PackError(f"{lf.path}:{int(lf.lines[row])}: {_q(lf.items.relpath(row))} is listed twice "
-                        f"(first at line {int(lf.lines[first])}); keep one row per image")
+    check_unique(lf)
     hashes = array("q")
     inside = array("b")
     for rel, ok in iter_files(src):
         hashes.append(hash(rel))
         inside.append(ok)
     all_hashes = np.frombuffer(hashes, dtype=np.int64)
-    inside_hashes = all_hashes[np.frombuffer(inside, dtype=np.int8).astype(bool)]
-    found = np.isin(lf.hashes, inside_hashes)
     root = os.path.realpath(src)
+    own = os.path.relpath(os.path.abspath(lf.path), os.path.abspath(src)).replace(os.sep, "/")
+    return check_listed(lf, all_hashes, np.frombuffer(inside, dtype=np.int8).astype(bool),
+                        lambda rel: _why_not_usable(src, rel, root), None if own.startswith("../") else own)
+
+
+def check_unique(lf: LabelFile) -> None:
+    """:class:`PackError` naming the first row (in file order) that repeats an earlier row's path."""
+    dup = _duplicate(lf)
+    if dup is not None:
+        row, first = dup
+        raise PackError(f"{lf.path}:{int(lf.lines[row])}: {_q(lf.items.relpath(row))} is listed twice "
+                        f"(first at line {int(lf.lines[first])}); keep one row per image")
+
+
+def check_listed(lf: LabelFile, all_hashes: np.ndarray, usable: np.ndarray, why_not: Callable[[str], str | None],
+                 own: str | None = None) -> int:
+    """:func:`check_paths` against a listing of SRC (a folder's, or a bucket prefix's:
+    :mod:`loader.convert.remotesrc`): ``all_hashes``, ``hash(relpath)`` of every file under SRC (hidden
+    ones left out); ``usable``, which of them a row may name as they are; ``why_not(relpath)``, for a
+    row not among those, why it cannot be packed (None: it can). Returns how many files the labels
+    file does not list, ``own`` (the labels file's relpath in SRC) not counted."""
+    found = np.isin(lf.hashes, all_hashes[usable])
     for row in np.flatnonzero(~found).tolist():     # in file order: the first bad row is named
-        why = _why_not_usable(src, lf.items.relpath(row), root)
+        why = why_not(lf.items.relpath(row))
         if why is not None:
             raise PackError(f"{lf.path}:{int(lf.lines[row])}: {why}")
     unlisted = ~np.isin(all_hashes, lf.hashes)
-    own = os.path.relpath(os.path.abspath(lf.path), os.path.abspath(src)).replace(os.sep, "/")
-    if not own.startswith("../"):
+    if own is not None:
         unlisted &= all_hashes != hash(own)
     return int(np.count_nonzero(unlisted))

@@ -56,13 +56,14 @@ from loader.convert.destination import check_dst, install, make_partial, remove_
 from loader.convert.imagecheck import MAX_FILE_BYTES
 from loader.convert.indexwriter import IndexWriter
 from loader.convert.options import MAX_SHARDS, check_engine, check_label_options, check_options, check_shuffle_seed
+from loader.convert.remotesrc import check_dst_outside, is_remote_src, list_src
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
 
 # The per-file check, re-exported: tests (and pack's earlier releases) import them from here.
 from loader.convert.shardtask import _BAD as _BAD
 from loader.convert.shardtask import _DATA as _DATA
 from loader.convert.shardtask import _KEEP as _KEEP
-from loader.convert.shardtask import ShardResult, add_result, items_slice, shard_map_size, write_shard
+from loader.convert.shardtask import ShardResult, add_result, items_slice, shard_map_size, source_paths, write_shard
 from loader.convert.shardtask import _load_kept as _load_kept
 from loader.convert.shardtask import _process as _process
 from loader.errors import PackError
@@ -170,22 +171,23 @@ def _init_worker() -> None:
             pass
 
 
-def _pool_context() -> mp.context.BaseContext:
+def _pool_context(clean: bool = False) -> mp.context.BaseContext:
     # fork starts workers instantly, but forking a process that has loaded
     # torch or DALI (threads, CUDA) is unsafe: then start clean ones instead.
-    heavy = any(m in sys.modules for m in ("torch", "nvidia.dali"))
+    heavy = clean or any(m in sys.modules for m in ("torch", "nvidia.dali"))
     if sys.platform.startswith("linux") and not heavy:
         return mp.get_context("fork")
     methods = mp.get_all_start_methods()
     return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _results(paths: Iterator[str], n: int, workers: int, max_side: int | None, quality: int,
-             keep_suspect: bool, stack: list) -> Iterator[tuple]:
+def _results(paths: Iterator, n: int, workers: int, max_side: int | None, quality: int,
+             keep_suspect: bool, stack: list, clean: bool = False) -> Iterator[tuple]:
+    # clean: a bucket SRC, read in the workers: obstore, which listed it here, does not survive fork().
     fn = partial(_process, max_side=max_side, quality=quality, keep_suspect=keep_suspect)
     if workers == 1 or n == 1:
         return map(fn, paths)
-    pool = _pool_context().Pool(min(workers, n), initializer=_init_worker)
+    pool = _pool_context(clean).Pool(min(workers, n), initializer=_init_worker)
     stack.append(pool)
     chunksize = max(1, min(_CHUNKSIZE, n // (workers * _TASKS_PER_WORKER)))
     return pool.imap(fn, paths, chunksize=chunksize)
@@ -199,12 +201,11 @@ def _local_shards(src: Path, partial: Path, items: Items, sizes: np.ndarray, ran
     """The local engine: a process pool checks the files, this process writes the shards in order;
     yields ``(name, lo, result)`` per shard."""
     max_side, quality, keep_suspect = options["max_side"], options["quality"], options["keep_suspect"]
-    prefix = os.path.join(src, "")   # paths are built when used: no list of 1.281M strings
     pools: list = []
     bar = None
     try:
-        results = _results((prefix + rel for rel, _ in items), len(items), workers, max_side,
-                           quality, keep_suspect, pools)
+        results = _results(source_paths(src, items), len(items), workers, max_side, quality, keep_suspect, pools,
+                           clean=is_remote_src(src))
         bar = tqdm(total=len(items), unit="img", desc="pack", disable=not progress,
                    file=sys.stderr, dynamic_ncols=True, smoothing=0.05)
         for s, (lo, hi) in enumerate(ranges):
@@ -298,7 +299,9 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
          classes: Sequence[str] | None = None, classes_from: str | os.PathLike | None = None,
          keep_suspect: bool = False, shuffle_seed: int | None = None, engine: str = "local",
          ray_address: str | None = None) -> PackReport:
-    """Pack the image folder ``src`` (one sub-folder per class) into ``dst``.
+    """Pack the image folder ``src`` (one sub-folder per class) into ``dst``. ``src`` may be an
+    object-store prefix (``s3://``, ``gs://``, ``az://``) in the same layout: listed once, each object
+    read through the store, the same bytes as the folder it holds (:mod:`loader.convert.remotesrc`).
 
     ``dst``: a folder, or an object-store URL (``s3://``, ``gs://``, ``az://``; needs the ``remote``
     extra): packed in a local temporary folder, then uploaded shards first, ``manifest.json`` last
@@ -350,6 +353,8 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ('cat', 'dog')
     """
     check_engine(engine, ray_address)
+    if is_remote_src(src):
+        check_dst_outside(src, str(dst))
     options = dict(shards=shards, workers=workers, max_side=max_side, quality=quality, strict=strict,
                    progress=progress, labels=labels, unlabeled=unlabeled, classes=classes,
                    classes_from=classes_from, keep_suspect=keep_suspect, shuffle_seed=shuffle_seed,
@@ -381,23 +386,26 @@ def _pack(src, dst, *, shards, shard_size_mb, workers, max_side, quality, overwr
         import_ray()     # a missing extra is reported before SRC is listed
     pinned, origin = check_label_options(labels, unlabeled, classes, classes_from)
     check_shuffle_seed(shuffle_seed)
-    src, dst = Path(src), Path(os.path.abspath(dst))
+    listing = list_src(src) if is_remote_src(src) else None     # a bucket: listed once, here
+    src = listing.url if listing else Path(split_url(src)[2] if is_url(src) else src)
+    dst = Path(os.path.abspath(dst))
     unlisted, label_csr = 0, None
     if unlabeled:
-        label_source, class_list, items = "none", [], scan_unlabeled(src)
+        label_source, class_list, items = "none", [], listing.scan_unlabeled() if listing else scan_unlabeled(src)
     elif labels is not None:
         from loader.convert.labelfile import check_paths, read_label_file
 
-        check_src(src, "the folder the labels file's paths are relative to")
+        if not listing:
+            check_src(src, "the folder the labels file's paths are relative to")
         lf = read_label_file(labels, classes=pinned, origin=origin or "the given classes")
-        unlisted = check_paths(lf, src)
+        unlisted = listing.check_paths(lf) if listing else check_paths(lf, src)
         label_source, class_list, items = "file", lf.classes, lf.items
         if lf.multi_label:
             label_csr = (lf.label_offsets, lf.label_values)
         del lf
     else:
         label_source = "folders"
-        if pinned is not None:
+        if pinned is not None and not listing:
             check_src(src)
             try:
                 folders = class_folders(src)
@@ -409,13 +417,14 @@ def _pack(src, dst, *, shards, shard_size_mb, workers, max_side, quality, overwr
                     raise PackError(f"class folder {name!r} of {src} is not in {origin} "
                                     f"({len(pinned)} classes); add the class there, or move the "
                                     f"folder out of SRC")
-        class_list, items = scan(src, classes=pinned)
+        class_list, items = listing.scan(pinned, origin or "") if listing else scan(src, classes=pinned)
     if shuffle_seed is not None:
         items, label_csr = _shuffled(items, label_csr, shuffle_seed)
-    check_dst(src, dst, overwrite)
+    check_dst(None if listing else src, dst, overwrite)
     remove_stale(dst)
     prefix = os.path.join(src, "")
-    sizes = np.fromiter((_file_size(prefix + rel) for rel, _ in items), dtype=np.int64, count=len(items))
+    sizes = listing.sizes(items) if listing else np.fromiter((_file_size(prefix + rel) for rel, _ in items),
+                                                             dtype=np.int64, count=len(items))
     num_shards = plan_shards(int(sizes.sum()), len(items), shards, shard_size_mb)
     ranges = shard_ranges(len(items), num_shards)
     shard_options = dict(max_side=max_side, quality=quality, keep_suspect=keep_suspect, strict=strict)

@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from loader.convert.remotesrc import is_remote_src
 from loader.convert.shardtask import ShardResult, items_slice, run_shard, shard_map_size
 from loader.errors import LoaderError, PackError, one_line
 
@@ -146,16 +147,17 @@ def _task_failed(ray, e: BaseException, name: str, items) -> PackError:
 
 
 def _store_env() -> dict[str, str]:
-    """The driver's object-store settings (the storage layer reads these), for the tasks that upload:
+    """The driver's object-store settings (the storage layer reads these), for the tasks that read or upload:
     workers started before they were set, or on other machines, do not have them."""
     prefixes = ("AWS_", "GOOGLE_", "AZURE_", "LOADER_STALL_TIMEOUT")
     return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
 
 
-def ray_shards(src: Path, out_dir: Path, items, sizes, ranges: Sequence[tuple[int, int]], names: Sequence[str], *,
+def ray_shards(src: Path | str, out_dir: Path, items, sizes, ranges: Sequence[tuple[int, int]], names: Sequence[str], *,
                dst: Path | str, url: str | None, address: str | None, workers: int | None, options: dict,
                progress: bool) -> list[tuple[str, int, ShardResult]]:
-    """Write every shard with a Ray task; return ``(name, lo, result)`` in shard order.
+    """Write every shard with a Ray task; return ``(name, lo, result)`` in shard order. ``src``: a folder
+    every node sees, or a bucket prefix's URL (the tasks read it with the driver's store settings).
 
     ``out_dir``: where the shards go (a local DST's partial folder), or, with ``url``, only where the
     driver stages the index (the tasks upload the shards to ``url``). ``workers``: tasks in flight
@@ -168,10 +170,12 @@ def ray_shards(src: Path, out_dir: Path, items, sizes, ranges: Sequence[tuple[in
     with _connected(address) as ray:
         in_flight = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         run = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_shard_task)
-        if url is not None:
+        remote_src = is_remote_src(src)     # a bucket: each task reads its objects through its own client
+        if url is not None or remote_src:
             run = run.options(runtime_env={"env_vars": _store_env()})
         # Absolute: a worker's current folder is not the driver's.
-        src_s, out_s, dst_s = os.path.abspath(src), os.path.abspath(out_dir), os.path.abspath(dst)
+        src_s = src if remote_src else os.path.abspath(src)
+        out_s, dst_s = os.path.abspath(out_dir), os.path.abspath(dst)
         refs: dict = {}
         done: list = [None] * len(ranges)
         todo = iter(range(len(ranges)))

@@ -20,11 +20,12 @@ import numpy as np
 
 from loader.convert.imagecheck import BadImage, CheckedImage, check_bytes, read_capped
 from loader.convert.indexwriter import IndexWriter
+from loader.convert.remotesrc import RemoteFile, is_remote_src, read_file
 from loader.errors import PackError
 from loader.format.manifest import COLUMNS, SKIPPED_NAME
 from loader.format.shards import BLOCK_BYTES, ShardInfo, ShardWriter
 
-__all__ = ["ShardResult", "add_result", "items_slice", "run_shard", "shard_map_size", "write_shard"]
+__all__ = ["ShardResult", "add_result", "items_slice", "run_shard", "shard_map_size", "source_paths", "write_shard"]
 
 _KEEP, _DATA, _BAD = 0, 1, 2  # kinds of per-file results
 # The per-record columns a shard returns (the index's, but the source offsets: the driver has the paths).
@@ -61,12 +62,15 @@ def _result(c: CheckedImage, sig: tuple | None) -> tuple:
     return _DATA, c.data, c.height, c.width, c.converted, zlib.crc32(c.data), c.suspect
 
 
-def _read(path: str) -> tuple[bytes, tuple]:
-    """The bytes of the file at ``path`` (at most MAX_FILE_BYTES: BadImage beyond) and its signature.
+def _read(path: str | RemoteFile) -> tuple[bytes, tuple | None]:
+    """The bytes of the file at ``path`` (at most MAX_FILE_BYTES: BadImage beyond) and its signature
+    (None for an object in a bucket: its bytes always come back, never read twice).
 
     Opened without blocking: the scan lists regular files only, but one replaced by a FIFO since
     would block ``open`` forever (and a device never ends); such a file is a BadImage.
     """
+    if isinstance(path, RemoteFile):
+        return read_file(path), None
     with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb", buffering=0) as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
@@ -173,12 +177,20 @@ def run_shard(path: str | os.PathLike, items, *, src, map_size: int, max_side: i
     """:func:`write_shard` checking the files in this process (a Ray task), then the file's digest."""
     from loader.format.files import file_digest
 
-    prefix = os.path.join(src, "")
-    results = (_process(prefix + rel, max_side, quality, keep_suspect, inline=True) for rel, _ in items)
+    results = (_process(p, max_side, quality, keep_suspect, inline=True) for p in source_paths(src, items))
     res = write_shard(path, items, results, src=src, map_size=map_size, max_side=max_side, quality=quality,
                       keep_suspect=keep_suspect, strict=strict)
     res.digest = file_digest(path)
     return res
+
+
+def source_paths(src, items) -> Iterator[str | RemoteFile]:
+    """What the per-file check reads for each item of ``items`` (relative to ``src``): its path, or, for
+    a bucket SRC (an ``s3://``, ``gs://``, ``az://`` URL), a :class:`~loader.convert.remotesrc.RemoteFile`."""
+    if is_remote_src(src):
+        return (RemoteFile(src, rel) for rel, _ in items)
+    prefix = os.path.join(src, "")   # paths are built when used: no list of 1.281M strings
+    return (prefix + rel for rel, _ in items)
 
 
 def add_result(index: IndexWriter, res: ShardResult, items, lo: int, name: str) -> ShardInfo:

@@ -355,6 +355,40 @@ class ObjectStore:
             return sorted(k for k in keys if k.startswith(prefix))
         return iter(self._call(ls, prefix, "list it"))
 
+    def list_sizes(self) -> list[tuple[str, int]]:
+        """``(key, size)`` of every object under the root, sorted by key: one paged listing, no
+        request per object (``pack`` from a bucket plans its shards from it)."""
+        import obstore
+
+        root = f"{self.prefix}/" if self.prefix else ""
+
+        def ls():
+            found = []
+            for batch in obstore.list(self._store(), self.prefix or None):
+                found.extend((m["path"][len(root):], m["size"]) for m in batch)
+            return sorted(found)
+        return self._call(ls, "", "list it")
+
+    def read_capped(self, key: str, cap: int) -> tuple[int, bytes | None] | None:
+        """``(size, data)`` of the whole object in one GET, its body left unread (``data`` None) when
+        ``size`` is over ``cap``; None if the object does not exist. A short body is retried."""
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        def get():
+            try:
+                result = obstore.get(self._store(), self._key(key))
+            except (NotFoundError, FileNotFoundError):
+                return None
+            size = result.meta["size"]
+            if size > cap:
+                return size, None
+            data = bytes(result.bytes())
+            if len(data) != size:
+                raise _Truncated(f"got {len(data)} of {size} bytes")
+            return size, data
+        return self._call(get, key, "read it")
+
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
         import obstore
