@@ -92,9 +92,9 @@ def test_lightning_ddp_two_ranks_on_the_service(packed, tmp_path, ray_cluster): 
     _run([sys.executable, str(HERE / "trainers" / "lightning_service.py"), str(packed), str(tmp_path),
           ray_cluster.address, str(WORLD)], cwd=tmp_path)
     _check(packed, tmp_path)
-    for r in range(WORLD):                  # the sanity check's 2 batches, left mid-epoch, shifted nothing
-        sanity = json.loads((tmp_path / f"rank{r}.json").read_text())["seen"]["val"]["sanity"]
-        assert len(sanity) == 2 * B
+    for r in range(WORLD):                  # the sanity check's 2 batches (an eval epoch left mid-way) are
+        seen = json.loads((tmp_path / f"rank{r}.json").read_text())["seen"]["val"]   # the head of every pass
+        assert seen["sanity"] == seen["0"][:2 * B] == seen["1"][:2 * B] and len(seen["sanity"]) == 6   # 11 -> 6 + 6
 
 
 def test_torchrun_two_gloo_ranks_on_the_service(packed, tmp_path, ray_cluster):  # noqa: F811
@@ -207,3 +207,15 @@ def test_a_hang_past_max_replacements_is_one_line_naming_the_batch(photos, ray_c
         remote.close()
         if pid is not None and not _gone(pid, 10):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "5", True, None])
+def test_batch_timeout_is_checked_naming_it(bad):
+    from loader.errors import ArgumentError
+
+    with pytest.raises(ArgumentError) as info:
+        loader.RayService(num_workers=1, batch_timeout=bad)
+    assert info.value.param == "batch_timeout" and str(info.value) == (
+        f"batch_timeout must be a number of seconds > 0, got {bad!r}")
+    assert loader.RayService(num_workers=1).batch_timeout == 300.0
+    assert loader.RayService(num_workers=1, batch_timeout=2).batch_timeout == 2
