@@ -106,7 +106,8 @@ def test_torchrun_two_gloo_ranks_on_the_service(packed, tmp_path, ray_cluster): 
 
 # -- a hung actor ------------------------------------------------------------------------------------------
 
-# 32 records, batches of 4: 8 a epoch. 10 s is ~100x a batch here (and the replacement's start) on 2 cores.
+# 32 records, batches of 4: 8 an epoch. Measured on 2 cores: a batch ~10 ms, starting 2 actors 4.3 s; a
+# deadline of 10 s leaves room for the replacement's start without a second, spurious replacement.
 HANG_KW = dict(image_size=32, device="cpu", num_threads=1, train=True, batch_size=4, with_indices=True,
                augment=Augment(color_jitter=0.4), seed=3)
 BATCH_TIMEOUT = 10.0
