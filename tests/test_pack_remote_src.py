@@ -6,6 +6,7 @@ the one-line errors for a missing bucket, an empty prefix, refused credentials."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,27 @@ def test_the_cli_packs_a_bucket_with_a_pool_of_workers(photos, uploaded, tmp_pat
     assert r.returncode == 0, r.stderr
     assert _files(tmp_path / "cli.packed") == _files(tmp_path / "local.packed")
     assert "prefix in that layout (s3://BUCKET/PHOTOS" in " ".join(run_cli("pack", "--help").stdout.split())
+
+
+def test_pool_workers_get_the_parent_s_store_settings_not_the_forkserver_s(photos, uploaded, s3_server, tmp_path):
+    """A forkserver started earlier (here: with a closed port as the endpoint) hands its environment to
+    the pool's workers; they read the bucket with the parent's settings of now instead."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    loader.pack(photos, tmp_path / "local.packed", shards=2, workers=1, progress=False)
+    code = ("import multiprocessing as mp, os, sys\n"
+            "os.environ['AWS_ENDPOINT_URL'] = 'http://127.0.0.1:9'\n"
+            "pool = mp.get_context('forkserver').Pool(1); pool.close(); pool.join()\n"
+            "os.environ['AWS_ENDPOINT_URL'] = sys.argv[1]\n"
+            "import loader\n"
+            "loader.pack(sys.argv[2], sys.argv[3], shards=2, workers=2, progress=False)\n")
+    r = subprocess.run([sys.executable, "-c", code, s3_server, uploaded, str(tmp_path / "fs.packed")], cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _files(tmp_path / "fs.packed") == _files(tmp_path / "local.packed")
 
 
 def test_missing_bucket_empty_prefix_and_refused_credentials_are_one_line(uploaded, s3_env, tmp_path, monkeypatch):

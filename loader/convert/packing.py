@@ -56,7 +56,7 @@ from loader.convert.destination import check_dst, install, make_partial, remove_
 from loader.convert.imagecheck import MAX_FILE_BYTES
 from loader.convert.indexwriter import IndexWriter
 from loader.convert.options import MAX_SHARDS, check_engine, check_label_options, check_options, check_shuffle_seed
-from loader.convert.remotesrc import check_dst_outside, is_remote_src, list_src
+from loader.convert.remotesrc import check_dst_outside, is_remote_src, list_src, store_env, use_store_env
 from loader.convert.scan import Items, check_src, class_folders, scan, scan_unlabeled
 
 # The per-file check, re-exported: tests (and pack's earlier releases) import them from here.
@@ -159,9 +159,10 @@ def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
 # ---------------------------------------------------------------- workers
 
 
-def _init_worker() -> None:
+def _init_worker(env: dict | None = None) -> None:
     # Ctrl-C is handled by the parent (it terminates the pool); workers just stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    use_store_env(env)      # a bucket SRC: the parent's store settings, not those the forkserver started with
     if sys.platform.startswith("linux"):
         try:  # die with the parent even if it is SIGKILLed (PR_SET_PDEATHSIG)
             import ctypes
@@ -187,7 +188,8 @@ def _results(paths: Iterator, n: int, workers: int, max_side: int | None, qualit
     fn = partial(_process, max_side=max_side, quality=quality, keep_suspect=keep_suspect)
     if workers == 1 or n == 1:
         return map(fn, paths)
-    pool = _pool_context(clean).Pool(min(workers, n), initializer=_init_worker)
+    pool = _pool_context(clean).Pool(min(workers, n), initializer=_init_worker,
+                                     initargs=(store_env() if clean else None,))
     stack.append(pool)
     chunksize = max(1, min(_CHUNKSIZE, n // (workers * _TASKS_PER_WORKER)))
     return pool.imap(fn, paths, chunksize=chunksize)
@@ -353,8 +355,7 @@ def pack(src: str | os.PathLike, dst: str | os.PathLike, *, shards: int | None =
     ('cat', 'dog')
     """
     check_engine(engine, ray_address)
-    if is_remote_src(src):
-        check_dst_outside(src, str(dst))
+    check_dst_outside(src, dst)
     options = dict(shards=shards, workers=workers, max_side=max_side, quality=quality, strict=strict,
                    progress=progress, labels=labels, unlabeled=unlabeled, classes=classes,
                    classes_from=classes_from, keep_suspect=keep_suspect, shuffle_seed=shuffle_seed,

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loader.convert.remotesrc import is_remote_src
+from loader.convert.remotesrc import is_remote_src, store_env
 from loader.convert.shardtask import ShardResult, items_slice, run_shard, shard_map_size
 from loader.errors import LoaderError, PackError, one_line
 
@@ -149,8 +149,7 @@ def _task_failed(ray, e: BaseException, name: str, items) -> PackError:
 def _store_env() -> dict[str, str]:
     """The driver's object-store settings (the storage layer reads these), for the tasks that read or upload:
     workers started before they were set, or on other machines, do not have them."""
-    prefixes = ("AWS_", "GOOGLE_", "AZURE_", "LOADER_STALL_TIMEOUT")
-    return {k: v for k, v in os.environ.items() if k.startswith(prefixes)}
+    return store_env()
 
 
 def ray_shards(src: Path | str, out_dir: Path, items, sizes, ranges: Sequence[tuple[int, int]], names: Sequence[str], *,

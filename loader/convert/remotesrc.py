@@ -34,6 +34,7 @@ store still failing after its retries fails the pack with one line naming the ob
 from __future__ import annotations
 
 import io
+import os
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +48,8 @@ from loader.convert.scan import Items
 from loader.errors import DatasetError, PackError
 from loader.storage.store import REMOTE_SCHEMES, is_url, split_url
 
-__all__ = ["RemoteFile", "RemoteSrc", "check_dst_outside", "is_remote_src", "list_src", "read_file"]
+__all__ = ["STORE_ENV_PREFIXES", "RemoteFile", "RemoteSrc", "check_dst_outside", "is_remote_src", "list_src",
+           "read_file", "store_env", "use_store_env"]
 
 
 def is_remote_src(src) -> bool:
@@ -67,20 +69,43 @@ class RemoteFile:
     rel: str      #: the key relative to it
 
 
-# Per process, built on first use (a forked or spawned worker builds its own: ObjectStore checks the pid).
+# Per process, built on first use (a forked or spawned worker builds its own: ObjectStore checks the pid);
+# emptied by each listing, so a pack in this process uses the environment it started with.
 _stores: dict[str, object] = {}
+# The environment variables the storage layer reads (credentials, endpoints, the stall timeout).
+STORE_ENV_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_", "STORAGE_EMULATOR_HOST", "LOADER_STALL_TIMEOUT")
+
+
+def store_env() -> dict[str, str]:
+    """This process's object-store settings, for the processes that read (or upload) for it: a Ray
+    worker, or a pool worker forked from a forkserver started before they were set."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORE_ENV_PREFIXES)}
+
+
+def use_store_env(env: dict[str, str] | None) -> None:
+    """Make this (worker) process's object-store settings exactly ``env`` (:func:`store_env` of its
+    parent); None: leave them."""
+    if env is None:
+        return
+    for k in [k for k in os.environ if k.startswith(STORE_ENV_PREFIXES) and k not in env]:
+        del os.environ[k]
+    os.environ.update(env)
+    _stores.clear()
 
 
 def read_file(f: RemoteFile) -> bytes:
     """The bytes of ``f``: :class:`BadImage` if it is over MAX_FILE_BYTES (unread: the message of a
-    local file's) or gone since the listing; :class:`~loader.errors.DatasetError` naming its URL for a
-    refused credential or a failure after the store's retries."""
+    local file's) or gone since the listing; :class:`PackError` naming its URL for a refused credential
+    or a failure after the store's retries."""
     store = _stores.get(f.root)
     if store is None:
         from loader.storage.objectstore import open_store
 
         store = _stores[f.root] = open_store(f.root)
-    got = store.read_capped(f.rel, imagecheck.MAX_FILE_BYTES)
+    try:
+        got = store.read_capped(f.rel, imagecheck.MAX_FILE_BYTES)
+    except DatasetError as e:     # a PackError whichever engine: the pack stops, naming the object
+        raise PackError(str(e)) from None
     if got is None:
         raise BadImage("cannot read file: the object no longer exists (deleted since SRC was listed)")
     size, data = got
@@ -89,9 +114,9 @@ def read_file(f: RemoteFile) -> bytes:
     return data
 
 
-def check_dst_outside(src: str, dst: str) -> None:
-    """:class:`PackError` if the URL ``dst`` lies under the URL ``src`` (a rerun would pack the dataset)."""
-    if not is_url(dst):
+def check_dst_outside(src, dst) -> None:
+    """:class:`PackError` if ``dst`` is a URL under the bucket SRC ``src`` (a rerun would pack the dataset)."""
+    if not is_remote_src(src) or not is_url(dst):
         return
     s, d = split_url(src), split_url(dst)
     if s[:2] == d[:2] and (not s[2] or d[2] == s[2] or d[2].startswith(s[2] + "/")):
@@ -197,6 +222,7 @@ def list_src(url: str) -> RemoteSrc:
     from loader.storage.objectstore import open_store
 
     url = url.rstrip("/")
+    _stores.clear()
     try:
         listed = open_store(url).list_sizes()
     except DatasetError as e:
