@@ -188,3 +188,34 @@ def test_imageloader_batches_are_identical_with_and_without_read_ahead(packed, t
     assert len(runs[0]) == len(runs[1]) == 16
     for (xa, ya), (xb, yb) in zip(*runs):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def window_plan(ds, window=2, seed=5) -> np.ndarray:
+    """As shuffle="block" with windows of ``window`` shards: shards permuted, records shuffled within each window."""
+    rng = np.random.default_rng(seed)
+    firsts = [s.first for s in ds.manifest.shards] + [len(ds)]
+    shards = rng.permutation(len(ds.manifest.shards))
+    return np.concatenate([rng.permutation(np.concatenate([np.arange(firsts[s], firsts[s + 1])
+                                                           for s in shards[w:w + window]]))
+                           for w in range(0, len(shards), window)])
+
+
+def test_a_window_of_shards_stays_pinned_until_its_last_record_so_each_shard_is_fetched_once(packed, tmp_path,
+                                                                                              monkeypatch):
+    """A block window is read batch by batch; its shards must not be evicted by the next window's downloads
+    while it is still being read (they were: 269 GETs for 11 shards in a bench, 0.25x the local rate)."""
+    monkeypatch.setattr(remote, "READ_AHEAD_THREADS", 3)
+    limit = index_bytes(packed) + 4 * largest(packed)      # a window of 2 being read, 2 ahead
+    store = SlowStore(packed, delay=0.02)
+    ds = open_remote(packed.as_uri(), cache_dir=tmp_path / "c", cache_limit=limit, store=store)
+    local = open_dataset(packed)
+    records = window_plan(ds)
+    ds.read_ahead(records)
+    got = []
+    for lo in range(0, len(records), 4):
+        got += [a.tobytes() for a in ds.read_batch(records[lo:lo + 4])]
+        time.sleep(0.01)
+    ds.stop_read_ahead()
+    assert got == [local.read(int(i)) for i in records]
+    assert sorted(store.shards()) == sorted(first_use(ds, records))     # every shard once, none again
+    assert cached_bytes(tmp_path / "c") <= limit

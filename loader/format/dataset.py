@@ -295,12 +295,15 @@ class RemoteDataset(PackedDataset):
             return           # (an index out of range: the read raises naming it)
         shard = np.searchsorted(self._firsts, idx, side="right") - 1
         uniq, first = np.unique(shard, return_index=True)
-        order = uniq[np.argsort(first, kind="stable")].tolist()
+        by_first = np.argsort(first, kind="stable")
+        order = uniq[by_first].tolist()
+        _, from_end = np.unique(shard[::-1], return_index=True)     # the same sorted shards: their last reads
+        last = (len(shard) - 1 - from_end)[by_first].tolist()
         shards = self.manifest.shards
         sizes = self.source.sizes
         budget = read_ahead_budget(self.source, shards)
         self._ahead = ReadAhead(self.source, shards, order, [sizes[s] if s < len(sizes) else None for s in order],
-                                budget, threads=READ_AHEAD_THREADS)
+                                budget, threads=READ_AHEAD_THREADS, last=last)
         self._ahead_pid = os.getpid()
 
     def stop_read_ahead(self) -> None:
@@ -311,7 +314,7 @@ class RemoteDataset(PackedDataset):
 
     def _consumed(self, idx: np.ndarray) -> None:
         if self._ahead is not None and self._ahead_pid == os.getpid() and idx.size:
-            self._ahead.consumed(np.unique(np.searchsorted(self._firsts, idx, side="right") - 1).tolist())
+            self._ahead.consumed(np.unique(np.searchsorted(self._firsts, idx, side="right") - 1).tolist(), idx.size)
 
     @property
     def where(self) -> str:
