@@ -144,3 +144,10 @@ def replace_records(dst: Path, new: dict[int, bytes]) -> None:
         offsets[same] += len(new[i]) - lengths[i]
         lengths[i] = len(new[i])
     edit_columns(dst, offsets=lambda _: offsets, lengths=lambda _: lengths)
+
+
+def record_bytes(ds) -> list[bytes]:
+    """Every record of the dataset ``ds``, in order, as bytes (one read_batch)."""
+    import numpy as np
+
+    return [a.tobytes() for a in ds.read_batch(np.arange(len(ds)))]

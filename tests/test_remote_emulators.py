@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pack_jpeg_classes
+from conftest import pack_jpeg_classes, record_bytes
 
 import loader
 from loader import ImageLoader
@@ -37,8 +37,6 @@ def packed(tmp_path_factory) -> Path:
     return pack_jpeg_classes(root, classes=3, per_class=8, shards=SHARDS, seed_step=30, size=(56, 40))
 
 
-def records(ds) -> list[bytes]:
-    return [a.tobytes() for a in ds.read_batch(range(len(ds)))]
 
 
 def batches(ld, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -52,7 +50,7 @@ def batches(ld, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def assert_reads_back(url: str, packed: Path, cache: Path) -> None:
     """open_dataset(url) and ImageLoader(url) give the local pack's records, labels and batches."""
     ds, local = open_dataset(url, cache_dir=cache), open_dataset(packed)
-    assert records(ds) == records(local) and ds.labels.tolist() == local.labels.tolist()
+    assert record_bytes(ds) == record_bytes(local) and ds.labels.tolist() == local.labels.tolist()
     kw = dict(batch_size=4, image_size=32, device="cpu", seed=5, num_threads=1)
     want, got = batches(ImageLoader(packed, **kw)), batches(ImageLoader(url, cache_dir=cache, **kw))
     assert len(want) == len(got) == 12
@@ -168,4 +166,4 @@ def test_a_service_account_file_with_an_http_gcs_base_url_reaches_the_emulator(p
     monkeypatch.delenv("STORAGE_EMULATOR_HOST")
     monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(sa))
     ds = open_dataset(url, cache_dir=tmp_path / "cache")
-    assert records(ds) == records(open_dataset(packed))
+    assert record_bytes(ds) == record_bytes(open_dataset(packed))

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import pack_jpeg_classes
+from conftest import pack_jpeg_classes, record_bytes
+from s3server import upload_pack
 
 import loader
 import loader.storage.objectstore as objectstore
@@ -41,25 +42,13 @@ def packed(tmp_path_factory) -> Path:
     return root / "packed"
 
 
-def upload(packed: Path, endpoint: str, bucket: str, prefix: str = "ds.packed") -> str:
-    """Put the pack's files straight into moto (boto3: this process never starts obstore before a fork)."""
-    from s3server import s3_client
-
-    client = s3_client(endpoint)
-    for f in sorted(packed.iterdir()):
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{f.name}", Body=f.read_bytes())
-    return f"s3://{bucket}/{prefix}"
-
-
-def records(ds) -> list[bytes]:
-    return [a.tobytes() for a in ds.read_batch(np.arange(len(ds)))]
 
 
 @pytest.mark.parametrize("fault,times", [("503", 2), ("reset", 1), ("truncate", 1), ("stall", 1)])
 def test_a_transient_fault_is_retried_and_the_bytes_are_right(packed, proxied, s3_server, tmp_path, monkeypatch,
                                                                fault, times):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", "1")        # the stall (2 s) outlasts it: a timeout, retried
     key = "shard-00001.lmdb"
     proxy.add(fault, path=f"/{key}$", times=times, seconds=2.0)
@@ -74,7 +63,7 @@ def test_a_transient_fault_is_retried_and_the_bytes_are_right(packed, proxied, s
 @pytest.mark.parametrize("fault", ["503", "reset", "truncate"])
 def test_a_ranged_read_is_retried_too(packed, proxied, s3_server, fault):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     key = "shard-00002.lmdb"
     proxy.add(fault, path=f"/{key}$", times=1)
     store = objectstore.ObjectStore(url, sleep=lambda s: None)
@@ -84,21 +73,21 @@ def test_a_ranged_read_is_retried_too(packed, proxied, s3_server, fault):
 
 def test_faults_on_the_way_through_open_dataset_still_give_the_pack_s_records(packed, proxied, s3_server, tmp_path):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     proxy.add("503", path=r"/shard-00000\.lmdb$", times=1)
     proxy.add("reset", path=r"/shard-00001\.lmdb$", times=1)
     proxy.add("truncate", path=r"/shard-00002\.lmdb$", times=1)
     proxy.add("slow", path=r"/shard-00003\.lmdb$", times=1, rate=200_000)
     proxy.add("503", path=r"/labels\.npy$", times=1)
     ds = open_dataset(url, cache_dir=tmp_path / "cache")
-    assert records(ds) == records(open_dataset(packed))
+    assert record_bytes(ds) == record_bytes(open_dataset(packed))
     assert [proxy.downloads(f"shard-{s:05d}.lmdb") for s in range(SHARDS)] == [2, 2, 2, 1]
     assert proxy.downloads("labels.npy") == 2
 
 
 def test_always_503_is_one_line_after_the_bounded_retries(packed, proxied, s3_server, tmp_path):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     key = "shard-00003.lmdb"
     proxy.add("503", path=f"/{key}$", times=None)
     delays: list[float] = []
@@ -113,12 +102,12 @@ def test_always_503_is_one_line_after_the_bounded_retries(packed, proxied, s3_se
 
 def _read_all(url: str, cache_dir: str) -> str:
     ds = loader.open_dataset(url, cache_dir=cache_dir)
-    return hashlib.sha256(b"".join(records(ds))).hexdigest()
+    return hashlib.sha256(b"".join(record_bytes(ds))).hexdigest()
 
 
 def test_kill_9_during_a_stalled_download_leaves_a_cache_the_next_run_uses(packed, proxied, s3_server, tmp_path):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     key = "shard-00000.lmdb"
     proxy.add("stall", path=f"/{key}$", times=1, seconds=5.0)
     cache_dir = tmp_path / "cache"
@@ -137,7 +126,7 @@ def test_kill_9_during_a_stalled_download_leaves_a_cache_the_next_run_uses(packe
     assert list(entry.glob(f"{key}.tmp-*")) and not (entry / key).exists()     # the reservation it left
     ds = open_dataset(url, cache_dir=cache_dir)
     assert ds.path == entry
-    assert records(ds) == records(open_dataset(packed))
+    assert record_bytes(ds) == record_bytes(open_dataset(packed))
     assert not list(entry.glob("*.tmp-*"))
     assert proxy.downloads(key) == 2 and proxy.downloads("labels.npy") == 1    # the index was complete
 
@@ -151,11 +140,11 @@ def _rank(url: str, cache_dir: str, rank: int) -> str:
 
 def test_eight_ranks_on_a_node_download_each_shard_once(packed, proxied, s3_server, tmp_path):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     proxy.add("slow", path=r"\.lmdb$", times=None, rate=200_000)    # downloads overlap across the ranks
     with mp.get_context("spawn").Pool(8) as pool:
         digests = pool.starmap(_rank, [(url, str(tmp_path / "cache"), r) for r in range(8)])
-    assert digests == [hashlib.sha256(b"".join(records(open_dataset(packed)))).hexdigest()] * 8
+    assert digests == [hashlib.sha256(b"".join(record_bytes(open_dataset(packed)))).hexdigest()] * 8
     shards = sorted(f.name for f in packed.glob("shard-*.lmdb"))
     index = sorted(f.name for f in packed.iterdir() if f.suffix in (".npy", ".bin"))   # what a reader fetches
     # One download operation per shard and index file on the node; manifest.json is read by each rank

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import pack_jpeg_classes
+from conftest import pack_jpeg_classes, record_bytes
+from s3server import upload_pack
 
 import loader.storage.objectstore as objectstore
 from loader.errors import ArgumentError, DatasetError
@@ -33,18 +34,6 @@ def packed(tmp_path_factory) -> Path:
     return root / "packed"
 
 
-def upload(packed: Path, endpoint: str, bucket: str, prefix: str = "ds.packed") -> str:
-    """Put the pack's files straight into moto with boto3 (not through the proxy)."""
-    from s3server import s3_client
-
-    client = s3_client(endpoint)
-    for f in sorted(packed.iterdir()):
-        client.put_object(Bucket=bucket, Key=f"{prefix}/{f.name}", Body=f.read_bytes())
-    return f"s3://{bucket}/{prefix}"
-
-
-def records(ds) -> list[bytes]:
-    return [a.tobytes() for a in ds.read_batch(np.arange(len(ds)))]
 
 
 @pytest.mark.parametrize("fault,kw", [("stall", {"seconds": 5.0}),      # before the headers, 10x the timeout
@@ -52,7 +41,7 @@ def records(ds) -> list[bytes]:
 def test_a_stalled_download_is_cut_and_retried_and_the_bytes_are_right(packed, proxied, s3_server, tmp_path,
                                                                         monkeypatch, fault, kw):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", "0.3")
     key = "shard-00001.lmdb"
     proxy.add(fault, path=f"/{key}$", times=1, **kw)
@@ -66,7 +55,7 @@ def test_a_stalled_download_is_cut_and_retried_and_the_bytes_are_right(packed, p
 
 def test_a_stalled_ranged_read_is_cut_and_retried(packed, proxied, s3_server, monkeypatch):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", "0.3")
     key = "shard-00002.lmdb"
     proxy.add("slow", path=f"/{key}$", times=1, rate=1)
@@ -77,7 +66,7 @@ def test_a_stalled_ranged_read_is_cut_and_retried(packed, proxied, s3_server, mo
 
 def test_a_slow_but_moving_download_is_never_cut(packed, proxied, s3_server, tmp_path, monkeypatch):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", "0.5")
     key = "shard-00003.lmdb"
     size = (packed / key).stat().st_size
@@ -93,7 +82,7 @@ def test_a_slow_but_moving_download_is_never_cut(packed, proxied, s3_server, tmp
 def test_stalls_on_the_way_through_open_dataset_still_give_the_pack_s_records(packed, proxied, s3_server, tmp_path,
                                                                               monkeypatch):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", "0.5")
     proxy.add("stall", path=r"/shard-00000\.lmdb$", times=1, seconds=5.0)
     proxy.add("slow", path=r"/shard-00001\.lmdb$", times=1, rate=1)
@@ -101,7 +90,7 @@ def test_stalls_on_the_way_through_open_dataset_still_give_the_pack_s_records(pa
     proxy.add("slow", path=r"/shard-00002\.lmdb$", times=1, rate=size // 2)    # ~2 s, moving: not cut
     proxy.add("stall", path=r"/labels\.npy$", times=1, seconds=5.0)
     ds = open_dataset(url, cache_dir=tmp_path / "cache")
-    assert records(ds) == records(open_dataset(packed))
+    assert record_bytes(ds) == record_bytes(open_dataset(packed))
     assert [proxy.downloads(f"shard-{s:05d}.lmdb") for s in range(SHARDS)] == [2, 2, 1, 1]
     assert proxy.downloads("labels.npy") == 2
 
@@ -109,7 +98,7 @@ def test_stalls_on_the_way_through_open_dataset_still_give_the_pack_s_records(pa
 def test_a_read_that_always_stalls_is_one_line_after_the_bounded_retries(packed, proxied, s3_server, tmp_path,
                                                                          monkeypatch):
     bucket, proxy = proxied
-    url = upload(packed, s3_server, bucket)
+    url = upload_pack(packed, s3_server, bucket)
     monkeypatch.setenv("LOADER_STALL_TIMEOUT", "0.2")
     key = "shard-00003.lmdb"
     proxy.add("stall", path=f"/{key}$", times=None, seconds=3.0)
