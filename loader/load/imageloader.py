@@ -35,7 +35,7 @@ from loader.load.feed import EpochFeed, EpochPlan
 from loader.load.finisher import CpuFinisher
 from loader.load.pipeline import GpuDecode, build_pipeline
 from loader.load.placement import distributed_env, resolve_device, threads_per_rank
-from loader.load.planner import EpochPlanner
+from loader.load.planner import EpochPlanner, EpochSetter, check_seed_agrees
 from loader.load.sampler import (
     num_batches,
 )
@@ -52,33 +52,6 @@ def _from_settings(name: str) -> property:
     """A read-only attribute of the loader that is its validated setting ``name`` (one source of truth)."""
     return property(lambda self: getattr(self.settings, name),
                     doc=f"``{name}`` as validated at construction (:class:`loader.load.settings.LoaderSettings`).")
-
-
-def _check_seed_agrees(settings: LoaderSettings, world_size: int) -> None:
-    """A drawn seed (``seed=None``) is this process's own: with more than one rank the ranks would
-    each shuffle their own way and share records out twice or not at all."""
-    if settings.seed_drawn and world_size > 1:
-        raise ArgumentError(f"seed=None draws a seed per process, but the {world_size} ranks must agree on the "
-                            f"order: pass the same int seed on every rank (e.g. seed=0)", param="seed")
-
-
-class _EpochSetter:
-    """``ImageLoader.sampler``: what scripts and trainers use of a ``DistributedSampler``."""
-
-    def __init__(self, loader: ImageLoader):
-        self._loader = loader
-
-    def set_epoch(self, epoch: int) -> None:
-        """:meth:`ImageLoader.set_epoch`."""
-        self._loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        """``len(DistributedSampler)`` of the same split: records per rank per epoch, the longest
-        share (``ceil(n / world_size)`` without ``drop_last``). With ``pad=False`` the last ranks
-        yield one fewer (their own count: ``loader.num_samples``), and this keeps imagenet/main.py's
-        ``len(sampler) * world_size < len(dataset)`` (records no rank saw?) false on every rank."""
-        ld = self._loader
-        return ld._share(ld.world_size, 0)       # rank 0's share is the longest
 
 
 class ImageLoader:
@@ -176,7 +149,7 @@ class ImageLoader:
         # ranks and the process group later, inside fit().
         self._rank_arg, self._world_arg = s.rank, s.world_size
         rank, world_size, local_rank = self._distribution()
-        _check_seed_agrees(s, world_size)
+        check_seed_agrees(s, world_size)
 
         self.dataset = open_dataset(path, cache_dir=s.cache_dir, cache_limit=s.cache_limit)
         self._planner = EpochPlanner(s, self.dataset, local_dataset=not isinstance(self.dataset, RemoteDataset))
@@ -260,10 +233,10 @@ class ImageLoader:
     # Lightning calls `dataloader.sampler.set_epoch(epoch)` at every epoch's start (and
     # restores the epoch from its checkpoints that way), as for a DistributedSampler.
     @property
-    def sampler(self) -> _EpochSetter:
+    def sampler(self) -> EpochSetter:
         """What trainers and scripts use of a DataLoader's sampler: ``set_epoch(e)`` (:meth:`set_epoch`)
         and ``len()`` (``len(DistributedSampler)``: records per rank, the longest share)."""
-        return _EpochSetter(self)
+        return EpochSetter(self)
 
     batch_sampler = None   # no torch batch sampler (trainers probe for one next to ``sampler``)
 
@@ -326,7 +299,7 @@ class ImageLoader:
         s = self.settings
         # The device and thread count follow the local rank as of the first epoch.
         _, world_size, local_rank = self._distribution()
-        _check_seed_agrees(s, world_size)
+        check_seed_agrees(s, world_size)
         self.device = resolve_device(s.device, local_rank)
         self.num_threads = s.num_threads or threads_per_rank()
         if self._service is not None:     # the actors run the graph; this process finishes their batches

@@ -4,7 +4,9 @@
 settings and dataset: the record subset (a validation split), the order (the global permutation or
 ``shuffle="block"``'s shard windows), this rank's share (with or without padding), and the rest of
 an epoch resumed on another world size (``segments``, :mod:`loader.load.state`). ``ImageLoader``
-asks it for plans and shares; it holds no DALI and no torch.
+asks it for plans and shares; it holds no DALI and no torch. :class:`EpochSetter` is
+``ImageLoader.sampler`` (what trainers use of a ``DistributedSampler``); :func:`check_seed_agrees`
+refuses a drawn seed on more than one rank.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from loader.load.sampler import (
     split_indices,
 )
 
-__all__ = ["EpochPlanner"]
+__all__ = ["EpochPlanner", "EpochSetter", "check_seed_agrees"]
 
 
 class EpochPlanner:
@@ -105,6 +107,32 @@ class EpochPlanner:
         return block_order(shard_of, len(shards), s.seed, epoch, window, world_size=world_size,
                            local_world_size=local, batch_size=s.batch_size, drop_last=s.drop_last, pad=s.pad)
 
+
+def check_seed_agrees(settings, world_size: int) -> None:
+    """A drawn seed (``seed=None``) is this process's own: with more than one rank the ranks would
+    each shuffle their own way and share records out twice or not at all."""
+    if settings.seed_drawn and world_size > 1:
+        raise ArgumentError(f"seed=None draws a seed per process, but the {world_size} ranks must agree on the "
+                            f"order: pass the same int seed on every rank (e.g. seed=0)", param="seed")
+
+
+class EpochSetter:
+    """``ImageLoader.sampler``: what scripts and trainers use of a ``DistributedSampler``."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def set_epoch(self, epoch: int) -> None:
+        """:meth:`ImageLoader.set_epoch`."""
+        self._loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        """``len(DistributedSampler)`` of the same split: records per rank per epoch, the longest
+        share (``ceil(n / world_size)`` without ``drop_last``). With ``pad=False`` the last ranks
+        yield one fewer (their own count: ``loader.num_samples``), and this keeps imagenet/main.py's
+        ``len(sampler) * world_size < len(dataset)`` (records no rank saw?) false on every rank."""
+        ld = self._loader
+        return ld._share(ld.world_size, 0)       # rank 0's share is the longest
 
 def _warn_if_class_sorted(dataset) -> None:
     """shuffle="block" over a pack written class by class: batches of a few classes, a measured 0.93 ->
