@@ -243,8 +243,8 @@ def test_a_ray_task_that_cannot_read_fails_the_pack_naming_the_object(photos, up
     pack after the store's retries with one line naming the object's URL; nothing is left at DST."""
     from loader.convert import rayengine
 
-    real = rayengine._store_env
-    monkeypatch.setattr(rayengine, "_store_env", lambda: {**real(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    real = rayengine.store_env
+    monkeypatch.setattr(rayengine, "store_env", lambda: {**real(), "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     dst = tmp_path / "failed.packed"
     with pytest.raises(PackError) as e:
         loader.pack(uploaded, dst, shards=1, workers=1, progress=False, engine="ray")

@@ -146,12 +146,6 @@ def _task_failed(ray, e: BaseException, name: str, items) -> PackError:
                      f"{one_line(e, 300)}; rerun the pack (nothing was left at DST)")
 
 
-def _store_env() -> dict[str, str]:
-    """The driver's object-store settings (the storage layer reads these), for the tasks that read or upload:
-    workers started before they were set, or on other machines, do not have them."""
-    return store_env()
-
-
 def ray_shards(src: Path | str, out_dir: Path, items, sizes, ranges: Sequence[tuple[int, int]], names: Sequence[str], *,
                dst: Path | str, url: str | None, address: str | None, workers: int | None, options: dict,
                progress: bool) -> list[tuple[str, int, ShardResult]]:
@@ -171,7 +165,9 @@ def ray_shards(src: Path | str, out_dir: Path, items, sizes, ranges: Sequence[tu
         run = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(_shard_task)
         remote_src = is_remote_src(src)     # a bucket: each task reads its objects through its own client
         if url is not None or remote_src:
-            run = run.options(runtime_env={"env_vars": _store_env()})
+            # The driver's object-store settings: workers started before they were set, or on other
+            # machines, do not have them.
+            run = run.options(runtime_env={"env_vars": store_env()})
         # Absolute: a worker's current folder is not the driver's.
         src_s = src if remote_src else os.path.abspath(src)
         out_s, dst_s = os.path.abspath(out_dir), os.path.abspath(dst)
