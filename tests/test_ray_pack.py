@@ -215,3 +215,20 @@ def test_missing_ray_is_one_line_naming_the_extra(photos, tmp_path, monkeypatch)
                                         r"'loader\[ray\]'$"):
         loader.pack(photos, tmp_path / "x", engine="ray", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_at_once(photos, tmp_path):
+    """Unprobed, ray.init retried a dead address for minutes; now a TCP probe answers in one line."""
+    import socket
+
+    with socket.socket() as s:          # a port nothing listens on: bound, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(REPO), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    r = subprocess.run([sys.executable, "-m", "loader", "pack", str(photos), str(tmp_path / "out"), "--engine",
+                        "ray", "--address", f"127.0.0.1:{port}", "--quiet"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == (f"error: no Ray cluster answers at 127.0.0.1:{port} ([Errno 111] Connection refused): "
+                                f"start one there (`ray start --head`), or leave out the address to start one here")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

@@ -71,6 +71,11 @@ def _connected(address: str | None):
     if ray.is_initialized():
         yield ray
         return
+    from loader.service.settings import unreachable  # (no Ray import there)
+
+    if (e := unreachable(address)) is not None:
+        raise PackError(f"no Ray cluster answers at {address} ({one_line(e)}): start one there (`ray start "
+                        f"--head`), or leave out the address to start one here", param="ray_address")
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as e:

@@ -22,7 +22,6 @@ do not depend on which actor made it. More than ``max_replacements`` deaths or h
 from __future__ import annotations
 
 import os
-import socket
 import time
 import weakref
 from collections import Counter
@@ -33,23 +32,16 @@ from loader.load.culprits import warn_replaced
 from loader.load.feed import EpochPlan
 from loader.load.state import dataset_fingerprint
 from loader.service.receive import Receiver
-from loader.service.settings import RayService, import_ray
+from loader.service.settings import RayService, import_ray, unreachable
 
 __all__ = ["ServiceClient", "connect"]
 
-PROBE_SECONDS = 5.0     # a TCP connect to HOST:PORT answers within this, or Ray's own wait would be minutes
-
-
 def _probe(address: str) -> None:
     """Fail fast, in one line, when nothing listens at a ``HOST:PORT`` address."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return                                  # not HOST:PORT: Ray says what it makes of it
-    try:
-        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
-    except OSError as e:
+    e = unreachable(address)
+    if e is not None:
         raise ServiceError(f"no Ray cluster answers at {address} ({one_line(e)}): start one there (`ray start "
-                           f"--head`), or pass RayService(address=None) to start one here") from None
+                           f"--head`), or pass RayService(address=None) to start one here")
 
 
 def connect(service: RayService):

@@ -8,15 +8,36 @@ when it is built; a bad one is an :class:`~loader.errors.ArgumentError` naming i
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass
 
 from loader.errors import ArgumentError, ServiceError
 from loader.validate import is_int, is_number
 
-__all__ = ["RayService", "MAX_WORKERS", "import_ray"]
+__all__ = ["RayService", "MAX_WORKERS", "PROBE_SECONDS", "import_ray", "unreachable"]
 
 MAX_WORKERS = 4096
 RAY_MISSING = "loader.RayService needs Ray, which is not installed: pip install 'loader[ray]'"
+
+
+PROBE_SECONDS = 5.0     # a TCP connect to HOST:PORT answers within this, or Ray's own wait would be minutes
+
+
+def unreachable(address: str | None) -> OSError | None:
+    """Why nothing listens at a Ray ``HOST:PORT`` address (a TCP connect, at most PROBE_SECONDS), or None
+    (it answers, or the address is not HOST:PORT: None, "auto", "local", ``ray://``: Ray says what it
+    makes of those). Used by the service and by ``pack(engine="ray")``: unprobed, a dead address left
+    ``ray.init`` retrying for minutes."""
+    if address is None or address.startswith("ray://"):
+        return None
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as e:
+        return e
+    return None
 
 
 def import_ray():
