@@ -151,3 +151,13 @@ def record_bytes(ds) -> list[bytes]:
     import numpy as np
 
     return [a.tobytes() for a in ds.read_batch(np.arange(len(ds)))]
+
+
+def epoch_batches(ld, epochs: int = 2) -> list:
+    """``epochs`` epochs of the loader ``ld`` (set_epoch 0, 1, ...) as a list of cloned (images, labels)."""
+    out = []
+    for epoch in range(epochs):
+        ld.set_epoch(epoch)
+        out += [(x.clone(), y.clone()) for x, y in ld]
+    return out
+

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pack_jpeg_classes, record_bytes
+from conftest import epoch_batches, pack_jpeg_classes, record_bytes
 
 import loader
 from loader import ImageLoader
@@ -39,12 +39,6 @@ def packed(tmp_path_factory) -> Path:
 
 
 
-def batches(ld, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for epoch in range(epochs):
-        ld.set_epoch(epoch)
-        out += [(x.clone(), y.clone()) for x, y in ld]
-    return out
 
 
 def assert_reads_back(url: str, packed: Path, cache: Path) -> None:
@@ -52,7 +46,7 @@ def assert_reads_back(url: str, packed: Path, cache: Path) -> None:
     ds, local = open_dataset(url, cache_dir=cache), open_dataset(packed)
     assert record_bytes(ds) == record_bytes(local) and ds.labels.tolist() == local.labels.tolist()
     kw = dict(batch_size=4, image_size=32, device="cpu", seed=5, num_threads=1)
-    want, got = batches(ImageLoader(packed, **kw)), batches(ImageLoader(url, cache_dir=cache, **kw))
+    want, got = epoch_batches(ImageLoader(packed, **kw)), epoch_batches(ImageLoader(url, cache_dir=cache, **kw))
     assert len(want) == len(got) == 12
     for (xa, ya), (xb, yb) in zip(want, got):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)

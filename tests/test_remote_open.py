@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import jpeg_bytes, write
+from conftest import epoch_batches, jpeg_bytes, write
 
 import loader
 from loader import ImageLoader
@@ -28,12 +28,6 @@ def packed(tmp_path_factory) -> Path:
     return root / "packed"
 
 
-def batches(ld, epochs: int = 2) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for epoch in range(epochs):
-        ld.set_epoch(epoch)
-        out += [(x.clone(), y.clone()) for x, y in ld]
-    return out
 
 
 @pytest.mark.parametrize("limit", [None, "3shards"])
@@ -42,10 +36,10 @@ def test_imageloader_on_a_file_url_yields_the_batches_of_the_local_path(packed, 
     if limit is not None:       # room for the index and 3 of the 6 shards: shards are evicted and fetched again
         limit = (sum(f.stat().st_size for f in packed.iterdir() if not f.name.startswith("shard-"))
                  + 3 * max(f.stat().st_size for f in packed.glob("shard-*.lmdb")))
-    local = batches(ImageLoader(packed, **kw))
+    local = epoch_batches(ImageLoader(packed, **kw))
     remote_ld = ImageLoader(packed.as_uri(), cache_dir=tmp_path / "cache", cache_limit=limit, **kw)
     assert remote_ld.dataset.url == packed.as_uri() and remote_ld.dataset.path.parent == tmp_path / "cache"
-    remote = batches(remote_ld)
+    remote = epoch_batches(remote_ld)
     assert len(local) == len(remote) == 12
     for (xa, ya), (xb, yb) in zip(local, remote):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
