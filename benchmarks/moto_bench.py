@@ -38,11 +38,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bandwidth-mb", type=float, metavar="MB_PER_S", help="read the bench through "
                     "tests/faultproxy.py's proxy capped at MB_PER_S (10^6 bytes/s) for all responses together "
                     "(the pack goes to the server directly)")
+    ap.add_argument("--pin-server", action="store_true", help="run the S3 server and the proxy on the last "
+                    "usable CPU and the bench on the others, as a store on another machine would (on a 2-core "
+                    "machine the bench then has 1 core, its local rows too: compare ratios)")
     ap.add_argument("bench_args", nargs=argparse.REMAINDER, help="-- then loader bench's flags")
     args = ap.parse_args(argv)
     extra = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
 
     from moto.server import ThreadedMotoServer
+
+    cpus = sorted(os.sched_getaffinity(0))
+    bench_cpus = set(cpus)
+    if args.pin_server:
+        if len(cpus) < 2:
+            ap.error(f"--pin-server needs 2 usable CPUs, this process has {len(cpus)}")
+        bench_cpus = set(cpus[:-1])
+        os.sched_setaffinity(0, {cpus[-1]})   # before the server's threads start: they inherit it
+        print(f"(server and proxy on CPU {cpus[-1]}, the bench on {sorted(bench_cpus)})", file=sys.stderr, flush=True)
+
+    def on_bench_cpus():
+        os.sched_setaffinity(0, bench_cpus)
 
     t0, cpu0 = time.perf_counter(), sum(os.times()[:2])
 
@@ -64,18 +79,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_pack:
             cmd = [*loader_cmd, "pack", args.src, args.url, *args.pack_args.split()]
             print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
-            subprocess.run(cmd, env=env, check=True)
+            subprocess.run(cmd, env=env, check=True, preexec_fn=lambda: os.sched_setaffinity(0, set(cpus)))
         cmd = [*loader_cmd, "bench", args.src, "--packed", args.url, *extra]
         print("$", " ".join(cmd[2:]), file=sys.stderr, flush=True)
         if args.bandwidth_mb is None:
-            return subprocess.run(cmd, env=env, check=False).returncode
+            return subprocess.run(cmd, env=env, check=False, preexec_fn=on_bench_cpus).returncode
         sys.path.insert(0, str(ROOT))
         from tests.faultproxy import FaultProxy
 
         proxy = FaultProxy(endpoint, bandwidth=int(args.bandwidth_mb * 1e6)).start()
         try:
             print(f"(through a proxy capped at {args.bandwidth_mb:g} MB/s: {proxy.url})", file=sys.stderr, flush=True)
-            result = subprocess.run(cmd, env={**env, "AWS_ENDPOINT_URL": proxy.url}, check=False).returncode
+            result = subprocess.run(cmd, env={**env, "AWS_ENDPOINT_URL": proxy.url}, check=False,
+                                    preexec_fn=on_bench_cpus).returncode
             got = sum(1 for r in proxy.log if r.method == "GET")
             print(f"(the proxy served {got} GETs)", file=sys.stderr, flush=True)
             return result

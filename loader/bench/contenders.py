@@ -90,6 +90,7 @@ class ContenderSpec:
     cache_dir: str | Path | None = None
     cache_limit: int | None = None
     shuffle: str = "global"          # the loader rows' training order: "global" or "block"
+    block_shards: int | None = None  # shuffle="block"'s window (None: ImageLoader's rule)
 
 
 class Contender:
@@ -156,7 +157,7 @@ class _LoaderContender(Contender):
         where = dict(cache_dir=s.cache_dir, cache_limit=s.cache_limit) if s.url is not None else {}
         self.obj = ImageLoader(s.url if s.url is not None else s.packed, s.batch_size, image_size=s.image_size,
                                train=s.train, num_threads=s.threads, prefetch=s.prefetch, seed=s.seed,
-                               device=s.device, **where, **({"shuffle": s.shuffle} if s.train else {}),
+                               device=s.device, **where, **({"shuffle": s.shuffle, "block_shards": s.block_shards} if s.train else {}),
                                **self.loader_kwargs,
                                augment=Augment(eval_mode=s.eval_mode, color_jitter=s.color_jitter or None))
 

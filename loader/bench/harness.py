@@ -113,6 +113,7 @@ class BenchSettings:
     # The loader rows' training order (ImageLoader's shuffle): "global", or "block" (shard windows,
     # what a cache smaller than the dataset wants; docs/remote.md#shuffle).
     shuffle: str = "global"
+    block_shards: int | None = None  # shuffle="block"'s window in shards (None: ImageLoader's rule)
     # pipelines "service": one row per actor count (loader.bench.service); the Ray cluster's address
     # (None: a local Ray started for the rows and stopped after).
     service_workers: tuple[int, ...] = (1, 2)
@@ -141,6 +142,10 @@ class BenchSettings:
 
         check_choice("eval_mode", self.eval_mode, EVAL_MODES)
         check_choice("shuffle", self.shuffle, ("global", "block"))
+        check_int("block_shards", self.block_shards, 1, optional=True)
+        if self.block_shards is not None and self.shuffle != "block":
+            raise ArgumentError(f"block_shards={self.block_shards} is the window of shuffle='block', but shuffle "
+                                f"is {self.shuffle!r}", param="block_shards")
         if not is_number(self.color_jitter) or not 0 <= self.color_jitter < float("inf"):
             raise ArgumentError(f"color_jitter must be a number >= 0, got {self.color_jitter!r}", param="color_jitter")
         try:
@@ -404,7 +409,8 @@ def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBenc
             specs = {name: ContenderSpec(name, packed=packed_path, folder=folder, batch_size=b, image_size=size,
                                          train=s.train, seed=s.seed, device=device, threads=s.threads,
                                          workers=s.workers, prefetch=s.prefetch, eval_mode=s.eval_mode,
-                                         color_jitter=s.color_jitter, shuffle=s.shuffle) for name in order}
+                                         color_jitter=s.color_jitter, shuffle=s.shuffle,
+                                         block_shards=s.block_shards) for name in order}
             if WARM in specs:
                 specs[WARM] = remote.warm_spec(specs[WARM])
             contenders: dict[str, Contender] = {}

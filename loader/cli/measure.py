@@ -21,6 +21,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         batches=args.batches, seconds=args.seconds, train=not args.eval, device=args.device,
         prefetch=args.prefetch, seed=args.seed, memory_budget_mb=args.memory_budget_mb,
         cache_dir=args.cache_dir, cache_limit=args.cache_limit, shuffle=args.shuffle,
+        block_shards=args.block_shards,
         service_workers=parse_sizes(args.service_workers, "service_workers"), service_address=args.service_address,
         pipelines=tuple(p.strip() for p in args.pipelines.split(",") if p.strip()))
     check_output_files({"--json": args.json, "--plot": args.plot})
@@ -62,6 +63,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shuffle", choices=("global", "block"), default="global", help="the loader rows' "
                    "training order: ImageLoader's shuffle='global' (default) or 'block' (shard windows; "
                    "docs/remote.md#shuffle)")
+    p.add_argument("--block-shards", type=int, metavar="N", help="with --shuffle block: the window in shards "
+                   "(ImageLoader's block_shards; default: its rule, half the shards that fit in --cache-limit)")
     add_shared(p, "--batch-size", "(default: 64)", sweep=True, dest="batch_sizes", default="64")
     add_shared(p, "--image-size", "(default: 224)", sweep=True, dest="image_sizes", default="224")
     p.add_argument("--dataloader-workers", type=int, default=None, metavar="N", dest="workers",
