@@ -1,4 +1,4 @@
-"""Read-ahead from the epoch plan (loader.storage.remote.ReadAhead via RemoteDataset.read_ahead): shards are
+"""Read-ahead from the epoch plan (loader.storage.readahead.ReadAhead via RemoteDataset.read_ahead): shards are
 requested in the plan's first-use order, at most READ_AHEAD_THREADS at once, within cache_limit, and the
 batches are byte-identical with and without it. A LocalStore that sleeps per download stands for the network."""
 
@@ -14,7 +14,7 @@ import torch
 from conftest import pack_jpeg_classes
 from test_cache import cached_bytes
 
-import loader.storage.remote as remote
+import loader.storage.readahead as remote
 from loader import ImageLoader
 from loader.format.dataset import open_dataset, open_remote
 from loader.storage.store import LocalStore

@@ -285,9 +285,9 @@ class RemoteDataset(PackedDataset):
 
     def read_ahead(self, records) -> None:
         """Start downloading the shards of ``records`` (this rank's plan, in order) ahead of the reads, in
-        first-use order (:class:`loader.storage.remote.ReadAhead`); stops the previous epoch's read-ahead.
+        first-use order (:class:`loader.storage.readahead.ReadAhead`); stops the previous epoch's read-ahead.
         :class:`loader.load.feed.EpochFeed` calls it when an epoch starts."""
-        from loader.storage.remote import READ_AHEAD_THREADS, ReadAhead, read_ahead_budget
+        from loader.storage.readahead import READ_AHEAD_THREADS, ReadAhead, read_ahead_budget
 
         self.stop_read_ahead()
         idx = np.asarray(records, dtype=np.int64).reshape(-1)
