@@ -31,7 +31,7 @@ class SlowStore(LocalStore):
         self.delay, self.started, self.most = delay, [], 0
         self._lock, self._now = threading.Lock(), 0
 
-    def download(self, key, dest):
+    def download(self, key, dest, *, size=None):
         ahead = threading.current_thread().name.startswith("loader-readahead")
         with self._lock:
             self.started.append((key, threading.current_thread().name))

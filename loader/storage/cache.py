@@ -186,7 +186,7 @@ class ShardCache:
                 tmp = folder / f"{key}{_TMP}{os.getpid()}-{want}"
                 self._reserve(tmp, want, f"{store.url}/{key}")
                 try:
-                    store.download(key, tmp)
+                    store.download(key, tmp, size=want)
                     got = tmp.stat().st_size
                     if got != want:
                         why = f"is {got} bytes, the index says {want}"

@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from loader.storage.cache import ShardCache
+from loader.storage.parts import urgency
 
 if TYPE_CHECKING:
     from loader.storage.remote import RemoteSource
@@ -89,7 +90,8 @@ class ReadAhead:
             s = self._order[k]
             fd = None
             try:
-                fd = self._source.fetch_pinned(self._infos[s], s)
+                with urgency(k):    # its parts wait for those of the shards needed sooner
+                    fd = self._source.fetch_pinned(self._infos[s], s)
             except BaseException as e:   # noqa: BLE001 - the reader meets it again and raises it, one line
                 self.errors.append(e)
             with self._cond:

@@ -75,8 +75,9 @@ class Store(Protocol):
     def read(self, key: str, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of the object (``end`` None: to its end)."""
 
-    def download(self, key: str, dest: Path) -> None:
-        """Write the whole object to the local file ``dest`` (the caller renames it into place)."""
+    def download(self, key: str, dest: Path, *, size: int | None = None) -> None:
+        """Write the whole object to the local file ``dest`` (the caller renames it into place);
+        ``size``, when the caller knows it, lets a large object come down in parallel parts."""
 
     def upload(self, src: Path, key: str) -> None:
         """Write the local file ``src`` as the object ``key`` (whole, replacing any object there)."""
@@ -114,7 +115,7 @@ class LocalStore:
         except FileNotFoundError:
             raise DatasetError(f"{self.url}/{key} does not exist") from None
 
-    def download(self, key: str, dest: Path) -> None:
+    def download(self, key: str, dest: Path, *, size: int | None = None) -> None:
         try:
             shutil.copyfile(self._path(key), dest)
         except FileNotFoundError:
