@@ -192,8 +192,8 @@ class _ManifestFirst:
     def size(self, key: str) -> int | None:
         return len(self._manifest) if key == MANIFEST_NAME else self._store.size(key)
 
-    def download(self, key: str, dest: Path) -> None:
+    def download(self, key: str, dest: Path, *, size: int | None = None) -> None:
         if key == MANIFEST_NAME:
             Path(dest).write_bytes(self._manifest)
         else:
-            self._store.download(key, dest)
+            self._store.download(key, dest, size=size)
