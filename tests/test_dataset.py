@@ -289,8 +289,9 @@ def test_missing_shard(packed):
 
 
 def test_unsupported_version(packed):
-    edit_manifest(packed, version=5)
-    with pytest.raises(DatasetError, match=r"unsupported manifest version 5 \(this loader reads versions 1, 2, 3, 4\)"):
+    edit_manifest(packed, version=6)
+    with pytest.raises(DatasetError, match=r"unsupported manifest version 6 \(this loader reads versions 1, 2, 3, 4, "
+                                           r"5\)"):
         open_dataset(packed)
 
 

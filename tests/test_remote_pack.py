@@ -15,7 +15,7 @@ import loader
 from loader.cli.data import dataset_info
 from loader.errors import DatasetError, PackError
 from loader.format.files import file_digest
-from loader.format.manifest import read_manifest
+from loader.format.manifest import index_files, read_manifest
 
 pytest_plugins = ["s3server"]     # the fixtures s3_server and s3_env (a plugin: imported by pytest only)
 
@@ -35,6 +35,15 @@ def _objects(endpoint: str, bucket: str, prefix: str) -> dict[str, bytes]:
 
 def _local_files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def _fetched(url: str, dest: Path) -> Path:
+    """The whole dataset at ``url``, fetched into ``dest`` (each shard checked against its digest)."""
+    from loader.storage.remotepack import fetch_dataset
+
+    dest.mkdir()
+    fetch_dataset(url, dest)
+    return dest
 
 
 def _pack_local(src: Path, dst: Path, **kw) -> Path:
@@ -326,18 +335,27 @@ def test_overwrite_interrupted_while_shards_upload_leaves_the_old_dataset(image_
     assert read_manifest(tmp_path / "got").num_records == 9
 
     def upload_index_fails(self, src, key):
-        if key == "checksums.npy":                # the first index file, after the old manifest went
+        if key == "widths.1.npy":                 # the last index file (generation 1), just before the manifest
             raise DatasetError(f"{self.url}/{key}: cannot upload it: injected")
         return real(self, src, key)
 
     monkeypatch.setattr(ObjectStore, "upload", upload_index_fails)
     with pytest.raises(DatasetError, match="injected"):
         loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
-    assert "manifest.json" not in _objects(s3_server, s3_env, "p.packed")   # no dataset, never a mix
+    after = _objects(s3_server, s3_env, "p.packed")
+    assert {k: v for k, v in after.items() if k in before} == before     # still the old dataset, whole
+    assert "sources.1.bin" in after and "widths.1.npy" not in after     # the new index's files beside it
     monkeypatch.setattr(ObjectStore, "upload", real)
     loader.pack(image_tree, url, shards=2, workers=1, progress=False, overwrite=True)
-    assert sorted(_objects(s3_server, s3_env, "p.packed")) == sorted(_local_files(
-        _pack_local(image_tree, tmp_path / "ref.packed", shards=2)))
+    # Only the new dataset is left: the local pack's files, the index under a generation past the
+    # leftovers' (2), the shards numbered past every shard there (0-2 old, 3 then 4-5 left by the two).
+    ref = _local_files(_pack_local(image_tree, tmp_path / "ref.packed", shards=2))
+    names = dict(zip(index_files().values(), index_files(2).values()))
+    names.update({"shard-00000.lmdb": "shard-00006.lmdb", "shard-00001.lmdb": "shard-00007.lmdb"})
+    got = _objects(s3_server, s3_env, "p.packed")
+    assert {k: v for k, v in got.items() if k != "manifest.json"} == {
+        names.get(k, k): v for k, v in ref.items() if k != "manifest.json"}
+    assert read_manifest(_fetched(url, tmp_path / "again")).num_records == 9
 
 
 def test_kill_9_during_upload_leaves_no_dataset_and_a_rerun_succeeds(image_tree, tmp_path, s3_env, s3_server,

@@ -1,4 +1,5 @@
-"""Per-record columns of a version 3/4 index: ``.npy`` files beside the manifest, memory-mapped.
+"""Per-record columns of a version 3-5 index: ``.npy`` files beside the manifest, memory-mapped; their
+names (:func:`index_files`: plain, or with the generation of a version 5 index).
 
 Why files and not JSON lists: at 1.281M records, parsing the version 2
 manifest's lists and checking them element by element took 0.7-1.8 s and
@@ -20,6 +21,7 @@ memmap([0, 2, 1], dtype=int32)
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +30,54 @@ import numpy as np
 from loader.errors import DatasetError
 from loader.format.files import REPACK_HINT, check_inside
 
-__all__ = ["read_column", "scan_column", "write_column"]
+__all__ = ["COLUMNS", "LABEL_COLUMNS", "SOURCES_NAME", "index_file_generation", "index_files", "read_column",
+           "scan_column", "write_column"]
+
+SOURCES_NAME = "sources.bin"
+# Column name -> (file, dtype). One home for the layout of versions 3-5 (loader.format.manifest): every index
+# has these ...
+COLUMNS: dict[str, tuple[str, np.dtype]] = {
+    name: (f"{name}.npy", np.dtype(dt)) for name, dt in (
+        ("labels", "<i4"), ("heights", "<i4"), ("widths", "<i4"), ("checksums", "<u4"),
+        ("keys", "<i4"), ("offsets", "<u4"), ("lengths", "<u4"), ("converted", "u1"),
+        ("source_offsets", "<i8"))
+}
+# ... and a multi-label one (version 4) these too: the CSR of each record's classes.
+LABEL_COLUMNS: dict[str, tuple[str, np.dtype]] = {
+    "label_offsets": ("label_offsets.npy", np.dtype("<i8")),
+    "label_values": ("label_values.npy", np.dtype("<i4")),
+}
+MAX_GENERATION = 999_999_999       # 9 digits: names stay short, and no overwrite count comes near it
+# The plain names of the index files (generation 0), and a generation's: labels.npy -> labels.7.npy.
+_INDEX_NAMES = {**{c: f for c, (f, _) in (*COLUMNS.items(), *LABEL_COLUMNS.items())}, "sources": SOURCES_NAME}
+_INDEX_BASES = frozenset(_INDEX_NAMES.values())
+_GENERATION_FILE = re.compile(r"([a-z_]+)\.([1-9][0-9]{0,8})\.(npy|bin)")
+
+
+def index_files(generation: int = 0) -> dict[str, str]:
+    """The file of each index column (and ``"sources"``: ``sources.bin``) in an index of ``generation``
+    (0: the plain names of versions 3 and 4; the label columns are used only by a multi-label index).
+
+    >>> index_files()["labels"], index_files(7)["labels"], index_files(7)["sources"]
+    ('labels.npy', 'labels.7.npy', 'sources.7.bin')
+    """
+    if generation == 0:
+        return dict(_INDEX_NAMES)
+    return {c: f"{f.rsplit('.', 1)[0]}.{generation}.{f.rsplit('.', 1)[1]}" for c, f in _INDEX_NAMES.items()}
+
+
+def index_file_generation(name: str) -> int | None:
+    """The generation of an index file called ``name`` (0 for a plain name), or None if ``name`` is no
+    index file's.
+
+    >>> index_file_generation("labels.npy"), index_file_generation("sources.12.bin"), index_file_generation("x.1.npy")
+    (0, 12, None)
+    """
+    if name in _INDEX_BASES:
+        return 0
+    m = _GENERATION_FILE.fullmatch(name)
+    return int(m[2]) if m and f"{m[1]}.{m[3]}" in _INDEX_BASES else None
+
 
 # 1 MB validation buffer (256k int32 values): its temporaries stay a few MB, which the
 # allocator may keep; 4 MB chunks left +13.7 MB resident after opening 2M records.

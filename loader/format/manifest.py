@@ -25,6 +25,12 @@ file                   dtype   per record
                                sorted, unique (a CSR matrix)
 ====================== ======= ================================================
 
+Version 5 is version 4 plus ``index_generation`` (an int from 1) naming the columns and sources
+``labels.<g>.npy`` ... ``sources.<g>.bin``: only an ``overwrite`` of a live dataset in an object
+store writes it (its index must not touch the live one's names: :mod:`loader.storage.remotepack`);
+every other pack writes version 4. A new version, not an optional key: a reader ignoring the key
+would read the plain-named files, which may still be the previous dataset's.
+
 Header keys new in version 4: ``label_source`` (``"folders"``: one sub-folder per class;
 ``"file"``: a labels file, ``pack --labels``; ``"none"``: ``pack --unlabeled``, no classes),
 ``multi_label`` (bool; only with ``"file"``) and ``unlisted`` (files under SRC that the labels
@@ -61,61 +67,84 @@ from typing import Any
 import numpy as np
 
 from loader.errors import DatasetError
-from loader.format.columns import read_column, scan_column
+from loader.format.columns import (
+    COLUMNS,
+    LABEL_COLUMNS,
+    MAX_GENERATION,
+    SOURCES_NAME,
+    index_file_generation,
+    index_files,
+    read_column,
+    scan_column,
+)
 from loader.format.files import DIGEST_RE, REPACK_HINT, check_inside, read_json
 from loader.format.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
+    "COLUMNS",
     "FORMAT",
+    "LABEL_COLUMNS",
     "LABEL_SOURCES",
     "MANIFEST_NAME",
     "SKIPPED_NAME",
+    "SOURCES_NAME",
     "VERSION",
     "Manifest",
     "is_dataset_file_name",
     "ShardInfo",
     "check_shard_name",
+    "index_file_generation",
+    "index_files",
+    "index_generation",
     "read_manifest",
     "record_checksum",
 ]
 
 FORMAT = "loader.lmdb-shards"
-VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+VERSION = 4                       # what pack writes; 5 only for a remote overwrite (module docstring)
+GENERATION_VERSION = 5
+GENERATION_KEY = "index_generation"
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST_NAME = "manifest.json"
 SKIPPED_NAME = "skipped.tsv"
 SUSPECT_NAME = "suspect.tsv"      # pack keep_suspect=True: the suspect files it stored (as skipped.tsv)
-SOURCES_NAME = "sources.bin"
-# Column name -> (file, dtype). One home for the version 3/4 layout: every index has these ...
-COLUMNS: dict[str, tuple[str, np.dtype]] = {
-    name: (f"{name}.npy", np.dtype(dt)) for name, dt in (
-        ("labels", "<i4"), ("heights", "<i4"), ("widths", "<i4"), ("checksums", "<u4"),
-        ("keys", "<i4"), ("offsets", "<u4"), ("lengths", "<u4"), ("converted", "u1"),
-        ("source_offsets", "<i8"))
-}
-# ... and a multi-label one (version 4) these too: the CSR of each record's classes.
-LABEL_COLUMNS: dict[str, tuple[str, np.dtype]] = {
-    "label_offsets": ("label_offsets.npy", np.dtype("<i8")),
-    "label_values": ("label_values.npy", np.dtype("<i4")),
-}
 LABEL_SOURCES = ("folders", "file", "none")
 _HEADER_KEYS_V3 = ("format", "version", "classes", "shards", "num_records", "conversions",
                    "pack_params", "skipped")
 _HEADER_KEYS = ("format", "version", "classes", "label_source", "multi_label", "shards", "num_records",
                 "conversions", "pack_params", "skipped", "unlisted")
+_HEADER_KEYS_V5 = (*_HEADER_KEYS, GENERATION_KEY)
 _INT32_MAX = 2**31 - 1
 # Shard files pack writes: shard_name(i), and the -lock file an early release could leave.
 _SHARD_FILE = re.compile(r"shard-\d{5,}\.lmdb(-lock)?")
 
 
+def index_generation(obj: object, where: str) -> int:
+    """The generation of the index files a manifest header ``obj`` names: its ``index_generation`` if it
+    is version 5, else 0 (the plain names; a header that is no loader manifest is left to
+    :func:`read_manifest` to refuse). A version 5 header with a missing or bad one is a
+    :class:`DatasetError` naming ``where``."""
+    if not isinstance(obj, dict) or type(obj.get("version")) is not int or obj["version"] != GENERATION_VERSION:
+        return 0
+    if GENERATION_KEY not in obj:      # as read_manifest says of any missing key
+        raise DatasetError(f"{where}: missing keys {GENERATION_KEY}")
+    g = obj[GENERATION_KEY]
+    if type(g) is not int or not 1 <= g <= MAX_GENERATION:
+        raise DatasetError(f"{where}: bad {GENERATION_KEY!r} {g!r}: it names the index files (labels.<g>.npy, "
+                           f"...) and must be a whole number from 1 to {MAX_GENERATION}; {REPACK_HINT}")
+    return g
+
+
 def is_dataset_file_name(name: str) -> bool:
     """Whether pack writes files called ``name`` into a packed dataset's folder (any version).
 
-    >>> is_dataset_file_name("labels.npy"), is_dataset_file_name("shard-00012.lmdb"), is_dataset_file_name("notes.txt")
+    >>> is_dataset_file_name("labels.npy"), is_dataset_file_name("labels.3.npy"), is_dataset_file_name("notes.txt")
     (True, True, False)
+    >>> is_dataset_file_name("shard-00012.lmdb")
+    True
     """
-    return (name in (MANIFEST_NAME, SKIPPED_NAME, SUSPECT_NAME, SOURCES_NAME)
-            or any(name == f for f, _ in (*COLUMNS.values(), *LABEL_COLUMNS.values()))
+    return (name in (MANIFEST_NAME, SKIPPED_NAME, SUSPECT_NAME)
+            or index_file_generation(name) is not None
             or _SHARD_FILE.fullmatch(name) is not None)
 
 
@@ -170,8 +199,10 @@ class _LegacyRecords:
 class _ColumnRecords:
     """The same since version 3: columns mapped on first use; ``sources.bin`` only when asked."""
 
-    def __init__(self, path: Path, n: int, conversions: tuple[str, ...], converted: np.ndarray):
+    def __init__(self, path: Path, n: int, conversions: tuple[str, ...], converted: np.ndarray,
+                 files: dict[str, str]):
         self._path, self._n, self._conversions, self._converted = path, n, conversions, converted
+        self._files = files
         self._crc: np.ndarray | None = None
         self._offsets: np.ndarray | None = None
         self._blob: np.ndarray | None = None
@@ -179,7 +210,7 @@ class _ColumnRecords:
     @property
     def crc32(self) -> np.ndarray:
         if self._crc is None:
-            self._crc = np.asarray(read_column(self._path / COLUMNS["checksums"][0], "checksums",
+            self._crc = np.asarray(read_column(self._path / self._files["checksums"], "checksums",
                                                COLUMNS["checksums"][1], self._n))
         return self._crc
 
@@ -188,11 +219,11 @@ class _ColumnRecords:
 
     def source(self, i: int) -> str:
         if self._blob is None:
-            self._offsets = np.asarray(read_column(self._path / COLUMNS["source_offsets"][0],
+            self._offsets = np.asarray(read_column(self._path / self._files["source_offsets"],
                                                    "source_offsets", COLUMNS["source_offsets"][1],
                                                    self._n + 1))
             size = int(self._offsets[-1])
-            self._blob = (np.memmap(self._path / SOURCES_NAME, dtype=np.uint8, mode="r", shape=(size,))
+            self._blob = (np.memmap(self._path / self._files["sources"], dtype=np.uint8, mode="r", shape=(size,))
                           if size else np.zeros(0, dtype=np.uint8))
         a, b = int(self._offsets[i]), int(self._offsets[i + 1])
         return bytes(self._blob[a:b]).decode("utf-8", "surrogateescape")
@@ -368,9 +399,10 @@ def _label_keys(obj: dict[str, Any], where: str, version: int, num_classes: int)
     return source, multi, unlisted
 
 
-def _read_label_csr(path: Path, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _read_label_csr(path: Path, n: int, num_classes: int, files: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """The validated ``label_offsets`` / ``label_values`` columns of a multi-label index."""
-    (off_name, off_dt), (val_name, val_dt) = LABEL_COLUMNS["label_offsets"], LABEL_COLUMNS["label_values"]
+    off_name, val_name = files["label_offsets"], files["label_values"]
+    off_dt, val_dt = LABEL_COLUMNS["label_offsets"][1], LABEL_COLUMNS["label_values"][1]
     check, last = _monotone_from_zero("label_offsets")
     scan_column(path / off_name, "label_offsets", off_dt, n + 1, check,
                 promise=f"the manifest promises {n} records (n + 1 offsets)")
@@ -393,11 +425,14 @@ def _shard_digests(raw: list, where: str) -> tuple[str | None, ...]:
 
 
 def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
-    """A version 3 or 4 index (version 3: no label keys, read as folders, single-label)."""
+    """A version 3, 4 or 5 index (version 3: no label keys, read as folders, single-label; version 5:
+    the files named with its ``index_generation``)."""
     version = obj["version"]
-    missing = [k for k in (_HEADER_KEYS_V3 if version == 3 else _HEADER_KEYS) if k not in obj]
+    required = {3: _HEADER_KEYS_V3, 4: _HEADER_KEYS, GENERATION_VERSION: _HEADER_KEYS_V5}[version]
+    missing = [k for k in required if k not in obj]
     if missing:
         raise DatasetError(f"{where}: missing keys {', '.join(missing)}")
+    files = index_files(index_generation(obj, where))
     n = obj["num_records"]
     if type(n) is not int or not 0 <= n <= _INT32_MAX:
         raise DatasetError(f"{where}: bad num_records {n!r}")
@@ -419,8 +454,7 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
         raise DatasetError(f"{where}: shards hold {held} records in all but num_records is {n}")
 
     def col(name: str, **kw) -> np.ndarray:
-        fname, dt = COLUMNS[name]
-        return np.asarray(read_column(path / fname, name, dt, n, **kw))
+        return np.asarray(read_column(path / files[name], name, COLUMNS[name][1], n, **kw))
 
     label_source, multi, unlisted = _label_keys(obj, where, version, len(classes))
     if multi or label_source == "none":
@@ -436,9 +470,8 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
     converted = col("converted", hi=len(conversions))
     col("checksums")                         # present, right dtype and length; mapped when used
     check, last = _monotone_from_zero()
-    scan_column(path / COLUMNS["source_offsets"][0], "source_offsets", COLUMNS["source_offsets"][1],
-                n + 1, check)
-    blob = path / SOURCES_NAME
+    scan_column(path / files["source_offsets"], "source_offsets", COLUMNS["source_offsets"][1], n + 1, check)
+    blob = path / files["sources"]
     check_inside(blob, "the file of source paths")
     try:
         blob_size = blob.stat().st_size
@@ -446,13 +479,13 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
         raise DatasetError(f"{blob} is missing (the source paths of the index); {REPACK_HINT}") from None
     if last[0] != blob_size:
         raise DatasetError(f"{blob} is {blob_size} bytes but source_offsets end at {last[0]}; {REPACK_HINT}")
-    label_offsets, label_values = _read_label_csr(path, n, len(classes)) if multi else (None, None)
+    label_offsets, label_values = _read_label_csr(path, n, len(classes), files) if multi else (None, None)
     return Manifest(format=FORMAT, version=version, classes=tuple(classes), shards=shards, num_records=n,
                     labels=labels, heights=heights, widths=widths, keys=keys, offsets=offsets,
                     lengths=lengths, pack_params=obj["pack_params"], skipped=obj["skipped"],
                     label_source=label_source, multi_label=multi, unlisted=unlisted,
                     label_offsets=label_offsets, label_values=label_values, shard_digests=digests,
-                    _records=_ColumnRecords(path, n, tuple(conversions), converted))
+                    _records=_ColumnRecords(path, n, tuple(conversions), converted, files))
 
 
 def _interrupted_hint(dst: str | os.PathLike) -> str:

@@ -2,11 +2,12 @@
 
 ``open_dataset("s3://...")`` (or ``file://``) reads ``manifest.json`` from the store (a few KB per
 process: its bytes name the cache entry, see :func:`loader.storage.cache.fingerprint`), fetches the
-columns and ``sources.bin`` into the entry once per node (:func:`open_source`), and
-:class:`loader.format.dataset.RemoteDataset` reads the entry with a :class:`CachedShardReader` per
-shard, which fetches its shard when a record of it is first read. Without a ``cache_limit`` a shard
-stays open (pinned) once read, as a local pack does; with one, ``RemoteDataset.read_batch`` reads one
-shard at a time and unpins it after, so the cache can evict it and a later read fetches it again.
+columns and ``sources.bin`` (under the names it gives them, :func:`loader.format.manifest.index_files`)
+into the entry once per node (:func:`open_source`), and :class:`loader.format.dataset.RemoteDataset`
+reads the entry with a :class:`CachedShardReader` per shard, which fetches its shard when a record of
+it is first read. Without a ``cache_limit`` a shard stays open (pinned) once read, as a local pack
+does; with one, ``RemoteDataset.read_batch`` reads one shard at a time and unpins it after, so the
+cache can evict it and a later read fetches it again.
 (This module does not import :mod:`loader.format.dataset`, which imports it: no import cycle.)
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from loader.errors import DatasetError
 from loader.format.files import REPACK_HINT
-from loader.format.manifest import COLUMNS, LABEL_COLUMNS, MANIFEST_NAME, SOURCES_NAME
+from loader.format.manifest import COLUMNS, MANIFEST_NAME, index_files, index_generation
 from loader.format.shards import ShardInfo, ShardReader
 from loader.storage.cache import ShardCache, fingerprint
 from loader.storage.store import LocalStore, split_url
@@ -37,13 +38,15 @@ def open_url_store(url: str):
     return open_store(url)
 
 
-def _index_keys(obj: dict) -> list[str]:
-    """The files of the index beside ``manifest.json`` (version 3/4; older ones keep all in it)."""
+def _index_keys(obj: dict, where: str) -> list[str]:
+    """The files of the index beside ``manifest.json`` (version 3-5; older ones keep all in it), under
+    the names its ``index_generation`` gives (version 5); a bad one is a DatasetError naming ``where``."""
     if not isinstance(obj, dict) or type(obj.get("version")) is not int or obj["version"] < 3:
         return []
-    keys = [f for f, _ in COLUMNS.values()] + [SOURCES_NAME]
+    files = index_files(index_generation(obj, where))
+    keys = [files[c] for c in COLUMNS] + [files["sources"]]
     if obj.get("multi_label") is True:
-        keys += [f for f, _ in LABEL_COLUMNS.values()]
+        keys += [files["label_offsets"], files["label_values"]]
     return keys
 
 
@@ -166,7 +169,7 @@ def open_source(url: str, *, cache_dir=None, cache_limit=None, store=None) -> Re
     except ValueError:
         raise DatasetError(f"{url}/{MANIFEST_NAME} is not JSON: the dataset is damaged; {REPACK_HINT}") from None
     entry = fingerprint(url, manifest)
-    keys = _index_keys(obj)
+    keys = _index_keys(obj, f"{url}/{MANIFEST_NAME}")
     folder = cache.entry(entry)
     if cache.limit is not None:
         raw = obj.get("shards") if isinstance(obj, dict) else None
