@@ -9,9 +9,12 @@ scripts/setup.sh installs). Without one, its fixtures skip, saying what to insta
   ships), in memory, over http on 127.0.0.1; yields its URL. ``gcs_env`` (per test):
   ``STORAGE_EMULATOR_HOST`` in the environment and no other Google credential, a new bucket; yields its
   name. ``gcs_put`` writes an object through the emulator's JSON upload API.
+- ``gcs_shim`` (session): a :class:`GcsShim` on 127.0.0.1 in front of ``fake_gcs`` that makes obstore's XML
+  PUT an upload the emulator accepts (what it changes, and why, is in its docstring). ``gcs_shim_env`` (per
+  test): ``gcs_env`` with ``STORAGE_EMULATOR_HOST`` pointing at the shim; yields the bucket's name.
 
-Each server is a child process, stopped in a ``finally`` (SIGTERM, then SIGKILL after 10 s); every wait for
-it is bounded.
+Each emulator is a child process, stopped in a ``finally`` (SIGTERM, then SIGKILL after 10 s); the shim is a
+thread, shut down in a ``finally``; every wait for either is bounded.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import itertools
 import json
 import os
@@ -27,12 +31,14 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
@@ -189,3 +195,142 @@ def gcs_env(fake_gcs, monkeypatch):
     bucket = f"test-{os.getpid()}-{next(_names)}"
     _json(f"{fake_gcs}/storage/v1/b", "POST", json.dumps({"name": bucket}).encode(), "application/json")
     yield bucket
+
+
+# ------------------------------------------------------------------------ the GCS write shim (tests only)
+
+#: Headers of one connection (RFC 9110 7.6.1), not of the message: not forwarded. Host is set to the
+#: emulator's address by http.client: fake-gcs-server serves /BUCKET/OBJECT only for its -public-host
+#: (fakestorage/server.go:447, publicHostMatcher).
+_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"}
+#: The query that makes fake-gcs-server take a bare PUT as a (signed URL) upload; the value is not checked.
+SIGNED = "X-Goog-Algorithm=GOOG4-RSA-SHA256"
+UPSTREAM_S = 60.0       # the longest the shim waits on the emulator, and on an idle client connection
+
+
+class GcsShim:
+    """A loopback HTTP proxy in front of fake-gcs-server that lets obstore's GCS client write to it.
+
+    obstore (Rust ``object_store``) uploads an object with GCS's XML API, ``PUT /BUCKET/OBJECT``; its reads
+    (GET, ranged GET, HEAD), the XML list and DELETE the emulator serves as they are. fake-gcs-server 1.54
+    routes that PUT to its JSON insert handler (fakestorage/server.go:327), which takes a bare PUT as an
+    upload only when it looks like a signed URL, an ``X-Goog-Algorithm`` query (upload.go:153-158; else
+    ``400 invalid uploadType``, upload.go:161), and answers that upload (``signedUpload``, upload.go:459-499)
+    through ``jsonToHTTPHandler`` (json_response.go:22-43), which sets no ETag header; object_store requires
+    one (``ETag Header missing from response``). So the shim changes exactly two things:
+
+    1. a ``PUT /BUCKET/OBJECT`` with no query gets ``?X-Goog-Algorithm=GOOG4-RSA-SHA256``;
+    2. that PUT's 2xx answer gets ``ETag: "<etag>"`` from its JSON body's ``etag`` (its memory backend sets
+       it to the MD5, internal/backend/memory.go:46; ``md5Hash`` if absent), quoted as its GET answers it.
+
+    Every other request, and every answer's status, headers and body, pass through as they are (only the
+    connection's own headers, RFC 9110 7.6.1, are per hop, and Host becomes the emulator's address; a
+    chunked body is forwarded with its length).
+    XML multipart (``POST ?uploads``, then ``PUT ?partNumber=``: obstore's files over 16 MiB) is left alone,
+    and the emulator answers it 400: it does not implement it (upstream issues 331, 852). A test through
+    the shim therefore exercises obstore's GCS client and the emulator's storage, plus these two header
+    fixes of ours; not GCS's own answers to an upload. ``puts`` lists the object names it translated, in
+    order (``BUCKET/OBJECT``)."""
+
+    def __init__(self, upstream: str):
+        parts = urlsplit(upstream)
+        self.upstream = (parts.hostname, parts.port)
+        self.puts: list[str] = []
+        handler = type("GcsShimHandler", (_ShimHandler,), {"shim": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True        # a client's idle keep-alive connection does not hold close()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="gcs-shim", daemon=True)
+
+    def start(self) -> GcsShim:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, close the socket, and wait (at most 10 s) for the serving thread."""
+        if self._thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(10)
+
+
+def _object_put(command: str, path: str) -> bool:
+    """obstore's single-request upload: ``PUT /BUCKET/OBJECT``, no query (a multipart part has one)."""
+    return command == "PUT" and "?" not in path and not path.startswith(("/upload/", "/storage/")) and \
+        path.count("/") >= 2 and len(path.split("/", 2)[2]) > 0
+
+
+class _ShimHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"       # keep-alive, as obstore's client expects of a GCS endpoint
+    timeout = UPSTREAM_S
+    shim: GcsShim
+
+    def log_message(self, format, *args):       # noqa: A002 (the base class's name): quiet, pytest shows failures
+        pass
+
+    def _request_body(self) -> bytes | None:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            out = bytearray()
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                out += self.rfile.read(size)
+                self.rfile.readline()            # the CRLF after the chunk
+            while self.rfile.readline().strip():      # trailer fields, up to the blank line
+                pass
+            return bytes(out)
+        length = self.headers.get("Content-Length")
+        return self.rfile.read(int(length)) if length is not None else None
+
+    def _forward(self) -> None:
+        body = self._request_body()
+        path, put = self.path, _object_put(self.command, self.path)
+        if put:
+            path = f"{path}?{SIGNED}"
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
+        conn = http.client.HTTPConnection(*self.shim.upstream, timeout=UPSTREAM_S)
+        try:
+            conn.request(self.command, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            status, reason, out = resp.status, resp.reason, [(k, v) for k, v in resp.getheaders()
+                                                              if k.lower() not in _HOP]
+        except OSError as e:
+            status, reason, out, data = 502, "Bad Gateway", [("Content-Type", "text/plain")], \
+                f"gcs shim: the emulator at {self.shim.upstream} did not answer: {e}".encode()
+        finally:
+            conn.close()
+        names = {k.lower() for k, _ in out}
+        if put and 200 <= status < 300:
+            if "etag" not in names:
+                meta = json.loads(data)
+                out.append(("ETag", f'"{meta.get("etag") or meta["md5Hash"]}"'))
+            self.shim.puts.append(unquote(self.path[1:]))
+        if "content-length" not in names and status >= 200 and status not in (204, 304):
+            out.append(("Content-Length", str(len(data))))
+        self.send_response_only(status, reason)      # not send_response: it would add its own Server and Date
+        for k, v in out:
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_PATCH = _forward
+
+
+@pytest.fixture(scope="session")
+def gcs_shim(fake_gcs):
+    """A running :class:`GcsShim` in front of ``fake_gcs``; stopped after the session."""
+    shim = GcsShim(fake_gcs).start()
+    try:
+        yield shim
+    finally:
+        shim.stop()
+
+
+@pytest.fixture
+def gcs_shim_env(gcs_env, gcs_shim, monkeypatch):
+    """``gcs_env`` (a new bucket, created on the emulator) with ``STORAGE_EMULATOR_HOST`` pointing at the
+    shim, whose ``puts`` start empty; yields the bucket's name."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_shim.url)
+    gcs_shim.puts.clear()
+    yield gcs_env

@@ -8,9 +8,16 @@ through GCS's XML API (``PUT /BUCKET/OBJECT``; ``POST /BUCKET/OBJECT?uploads`` f
 fake-gcs-server routes to its JSON upload handler and answers ``400 invalid uploadType`` (v1.54.0
 fakestorage/server.go:327 -> upload.go:161; unchanged in its newest source, v1.55.1+11). A bare PUT is an
 upload there only as a signed URL (an ``X-Goog-Algorithm`` query), and that answer has no ETag header, which
-obstore requires; the XML multipart API is not implemented (upstream issues 331 and 852 open). So the pack
-is put into the emulator through its JSON API and read back through loader; the pack to ``gs://`` is
-pinned as that one-line error, so the day the emulator accepts the write this test says so.
+obstore requires; the XML multipart API is not implemented (upstream issues 331 and 852 open). So:
+
+- a pack put into the emulator through its JSON API reads back through loader, directly;
+- the pack to ``gs://`` straight at the emulator is pinned as that one-line 400, so the day the emulator
+  accepts the write this test says so;
+- the pack to ``gs://`` through ``GcsShim`` (tests/emulators.py), which adds exactly those two things (the
+  query on the PUT, the ETag on its answer) and passes the rest through, is byte-identical to the local pack,
+  overwrites, and survives a kill before its manifest. That is obstore's GCS client and the emulator's
+  storage with two header fixes of ours, not GCS's own upload answers; and only single-PUT uploads (every
+  object up to 16 MiB), since the emulator has no XML multipart.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import epoch_batches, pack_jpeg_classes, record_bytes
+from conftest import epoch_batches, pack_jpeg_classes, record_bytes, run_cli
 
 import loader
 from loader import ImageLoader
@@ -40,8 +47,11 @@ def packed(tmp_path_factory) -> Path:
     return pack_jpeg_classes(root, classes=3, per_class=8, shards=SHARDS, seed_step=30, size=(56, 40))
 
 
-
-
+@pytest.fixture(scope="module")
+def packed_other(tmp_path_factory) -> Path:
+    """Another 24 JPEGs (4 classes, other sizes) in 3 shards: what an ``overwrite`` replaces ``packed`` with."""
+    root = tmp_path_factory.mktemp("emulators-other")
+    return pack_jpeg_classes(root, classes=4, per_class=6, shards=3, seed_step=40, size=(48, 64))
 
 
 def assert_reads_back(url: str, packed: Path, cache: Path) -> None:
@@ -165,3 +175,83 @@ def test_a_service_account_file_with_an_http_gcs_base_url_reaches_the_emulator(p
     monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT", str(sa))
     ds = open_dataset(url, cache_dir=tmp_path / "cache")
     assert record_bytes(ds) == record_bytes(open_dataset(packed))
+
+
+# ------------------------------------------------------------------------------ GCS writes through the shim
+# Every object of these packs is a few kB (24 small JPEGs; the test checks < 16 MiB), so obstore uploads each
+# with one PUT, which the shim translates; its multipart upload (files > 16 MiB) the emulator does not have.
+
+MULTIPART_B = 16 << 20      # loader's obstore.put chunk_size: a file larger than this goes up in parts
+
+
+def gs_objects(url: str) -> dict[str, bytes]:
+    """Every object under the prefix ``url``, by name, read back through loader's store."""
+    store = open_store(url)
+    return {k: store.read(k) for k in store.list()}
+
+
+def test_a_pack_to_gs_through_the_shim_is_the_local_pack_byte_for_byte(packed, gcs_shim_env, gcs_shim, tmp_path):
+    url = f"gs://{gcs_shim_env}/photos.packed"
+    loader.pack(packed.parent / "src", url, shards=SHARDS, workers=1, progress=False)
+    local = {f.name: f.read_bytes() for f in packed.iterdir()}
+    assert max(map(len, local.values())) < MULTIPART_B          # single PUTs only: see above
+    assert "manifest.json" in local and len([k for k in local if k.startswith("shard-")]) == SHARDS
+    assert gs_objects(url) == local         # every shard, index file and the manifest, byte for byte
+    # Every object went up through the shim's translated PUT, once, and the manifest last.
+    assert sorted(gcs_shim.puts) == sorted(f"{gcs_shim_env}/photos.packed/{k}" for k in local)
+    assert gcs_shim.puts[-1] == f"{gcs_shim_env}/photos.packed/manifest.json"
+    assert_reads_back(url, packed, tmp_path / "cache")
+
+
+def test_overwrite_through_the_shim_leaves_only_the_new_pack(packed, packed_other, gcs_shim_env, gcs_shim,
+                                                            tmp_path):
+    url = f"gs://{gcs_shim_env}/photos.packed"
+    assert not set(record_bytes(open_dataset(packed))) & set(record_bytes(open_dataset(packed_other)))
+    loader.pack(packed.parent / "src", url, shards=SHARDS, workers=1, progress=False)
+    before = gs_objects(url)
+    gcs_shim.puts.clear()
+    loader.pack(packed_other.parent / "src", url, shards=3, workers=1, progress=False, overwrite=True)
+    after = gs_objects(url)
+    # Nothing at the prefix but what this pack uploaded: no object of the old pack is left that it lacks.
+    assert set(after) == {p.removeprefix(f"{gcs_shim_env}/photos.packed/") for p in gcs_shim.puts}
+    assert set(before) - set(after)         # old objects were deleted (the old pack had 4 shards, this one 3)
+    new_shards = sorted(f.read_bytes() for f in packed_other.glob("shard-*.lmdb"))
+    assert sorted(v for k, v in after.items() if k.startswith("shard-")) == new_shards     # names may move
+    assert_reads_back(url, packed_other, tmp_path / "cache")
+
+
+def test_a_pack_killed_before_its_manifest_upload_leaves_no_dataset_and_a_rerun_succeeds(packed, gcs_shim_env,
+                                                                                         tmp_path, monkeypatch):
+    url = f"gs://{gcs_shim_env}/photos.packed"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))     # the killed pack's staging folder stays there
+    monkeypatch.setenv("LOADER_FAULT", "upload:manifest.json")
+    # run_cli passes os.environ on: STORAGE_EMULATOR_HOST (the shim), LOADER_FAULT, TMPDIR, no GOOGLE_*.
+    r = run_cli("pack", str(packed.parent / "src"), url, "--shards", str(SHARDS), "--workers", "1", "--quiet")
+    assert r.returncode == -9, r.stderr             # SIGKILLed just before the manifest's upload
+    monkeypatch.delenv("LOADER_FAULT")
+    local = {f.name: f.read_bytes() for f in packed.iterdir()}
+    assert gs_objects(url) == {k: v for k, v in local.items() if k != "manifest.json"}     # all but the commit
+    with pytest.raises(DatasetError) as info:
+        open_dataset(url, cache_dir=tmp_path / "cache")
+    assert str(info.value) == (f"not a packed dataset: {url} has no manifest.json; create one with "
+                               f"`loader pack SRC {url}`")
+    loader.pack(packed.parent / "src", url, shards=SHARDS, workers=1, progress=False)      # the rerun
+    assert gs_objects(url) == local
+    ds = open_dataset(url, cache_dir=tmp_path / "cache")
+    assert record_bytes(ds) == record_bytes(open_dataset(packed)) and ds.labels.tolist() == \
+        open_dataset(packed).labels.tolist()
+
+
+def test_a_multipart_upload_through_the_shim_is_the_emulators_400_untranslated(gcs_shim_env, gcs_shim, tmp_path):
+    """The limit of the shim: a file over 16 MiB goes up as XML multipart (``POST ?uploads`` first),
+    which the shim passes on as it is and the emulator does not implement; this fails the day it does."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(MULTIPART_B + 1))     # exactly 16 MiB is one PUT
+    url = f"gs://{gcs_shim_env}/p"
+    with pytest.raises(DatasetError) as info:
+        open_store(url).upload(big, "big.bin")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{url}/big.bin: cannot upload it: ")
+    assert "Error performing POST http://127" in msg and "?uploads" in msg
+    assert "400 Bad Request" in msg and "invalid uploadType" in msg
+    assert gcs_shim.puts == [] and list(open_store(url).list()) == []
