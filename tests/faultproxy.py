@@ -152,6 +152,9 @@ class _Link:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes: with Nagle's algorithm on, the client's delayed ACK held
+    # each small response 40 ms (an index of 11 files took 0.5 s through the proxy, 0.07 s without it).
+    disable_nagle_algorithm = True
     owner: FaultProxy
 
     def log_message(self, *args) -> None:

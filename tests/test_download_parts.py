@@ -37,6 +37,7 @@ def packed(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_parts(monkeypatch):
     monkeypatch.setattr(parts, "PART_BYTES", PART)
+    monkeypatch.setattr(parts, "MIN_PART_BYTES", PART)
 
 
 def ranges(proxy, key: str) -> list[tuple[int, int]]:
@@ -60,6 +61,15 @@ def test_the_pool_runs_the_most_urgent_part_first():
     for f in futures:
         f.result(timeout=10)
     assert ran == ["now", "0", "2a", "2b", "5a", "5b"]
+
+
+def test_a_download_is_one_part_per_connection_within_the_bounds():
+    mib = 1 << 20
+    assert parts.part_size(2 * mib - 1) is None                       # under two minimum parts: one GET
+    assert parts.part_size(2 * mib) == mib
+    assert parts.part_size(15 * mib) == -(-15 * mib // parts.PARTS_IN_FLIGHT)    # every connection on it
+    assert parts.part_size(64 * mib) == 8 * mib
+    assert parts.part_size(512 * mib) == parts.PART_BYTES == 8 * mib  # at most 8 MiB a GET: 64 parts
 
 
 def test_urgency_is_per_thread_and_restored():
@@ -94,7 +104,7 @@ def test_without_a_size_or_under_two_parts_it_is_one_get(packed, proxied, s3_ser
     data = (packed / key).read_bytes()
     store = objectstore.ObjectStore(url)
     store.download(key, tmp_path / "a")
-    parts.PART_BYTES = len(data)                  # (monkeypatch restores it) one part + a bit: one GET
+    parts.MIN_PART_BYTES = len(data)              # (monkeypatch restores it) under two parts: one GET
     store.download(key, tmp_path / "b", size=len(data))
     assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes() == data
     assert proxy.gets(key) == 2
@@ -181,5 +191,50 @@ def test_read_ahead_marks_each_download_with_its_place_in_the_plan(packed, tmp_p
     try:
         ds.read_batch(np.array([0]))
         assert store2.urgency == {ds.manifest.shards[0].name: parts.NOW}
+    finally:
+        ds.close()
+
+
+class OverlapStore(LocalStore):
+    """A LocalStore whose shard downloads say they have begun (as the object store does once its requests
+    are queued), then take ``delay`` s: records the order they began in and how many ran at once."""
+
+    def __init__(self, root, delay=0.05):
+        super().__init__(root, url=Path(root).as_uri())
+        self.delay, self.began, self.most, self._now = delay, [], 0, 0
+        self._lock = threading.Lock()
+
+    def download(self, key, dest, *, size=None):
+        if not key.endswith(".lmdb"):
+            return super().download(key, dest, size=size)
+        with self._lock:
+            self.began.append(key)
+            self._now += 1
+            self.most = max(self.most, self._now)
+        parts.begun()
+        try:
+            import time
+
+            time.sleep(self.delay)
+            super().download(key, dest, size=size)
+        finally:
+            with self._lock:
+                self._now -= 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_read_ahead_begins_downloads_in_plan_order_and_overlaps_them(packed, tmp_path, monkeypatch, seed):
+    from loader.format.dataset import open_remote
+
+    monkeypatch.setattr(readahead, "READ_AHEAD_THREADS", 3)
+    store = OverlapStore(packed)
+    ds = open_remote(packed.as_uri(), cache_dir=tmp_path / "c", store=store)
+    try:
+        order = np.random.default_rng(seed).permutation(len(ds.manifest.shards)).tolist()
+        firsts = [s.first for s in ds.manifest.shards] + [len(ds)]
+        ds.read_ahead(np.concatenate([np.arange(firsts[s], firsts[s + 1]) for s in order]))
+        ds._ahead.join(30)
+        assert store.began == [ds.manifest.shards[s].name for s in order]
+        assert store.most >= 2                    # begun in order, then run side by side
     finally:
         ds.close()

@@ -14,6 +14,7 @@ import torch
 from conftest import pack_jpeg_classes
 from test_cache import cached_bytes
 
+import loader.storage.parts as parts
 import loader.storage.readahead as remote
 from loader import ImageLoader
 from loader.format.dataset import open_dataset, open_remote
@@ -40,6 +41,7 @@ class SlowStore(LocalStore):
                 self.most = max(self.most, self._now)
         try:
             if key.endswith(".lmdb"):
+                parts.begun()           # under way (as an object store says once its requests are queued)
                 time.sleep(self.delay)
             super().download(key, dest)
         finally:

@@ -25,6 +25,7 @@ evicted (they are small and every reader maps them).
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import fcntl
 import hashlib
@@ -47,6 +48,8 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": MB, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 # How long a fetch waits for readers to unpin shards before saying the limit is too small.
 WAIT_FOR_ROOM_S = 120.0
+#: Files of an index fetched at once (an index has 10-14).
+INDEX_FETCHES = 16
 
 
 def parse_bytes(value, param: str = "cache_limit") -> int | None:
@@ -220,8 +223,12 @@ class ShardCache:
             return folder
         with _flock(folder / ".index.lock", fcntl.LOCK_EX):
             if not done.exists():
-                for key in keys:
-                    self.fetch(store, key, size=None, entry=entry)
+                # At once: one by one, each a size request and a GET, the 11 files of an index took 0.5 s
+                # at 20 ms a request (an object store's first-byte latency), in parallel one round trip.
+                with concurrent.futures.ThreadPoolExecutor(min(INDEX_FETCHES, max(1, len(keys))),
+                                                           thread_name_prefix="loader-index") as pool:
+                    for f in [pool.submit(self.fetch, store, key, size=None, entry=entry) for key in keys]:
+                        f.result()
                 done.touch()
         return folder
 

@@ -323,7 +323,7 @@ class ObjectStore:
         download's first (:mod:`loader.storage.parts`)."""
         import obstore
 
-        if size is not None and size >= 2 * parts.PART_BYTES:
+        if size is not None and parts.part_size(size) is not None:
             def fetch_range(fd: int, start: int, end: int, stop) -> None:
                 def get():
                     result = obstore.get(self._store(), self._key(key), options={"range": (start, end)})
@@ -343,6 +343,7 @@ class ObjectStore:
             return
 
         def get():
+            parts.begun()
             result = obstore.get(self._store(), self._key(key))
             want, got = result.meta["size"], 0
             with open(dest, "wb") as f:

@@ -1,14 +1,15 @@
 """Large downloads as ranged parts, fetched by one pool per process in order of need.
 
-A download of a known size of at least two parts (a shard) is cut into :data:`PART_BYTES` ranges. The
-ranges are fetched by :data:`PARTS_IN_FLIGHT` threads shared by every download of the process, each
-range written at its offset in the destination file, and the pool always takes the most urgent part
-next: the one whose download has the lowest :func:`urgency`. The reader's own fetch (it waits for the
-shard now) is :data:`NOW`, the most urgent; :class:`loader.storage.readahead.ReadAhead` marks each of
-its downloads with the shard's place in the plan's first-use order. So the connections go to the shard
-the reader needs next, front to back, instead of being split among all the shards in flight: with one
-GET per shard and three at once, the first shard of a block-shuffle window under a link capped at 88
-MB/s came after 0.97 s instead of the 0.18 s its 16 MB take alone.
+A download of a known size (a shard) is cut into :data:`PARTS_IN_FLIGHT` ranges (no smaller than
+:data:`MIN_PART_BYTES`, no larger than :data:`PART_BYTES`), fetched by :data:`PARTS_IN_FLIGHT` threads
+shared by every download of the process, each range written at its offset in the destination file.
+The pool takes the most urgent part next: the one whose download has the lowest :func:`urgency`. The
+reader's own fetch (it waits for the shard now) is :data:`NOW`; :class:`loader.storage.readahead.ReadAhead`
+marks each download with the shard's place in the plan's first-use order and begins them in that
+order. So all connections go to the shard the reader needs next and the next shard's parts fill them
+as they free up, instead of the link being split among the shards in flight: with one GET per shard
+and three at once, the first shard of a block-shuffle window (15 MB, a link capped at 88 MB/s) came
+after 0.74 s instead of the 0.17 s it takes alone.
 
 Why ranges at all: one GET from S3 moves about 90 MB/s (AWS's guidance is parallel ranged GETs of 8-16
 MB; boto3's ``download_file`` and the AWS CRT use 8 MB parts), so a node that decodes at 1-2 GB/s needs
@@ -27,10 +28,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["NOW", "PARTS_IN_FLIGHT", "PART_BYTES", "download_parts", "urgency"]
+__all__ = ["MIN_PART_BYTES", "NOW", "PARTS_IN_FLIGHT", "PART_BYTES", "begun", "download_parts", "part_size",
+           "urgency"]
 
-#: Bytes per ranged GET (AWS's 8-16 MB guidance; boto3's and the CRT's part size is 8 MiB).
+#: The largest ranged GET (AWS's 8-16 MB guidance; boto3's and the CRT's part size is 8 MiB): a 64 MB
+#: shard is 8 of them, a 512 MB one 64.
 PART_BYTES = 8 << 20
+#: The smallest: a file under two of them is one GET.
+MIN_PART_BYTES = 1 << 20
 #: Ranged GETs in flight per process, for all its downloads together: 8 x ~90 MB/s per S3 connection
 #: is more than one rank decodes (a node's 8 ranks have 64).
 PARTS_IN_FLIGHT = 8
@@ -41,14 +46,31 @@ _local = threading.local()
 
 
 @contextmanager
-def urgency(rank: int) -> Iterator[None]:
-    """Downloads this thread starts inside the block have urgency ``rank`` (lower: fetched first)."""
-    old = getattr(_local, "urgency", NOW)
-    _local.urgency = rank
+def urgency(rank: int, started: threading.Event | None = None) -> Iterator[None]:
+    """Downloads this thread starts inside the block have urgency ``rank`` (lower: fetched first);
+    ``started`` is set once the download's requests are queued (:func:`begun`)."""
+    old = getattr(_local, "urgency", NOW), getattr(_local, "started", None)
+    _local.urgency, _local.started = rank, started
     try:
         yield
     finally:
-        _local.urgency = old
+        _local.urgency, _local.started = old
+
+
+def begun() -> None:
+    """The download of this thread has queued its requests: set the ``started`` of :func:`urgency`."""
+    started = getattr(_local, "started", None)
+    if started is not None:
+        started.set()
+
+
+def part_size(size: int) -> int | None:
+    """The part size of a ``size``-byte download: one part per pool thread within
+    [:data:`MIN_PART_BYTES`, :data:`PART_BYTES`], so one download can use every connection; None (one
+    GET) under two minimum parts."""
+    if size < 2 * MIN_PART_BYTES:
+        return None
+    return min(PART_BYTES, max(MIN_PART_BYTES, -(-size // max(1, PARTS_IN_FLIGHT))))
 
 
 def current_urgency() -> int:
@@ -111,7 +133,7 @@ def write_at(fd: int, data, offset: int) -> int:
 
 
 def download_parts(dest: Path, size: int, fetch_range: Callable[[int, int, int, threading.Event], None]) -> None:
-    """Write ``size`` bytes to ``dest`` as :data:`PART_BYTES` ranges fetched through the process's pool
+    """Write ``size`` bytes to ``dest`` as :func:`part_size` ranges fetched through the process's pool
     at this thread's :func:`urgency`. ``fetch_range(fd, start, end, stop)`` writes bytes
     ``[start, end)`` at their offset of ``fd`` (retrying as it must, and returning early once ``stop``
     is set). The first failure stops the parts not begun and is raised once every running part has
@@ -130,9 +152,9 @@ def download_parts(dest: Path, size: int, fetch_range: Callable[[int, int, int, 
                     stop.set()
                     raise
 
-        pool, rank = _the_pool(), current_urgency()
-        futures = [pool.submit(rank, lambda a=a: part(a, min(a + PART_BYTES, size)))
-                   for a in range(0, size, PART_BYTES)]
+        pool, rank, step = _the_pool(), current_urgency(), part_size(size) or size
+        futures = [pool.submit(rank, lambda a=a: part(a, min(a + step, size))) for a in range(0, size, step)]
+        begun()
         for f in futures:
             f.result()
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from loader.storage.cache import ShardCache
@@ -22,6 +23,9 @@ __all__ = ["READ_AHEAD_THREADS", "ReadAhead", "read_ahead_budget"]
 READ_AHEAD_THREADS = 3
 # How long a read-ahead thread waits for the reader to make room before looking again (it also stops then).
 _WAIT_S = 0.5
+# The longest a download waits for the one before it in the plan to begin (a size request and the cache's
+# reservation take 10-50 ms; a store that never says it has begun is not held up for longer).
+_STAGGER_S = 0.5
 
 
 class ReadAhead:
@@ -50,6 +54,11 @@ class ReadAhead:
         self._frontier = -1        # the furthest position the reader has read from
         self._ahead = 0            # bytes pinned or being fetched ahead of the reader
         self._pins: dict[int, int] = {}
+        # Set when position k's download has queued its requests (or ended, or was skipped): position k + 1
+        # begins only then, so the parts' pool sees the downloads in plan order (two threads starting at
+        # once otherwise raced, and the later shard's parts took every connection half the time).
+        self._started = [threading.Event() for _ in order]
+        self._sizing: set[int] = set()
         self._stop = False
         self.errors: list[BaseException] = []
         self._threads = [threading.Thread(target=self._run, name=f"loader-readahead-{i}", daemon=True)
@@ -63,9 +72,14 @@ class ReadAhead:
             while not self._stop and self._next < len(self._order):
                 k = self._next
                 if self._passed(k):                # the reader is done with it already
+                    self._started[k].set()
                     self._next += 1
                     continue
+                if k in self._sizing:              # another thread is asking for its size
+                    self._cond.wait(_WAIT_S)
+                    continue
                 if self._sizes[k] is None:         # a size request, outside the lock
+                    self._sizing.add(k)
                     self._cond.release()
                     try:
                         s = self._order[k]
@@ -76,6 +90,8 @@ class ReadAhead:
                     finally:
                         self._cond.acquire()
                     self._sizes[k] = size
+                    self._sizing.discard(k)
+                    self._cond.notify_all()
                     continue
                 size = self._sizes[k]
                 if self._budget is None or self._ahead + size <= self._budget:
@@ -90,10 +106,15 @@ class ReadAhead:
             s = self._order[k]
             fd = None
             try:
-                with urgency(k):    # its parts wait for those of the shards needed sooner
+                begin_by = time.monotonic() + _STAGGER_S
+                while k and not self._started[k - 1].wait(0.05) and not self._stop and time.monotonic() < begin_by:
+                    pass
+                with urgency(k, self._started[k]):    # its parts wait for those of the shards needed sooner
                     fd = self._source.fetch_pinned(self._infos[s], s)
             except BaseException as e:   # noqa: BLE001 - the reader meets it again and raises it, one line
                 self.errors.append(e)
+            finally:
+                self._started[k].set()
             with self._cond:
                 if fd is not None and not self._stop and not self._passed(k):
                     self._pins[k] = fd

@@ -77,7 +77,9 @@ class Store(Protocol):
 
     def download(self, key: str, dest: Path, *, size: int | None = None) -> None:
         """Write the whole object to the local file ``dest`` (the caller renames it into place);
-        ``size``, when the caller knows it, lets a large object come down in parallel parts."""
+        ``size``, when the caller knows it, lets a large object come down in parallel parts. Call
+        :func:`loader.storage.parts.begun` once the transfer is under way: the read-ahead begins the
+        plan's next download then (else after half a second)."""
 
     def upload(self, src: Path, key: str) -> None:
         """Write the local file ``src`` as the object ``key`` (whole, replacing any object there)."""
@@ -116,6 +118,9 @@ class LocalStore:
             raise DatasetError(f"{self.url}/{key} does not exist") from None
 
     def download(self, key: str, dest: Path, *, size: int | None = None) -> None:
+        from loader.storage.parts import begun
+
+        begun()       # the read-ahead's next download may begin (loader.storage.parts)
         try:
             shutil.copyfile(self._path(key), dest)
         except FileNotFoundError:
