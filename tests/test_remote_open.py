@@ -76,7 +76,7 @@ def test_s3_dataset_opens_through_the_cache_and_checks_each_shard_digest(image_t
     loader.pack(image_tree, url, shards=3, workers=1, progress=False)
     loader.pack(image_tree, tmp_path / "local", shards=3, workers=1, progress=False)
     ds = open_dataset(url, cache_dir=tmp_path / "cache")
-    assert ds.url == url and ds.source.digests[0].startswith("blake2b-128:")
+    assert ds.url == url and ds.source.digests[0].startswith("sha256:")
     want = [a.tobytes() for a in open_dataset(tmp_path / "local").read_batch(range(len(ds)))]
     assert [a.tobytes() for a in ds.read_batch(range(len(ds)))] == want
     # A shard changed in the bucket after packing: downloaded twice, then one line naming it and the URL.
@@ -114,3 +114,29 @@ def test_two_epochs_from_s3_are_the_local_pack_s_records_labels_and_batches(tmp_
         for a, b in zip(want, got):
             assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert sorted(int(i) for out in want[:6] for i in out[2]) == list(range(24))   # epoch 1: every record once
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_a_loader_0_4_0_pack_with_blake2b_digests_is_still_checked(packed, tmp_path, good):
+    """Packs of loader 0.4.0 record ``blake2b-128`` shard digests (now ``sha256``, 2.5x faster to check):
+    a right one is accepted, a wrong one is the digest error naming the shard."""
+    import hashlib
+    import json
+    import shutil
+
+    old = tmp_path / "old.packed"
+    shutil.copytree(packed, old)
+    m = json.loads((old / "manifest.json").read_text())
+    for s in m["shards"]:
+        h = hashlib.blake2b((old / s["name"]).read_bytes(), digest_size=16).hexdigest()
+        s["digest"] = f"blake2b-128:{h if good else h[::-1]}"
+    (old / "manifest.json").write_text(json.dumps(m))
+    ds = open_dataset(old.as_uri(), cache_dir=tmp_path / "cache")
+    assert ds.source.digests[0].startswith("blake2b-128:")
+    if good:
+        assert [a.tobytes() for a in ds.read_batch(range(len(ds)))] == \
+            [a.tobytes() for a in open_dataset(packed).read_batch(range(len(ds)))]
+    else:
+        with pytest.raises(DatasetError) as info:
+            ds.read_batch([0])
+        assert f"{old.as_uri()}/shard-00000.lmdb has digest " in str(info.value) and "\n" not in str(info.value)

@@ -420,7 +420,7 @@ def _shard_digests(raw: list, where: str) -> tuple[str | None, ...]:
     for s, d in zip(raw, digests):
         if d is not None and not (isinstance(d, str) and DIGEST_RE.fullmatch(d)):
             raise DatasetError(f"{where}: shard {s.get('name')!r} has a bad digest {d!r} (expected "
-                               f"blake2b-128:<32 hex digits>); {REPACK_HINT}")
+                               f"sha256:<64 hex digits>); {REPACK_HINT}")
     return digests
 
 
