@@ -155,10 +155,10 @@ class _LoaderContender(Contender):
 
         s = self.spec
         where = dict(cache_dir=s.cache_dir, cache_limit=s.cache_limit) if s.url is not None else {}
+        order = {"shuffle": s.shuffle, "block_shards": s.block_shards} if s.train else {}
         self.obj = ImageLoader(s.url if s.url is not None else s.packed, s.batch_size, image_size=s.image_size,
                                train=s.train, num_threads=s.threads, prefetch=s.prefetch, seed=s.seed,
-                               device=s.device, **where, **({"shuffle": s.shuffle, "block_shards": s.block_shards} if s.train else {}),
-                               **self.loader_kwargs,
+                               device=s.device, **where, **order, **self.loader_kwargs,
                                augment=Augment(eval_mode=s.eval_mode, color_jitter=s.color_jitter or None))
 
     def step(self) -> int:
