@@ -54,11 +54,17 @@ class FaultProxy:
     """The proxy; ``url`` is its endpoint. ``add(fault, ...)`` arms a :class:`Rule`; ``log`` is every
     request seen, in order."""
 
-    def __init__(self, upstream: str, *, bandwidth: int | None = None):
-        """``bandwidth``: bytes per second for all response bodies together (a link's capacity), or None."""
+    def __init__(self, upstream: str, *, bandwidth: int | None = None, range_cache: bool = False):
+        """``bandwidth``: bytes per second for all response bodies together (a link's capacity), or None.
+        ``range_cache`` (benchmarks, objects that do not change): a ranged GET is answered from the whole
+        object, fetched from upstream once and kept. moto reads all of an object for every ranged GET
+        (``FakeKey.value``, under the object's lock; ``_handle_range_header`` slices it), so the 8 parts
+        of a 64 MB shard cost it 512 MB of reads, one after another; S3 reads only the range."""
         u = urlparse(upstream)
         self._up = (u.hostname, u.port)
         self.bandwidth = _Link(bandwidth) if bandwidth else None
+        self.range_cache: dict[str, tuple[list, bytes]] | None = {} if range_cache else None
+        self._cache_locks: dict[str, threading.Lock] = {}
         self.rules: list[Rule] = []
         self.log: list[Request] = []
         self._lock = threading.Lock()
@@ -192,6 +198,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "stall":
             self.owner._closing.wait(min(rule.seconds, MAX_STALL_S))
+        rng = self.headers.get("Range")
+        if self.owner.range_cache is not None and self.command == "GET" and rng and not fault:
+            whole = self._whole(path)
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+            if whole is not None and m:
+                headers, data = whole
+                first, last = int(m.group(1)), min(int(m.group(2) or len(data) - 1), len(data) - 1)
+                if first <= last:
+                    headers = [*headers, ("Content-Range", f"bytes {first}-{last}/{len(data)}")]
+                    self._send(206, headers, memoryview(data)[first:last + 1])
+                    return
         status, headers, data = self._forward(body)
         if fault == "truncate" and len(data) > 1:
             self._send(status, headers, data[: len(data) // 2], length=len(data))
@@ -200,6 +217,29 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, headers, data, rate=rule.rate if fault == "slow" else None)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+    def _whole(self, path: str):
+        """(headers, bytes) of the whole object at ``path`` from the range cache, fetched once; None if
+        upstream does not answer 200."""
+        owner = self.owner
+        with owner._lock:
+            lock = owner._cache_locks.setdefault(path, threading.Lock())
+        with lock:
+            if path not in owner.range_cache:
+                conn = http.client.HTTPConnection(*owner._up, timeout=60)
+                try:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP and k.lower() != "range"}
+                    conn.request("GET", self.path, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    if resp.status != 200:
+                        return None
+                    keep = [(k, v) for k, v in resp.getheaders()
+                            if k.lower() not in _HOP and k.lower() not in ("content-length", "content-range")]
+                    owner.range_cache[path] = (keep, data)
+                finally:
+                    conn.close()
+            return owner.range_cache[path]
 
     def _forward(self, body: bytes):
         conn = http.client.HTTPConnection(*self.owner._up, timeout=60)

@@ -238,3 +238,23 @@ def test_read_ahead_begins_downloads_in_plan_order_and_overlaps_them(packed, tmp
         assert store.most >= 2                    # begun in order, then run side by side
     finally:
         ds.close()
+
+
+def test_the_bench_proxy_s_range_cache_answers_parts_with_the_object_s_bytes(packed, s3_env, s3_server, tmp_path,
+                                                                              small_parts, monkeypatch):
+    """benchmarks/moto_bench.py reads through FaultProxy(range_cache=True): ranged GETs answered from the
+    whole object fetched once (moto reads all of it per ranged GET); the parts must still be the object."""
+    from faultproxy import FaultProxy
+
+    url = upload_pack(packed, s3_server, s3_env)
+    proxy = FaultProxy(s3_server, range_cache=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        for key in ("shard-00000.lmdb", "shard-00002.lmdb"):
+            data = (packed / key).read_bytes()
+            objectstore.ObjectStore(url).download(key, tmp_path / key, size=len(data))
+            assert (tmp_path / key).read_bytes() == data
+            assert proxy.gets(key) == -(-len(data) // PART)
+        assert sorted(p.rsplit("/", 1)[-1] for p in proxy.range_cache) == ["shard-00000.lmdb", "shard-00002.lmdb"]
+    finally:
+        proxy.stop()
