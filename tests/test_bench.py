@@ -284,13 +284,13 @@ SCHEMA = ["pipeline", "batch_size", "image_size", "images_per_sec", "workers", "
           # reader of the 23 fields above is unaffected.
           "url", "ratio_vs_loader", "time_to_first_batch_ms", "cache_peak_bytes", "cache_limit",
           "cache_start_bytes", "cache_start_files", "service_workers", "bytes_per_image", "wait_share",
-          "trainer_ms_per_batch", "ratio_vs_loader_started"]
+          "trainer_ms_per_batch", "local_started_images_per_sec", "ratio_vs_loader_started"]
 
 
 def test_row_json_schema_and_round_trip():
     row = BenchRow("loader", 64, 224, 1234.5, images_per_sec_runs=(1200.0, 1234.5, 1300.0), images=640)
     d = row.to_dict()
-    assert list(d) == SCHEMA and len(SCHEMA) == 35 and d["gpu_peak_memory_mb"] is None
+    assert list(d) == SCHEMA and len(SCHEMA) == 36 and d["gpu_peak_memory_mb"] is None
     assert d["url"] is None and d["cache_peak_bytes"] is None
     assert d["images_per_sec_runs"] == [1200.0, 1234.5, 1300.0]
     assert json.loads(json.dumps(d)) == d

@@ -267,6 +267,13 @@ def _measure(c: Contender, st: _Stats, s: BenchSettings) -> Timing:
     return t
 
 
+def _window(s: BenchSettings):
+    """Times a contender's batches after its first, with no warm-up (the cold row's window)."""
+    def timer(c: Contender) -> Timing:
+        return time_steps(c.step, warmup=0, batches=s.batches, seconds=s.seconds, sync=c.sync)
+    return timer
+
+
 def _measure_cold(remote: RemoteBench, spec: ContenderSpec, st: _Stats, cold: ColdStats, s: BenchSettings) -> Timing:
     """One cold-cache measurement (:meth:`RemoteBench.measure_cold`): images / seconds from the
     contender's creation on an empty cache through its first batch and ``batches`` more (no warm-up:
@@ -302,6 +309,8 @@ def _row(name: str, spec: ContenderSpec, st: _Stats, cold: ColdStats, remote: Re
         return row
     if name == COLD:
         create_s, first_ms, ttfb = cold.medians()
+        if cold.local_started:
+            row = dataclasses.replace(row, local_started_images_per_sec=statistics.median(cold.local_started))
     else:
         create_s, first_ms = st.create_s, st.first_batch_ms
         ttfb = None if create_s is None or first_ms is None else 1e3 * create_s + first_ms
@@ -444,6 +453,11 @@ def _race(s: BenchSettings, src, folder, packed_path, report, remote: RemoteBenc
                 for r, name in interleaved(order, s.repeats, rotate=True):   # rotate who goes first
                     if name == COLD:
                         t = _measure_cold(remote, specs[name], stats[name], cold, s)
+                        if "loader" in specs:   # its like-for-like reference: a local loader started the same way
+                            images, seconds = remote.measure_started(specs["loader"], cold, step_timer=_window(s))
+                            log(f"loader started as the cold row is, batch={b} size={size} {mode} repeat "
+                                f"{r + 1}/{s.repeats}: {images / seconds:.1f} images/s ({images} images in "
+                                f"{seconds:.2f} s from its creation)")
                     else:
                         if name == WARM:
                             stats[name].cache_start(*dir_usage(remote.warm))

@@ -74,12 +74,16 @@ class CacheSampler:
 
 
 class ColdStats:
-    """What the cold row's measurements gave: per measurement, creation, first batch and time to it."""
+    """What the cold row's measurements gave: per measurement, creation, first batch and time to it, and
+    the images/s of a local loader started beside it (:meth:`RemoteBench.measure_started`)."""
 
     def __init__(self):
         self.create_s: list[float] = []
         self.first_batch_ms: list[float] = []
         self.ttfb_ms: list[float] = []
+        # Beside each cold measurement: a new local loader timed the same way (images/s), the cold row's
+        # like-for-like reference (a new DALI pipeline runs its first batches slower than a warmed-up one).
+        self.local_started: list[float] = []
 
     def medians(self) -> tuple[float | None, float | None, float | None]:
         """(create_s, first_batch_ms, time_to_first_batch_ms), medians over the measurements."""
@@ -160,6 +164,25 @@ class RemoteBench:
         cold.first_batch_ms.append(1e3 * (t2 - t1))
         cold.ttfb_ms.append(1e3 * (t2 - t0))
         return n0 + t.count, (t2 - t0) + t.seconds
+
+    @staticmethod
+    def measure_started(spec: ContenderSpec, cold: ColdStats, *, step_timer) -> tuple[int, float]:
+        """A new contender of ``spec`` (the local loader row's) timed as :meth:`measure_cold` times the
+        cold row, from its creation through its first batch and ``step_timer``'s window; its images/s
+        goes to ``cold.local_started``. Returns ``(images, seconds)``."""
+        c = make_contender(spec)
+        try:
+            t0 = time.perf_counter()
+            c.create()
+            n0 = c.first()
+            c.sync()
+            t1 = time.perf_counter()
+            t = step_timer(c)
+        finally:
+            c.close()
+        images, seconds = n0 + t.count, (t1 - t0) + t.seconds
+        cold.local_started.append(images / seconds)
+        return images, seconds
 
     def close(self) -> None:
         """Remove every folder this bench made."""

@@ -122,7 +122,8 @@ def print_report(rows: Sequence[BenchRow], notes: Sequence[str] = (), *, prefetc
         if r.url is not None:
             ratio = "" if r.ratio_vs_loader is None else f"{r.ratio_vs_loader:.2f}x the local loader row, "
             if r.ratio_vs_loader_started is not None:
-                ratio += f"{r.ratio_vs_loader_started:.2f}x it counted from its creation as this row is, "
+                ratio += (f"{r.ratio_vs_loader_started:.2f}x a local loader started as this row is "
+                          f"({r.local_started_images_per_sec:.0f} images/s), ")
             limit = "no cache_limit" if r.cache_limit is None else f"cache_limit {r.cache_limit / 1e6:.1f} MB"
             peak = None if r.cache_peak_bytes is None else r.cache_peak_bytes / 1e6
             say(f"{r.pipeline} at batch {r.batch_size}, {r.image_size} px: {ratio}time to first batch "

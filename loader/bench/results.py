@@ -75,8 +75,9 @@ class BenchRow:
     bytes_per_image: float | None = None         # service rows: bytes received per image
     wait_share: float | None = None              # service rows: share of next() blocked on the actors
     trainer_ms_per_batch: float | None = None    # service rows: the trainer's own ms per batch
-    # The cold row: its rate / the local loader row's counted from its creation as the cold row is (its
-    # steady rate over its window plus its creation and first batch): both then pay the pipeline's start.
+    # The cold row: the median images/s of a new local loader timed as the cold row is (from its creation,
+    # no warm-up), measured beside each cold measurement, and the cold row's rate over it.
+    local_started_images_per_sec: float | None = None
     ratio_vs_loader_started: float | None = None
 
     def to_dict(self) -> dict:
@@ -98,15 +99,6 @@ class BenchRow:
         return cls(**kw)
 
 
-def _started_rate(row: BenchRow) -> float | None:
-    """``row``'s images/s over a measurement that began at its creation: its mean window plus its
-    creation and first batch (None without those figures)."""
-    if not row.repeats or not row.seconds or row.create_s is None or row.first_batch_ms is None:
-        return None
-    window = row.seconds / row.repeats
-    return row.images_per_sec * window / (window + row.create_s + row.first_batch_ms / 1e3)
-
-
 def with_ratios(rows: Sequence[BenchRow]) -> list[BenchRow]:
     """``rows`` with ``ratio_vs_dataloader``, ``ratio_vs_dataloader_lmdb``, ``pct_of_decode_limit`` and
     (cache rows) ``ratio_vs_loader`` filled in."""
@@ -125,9 +117,8 @@ def with_ratios(rows: Sequence[BenchRow]) -> list[BenchRow]:
             local = cfg.get("loader")
             if r.url is not None and local is not None and local.images_per_sec > 0:
                 extra["ratio_vs_loader"] = r.images_per_sec / local.images_per_sec
-                started = _started_rate(local)
-                if r.pipeline == "loader (cold cache)" and started:
-                    extra["ratio_vs_loader_started"] = r.images_per_sec / started
+            if r.local_started_images_per_sec:
+                extra["ratio_vs_loader_started"] = r.images_per_sec / r.local_started_images_per_sec
             lim = cfg.get("decode-limit")
             if r.pipeline == "loader" and lim is not None and lim.images_per_sec > 0:
                 extra["pct_of_decode_limit"] = 100.0 * r.images_per_sec / lim.images_per_sec
