@@ -189,6 +189,9 @@ def measure_index_url(n: int, cache: Path, *, ranks: int = 4) -> dict:
     from loader.storage.remote import open_url_store
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)   # moto's server logs every request
+    # Objects in memory: over 5 MB moto keeps one in a temporary file and reads all of it for every ranged
+    # GET (the index's 10 MB columns come down in parts); S3 reads the range (benchmarks/moto_bench.py).
+    os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(4 << 30))
     dst = write_synthetic_index(cache / f"index-{n}", n)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
