@@ -30,8 +30,8 @@ import numpy as np
 from loader.errors import DatasetError
 from loader.format.files import REPACK_HINT, check_inside
 
-__all__ = ["COLUMNS", "LABEL_COLUMNS", "SOURCES_NAME", "index_file_generation", "index_files", "read_column",
-           "scan_column", "write_column"]
+__all__ = ["COLUMNS", "LABEL_COLUMNS", "SOURCES_NAME", "index_file_generation", "index_files", "monotone_from_zero",
+           "read_column", "scan_column", "write_column"]
 
 SOURCES_NAME = "sources.bin"
 # Column name -> (file, dtype). One home for the layout of versions 3-5 (loader.format.manifest): every index
@@ -194,3 +194,19 @@ def read_column(path: str | os.PathLike, name: str, dtype, n: int, *, lo: int | 
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DatasetError(f"{path}: cannot map column {name!r} ({e}); {REPACK_HINT}") from None
+
+
+def monotone_from_zero(name: str = "source_offsets"):
+    """A :func:`scan_column` check that ``name`` starts at 0 and never decreases; and a one-item list
+    holding the last value checked (the end of the offsets)."""
+    prev = [0]
+
+    def check(chunk: np.ndarray, first: int) -> str | None:
+        if first == 0 and chunk[0] != 0:
+            return f"{name} must start at 0"
+        steps = np.diff(chunk, prepend=prev[0])
+        if (steps < 0).any():
+            return f"{name} decrease at record {first + int(np.flatnonzero(steps < 0)[0]) - 1}"
+        prev[0] = int(chunk[-1])
+        return None
+    return check, prev

@@ -74,10 +74,12 @@ from loader.format.columns import (
     SOURCES_NAME,
     index_file_generation,
     index_files,
+    monotone_from_zero,
     read_column,
     scan_column,
 )
 from loader.format.files import DIGEST_RE, REPACK_HINT, check_inside, read_json
+from loader.format.labelcsr import read_label_csr
 from loader.format.shards import ShardInfo, check_shard_name, parse_shards
 
 __all__ = [
@@ -328,54 +330,12 @@ def _keys_in_shards(shards: tuple[ShardInfo, ...]):
     return check
 
 
-def _monotone_from_zero(name: str = "source_offsets"):
-    prev = [0]
-
-    def check(chunk: np.ndarray, first: int) -> str | None:
-        if first == 0 and chunk[0] != 0:
-            return f"{name} must start at 0"
-        steps = np.diff(chunk, prepend=prev[0])
-        if (steps < 0).any():
-            return f"{name} decrease at record {first + int(np.flatnonzero(steps < 0)[0]) - 1}"
-        prev[0] = int(chunk[-1])
-        return None
-    return check, prev
-
-
 def _all_minus_one(why: str):
     def check(chunk: np.ndarray, first: int) -> str | None:
         bad = chunk != -1
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
             return f"record {first + k} has labels {chunk[k].item()}, but {why} stores -1 for every record"
-        return None
-    return check
-
-
-def _sorted_rows(offsets: np.ndarray, num_classes: int):
-    """Check ``label_values`` chunks: within ``[0, num_classes - 1]`` and strictly increasing inside
-    each record's row (``offsets``: the validated, mapped ``label_offsets``)."""
-    prev = [None]
-
-    def check(chunk: np.ndarray, first: int) -> str | None:
-        out = (chunk < 0) | (chunk >= num_classes)
-        if out.any():
-            k = int(np.flatnonzero(out)[0])
-            rec = int(np.searchsorted(offsets, first + k, side="right")) - 1
-            return (f"record {rec} has class {chunk[k].item()} (label_values[{first + k}]), outside "
-                    f"[0, {num_classes - 1}]")
-        # Positions p where values[p] <= values[p - 1]: bad unless p starts a record's row.
-        cand = np.flatnonzero(chunk[1:] <= chunk[:-1]) + (first + 1)
-        if prev[0] is not None and chunk[0] <= prev[0]:
-            cand = np.concatenate([[first], cand])
-        prev[0] = chunk[-1].item()
-        if cand.size:
-            at = np.searchsorted(offsets, cand, side="left")
-            starts = offsets[np.minimum(at, len(offsets) - 1)] == cand
-            if not starts.all():
-                p = int(cand[~starts][0])
-                rec = int(np.searchsorted(offsets, p, side="right")) - 1
-                return f"record {rec}'s classes are not sorted and unique (label_values[{p - 1}:{p + 1}])"
         return None
     return check
 
@@ -397,21 +357,6 @@ def _label_keys(obj: dict[str, Any], where: str, version: int, num_classes: int)
         raise DatasetError(f"{where}: an unlabeled dataset (label_source 'none') has no classes, "
                            f"but 'classes' lists {num_classes}; {REPACK_HINT}")
     return source, multi, unlisted
-
-
-def _read_label_csr(path: Path, n: int, num_classes: int, files: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    """The validated ``label_offsets`` / ``label_values`` columns of a multi-label index."""
-    off_name, val_name = files["label_offsets"], files["label_values"]
-    off_dt, val_dt = LABEL_COLUMNS["label_offsets"][1], LABEL_COLUMNS["label_values"][1]
-    check, last = _monotone_from_zero("label_offsets")
-    scan_column(path / off_name, "label_offsets", off_dt, n + 1, check,
-                promise=f"the manifest promises {n} records (n + 1 offsets)")
-    offsets = np.asarray(np.load(path / off_name, mmap_mode="r", allow_pickle=False))
-    m = last[0]
-    values = np.asarray(read_column(path / val_name, "label_values", val_dt, m,
-                                    check=_sorted_rows(offsets, num_classes),
-                                    promise=f"label_offsets end at {m}"))
-    return offsets, values
 
 
 def _shard_digests(raw: list, where: str) -> tuple[str | None, ...]:
@@ -469,7 +414,7 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
     lengths = col("lengths", lo=1)
     converted = col("converted", hi=len(conversions))
     col("checksums")                         # present, right dtype and length; mapped when used
-    check, last = _monotone_from_zero()
+    check, last = monotone_from_zero()
     scan_column(path / files["source_offsets"], "source_offsets", COLUMNS["source_offsets"][1], n + 1, check)
     blob = path / files["sources"]
     check_inside(blob, "the file of source paths")
@@ -479,7 +424,7 @@ def _read_v3(path: Path, obj: dict[str, Any], where: str) -> Manifest:
         raise DatasetError(f"{blob} is missing (the source paths of the index); {REPACK_HINT}") from None
     if last[0] != blob_size:
         raise DatasetError(f"{blob} is {blob_size} bytes but source_offsets end at {last[0]}; {REPACK_HINT}")
-    label_offsets, label_values = _read_label_csr(path, n, len(classes), files) if multi else (None, None)
+    label_offsets, label_values = read_label_csr(path, n, len(classes), files) if multi else (None, None)
     return Manifest(format=FORMAT, version=version, classes=tuple(classes), shards=shards, num_records=n,
                     labels=labels, heights=heights, widths=widths, keys=keys, offsets=offsets,
                     lengths=lengths, pack_params=obj["pack_params"], skipped=obj["skipped"],
